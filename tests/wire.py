@@ -1,0 +1,173 @@
+"""Raw protocol peers for integration tests: JSON dicts over real WebSockets, no scheduler code on this side."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+import trio_websocket
+
+from trioscheduler.app import Scheduler
+from trioscheduler.config import Config
+from trioscheduler.server import Listening, serve
+
+WAIT = 10.0  # every wait in a test has a deadline, so a bug fails instead of hanging
+
+
+@attrs.define
+class Daemon:
+    scheduler: Scheduler
+    listening: Listening
+
+    @property
+    def session_url(self) -> str:
+        return self.listening.session_url
+
+    @property
+    def node_url(self) -> str:
+        return self.listening.node_url
+
+
+async def start_daemon(nursery: trio.Nursery, config: Config) -> Daemon:
+    scheduler = Scheduler(config)
+    listening = await nursery.start(lambda task_status: serve(config, scheduler=scheduler,
+                                                              task_status=task_status))
+    return Daemon(scheduler, listening)
+
+
+class Peer:
+    """One WebSocket peer that sends and receives JSON objects."""
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self.ws = ws
+        self.received: list[dict[str, Any]] = []
+
+    async def send(self, **message: Any) -> None:
+        await self.ws.send_message(json.dumps(message))
+
+    async def send_raw(self, text: str | bytes) -> None:
+        await self.ws.send_message(text)
+
+    async def recv(self, timeout: float = WAIT) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            message = json.loads(await self.ws.get_message())
+        self.received.append(message)
+        return message
+
+    async def recv_type(self, *types: str, timeout: float = WAIT, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The next message, which must be of one of ``types`` (messages of a ``skip`` type are passed over)."""
+        with trio.fail_after(timeout):
+            while True:
+                message = await self.recv(timeout=timeout)
+                if message["type"] in skip:
+                    continue
+                assert message["type"] in types, message
+                return message
+
+    async def nothing_for(self, seconds: float) -> None:
+        """Assert no message arrives within ``seconds``."""
+        with trio.move_on_after(seconds):
+            message = await self.ws.get_message()
+            raise AssertionError(f"unexpected message {message!r}")
+
+
+@asynccontextmanager
+async def connect(url: str) -> AsyncIterator[Peer]:
+    async with trio_websocket.open_websocket_url(url, max_message_size=16 * 2**20) as ws:
+        yield Peer(ws)
+
+
+def node_register(node_id: str | None = None, languages: tuple[str, ...] = ("zh", "en"),
+                  capacity: int | None = None, **extra: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "type": "node_register",
+        "version": "test",
+        "capability_schema_version": "2.0",
+        "platform": "linux",
+        "hardware": {"cpu_cores": 8, "memory_gb": 32},
+        "installed_models": [],
+        "installed_services": [{"service_id": f"{t}-svc", "type": t, "device": "gpu", "status": "running"}
+                               for t in ("asr", "nmt", "tts", "semantic")],
+        "capability_by_type": [{"type": t, "ready": True} for t in ("asr", "nmt", "tts", "semantic")],
+        "features_supported": {},
+        "accept_public_jobs": True,
+        "language_capabilities": {"asr_languages": list(languages), "tts_languages": list(languages),
+                                  "semantic_languages": list(languages)},
+    }
+    if node_id is not None:
+        message["node_id"] = node_id
+    if capacity is not None:
+        message["max_concurrent_jobs"] = capacity
+    message.update(extra)
+    return message
+
+
+def heartbeat(node_id: str, languages: tuple[str, ...] = ("zh", "en"), running_jobs: int = 0) -> dict[str, Any]:
+    return {
+        "type": "node_heartbeat",
+        "node_id": node_id,
+        "timestamp": 0,
+        "resource_usage": {"cpu_percent": 10.0, "mem_percent": 20.0, "running_jobs": running_jobs},
+        "installed_services": [{"service_id": f"{t}-svc", "type": t, "device": "gpu", "status": "running"}
+                               for t in ("asr", "nmt", "tts", "semantic")],
+        "capability_by_type": [{"type": t, "ready": True} for t in ("asr", "nmt", "tts", "semantic")],
+        "language_capabilities": {"asr_languages": list(languages), "tts_languages": list(languages),
+                                  "semantic_languages": list(languages)},
+    }
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def pcm(ms: int, sample_rate: int = 16000, fill: int = 1) -> bytes:
+    """``ms`` of pcm16 audio; ``fill`` varies the bytes so concatenations are checkable."""
+    return bytes([fill % 256]) * (2 * sample_rate * ms // 1000)
+
+
+def opus_packets(count: int, size: int = 60, fill: int = 7) -> bytes:
+    """``count`` packets in the original's [u16 LE length][packet] framing."""
+    packet = bytes([fill % 256]) * size
+    return b"".join(len(packet).to_bytes(2, "little") + packet for _ in range(count))
+
+
+def result_for(assign: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    message = {
+        "type": "job_result",
+        "job_id": assign["job_id"],
+        "attempt_id": assign["attempt_id"],
+        "node_id": overrides.pop("node_id", "n"),
+        "session_id": assign["session_id"],
+        "utterance_index": assign["utterance_index"],
+        "success": True,
+        "text_asr": f"asr {assign['utterance_index']}",
+        "text_translated": f"translated {assign['utterance_index']}",
+        "tts_audio": b64(b"tts"),
+        "tts_format": "pcm16",
+        "extra": {"service_timings": {"asr_ms": 1, "nmt_ms": 1, "tts_ms": 1}},
+        "trace_id": assign["trace_id"],
+    }
+    message.update(overrides)
+    return message
+
+
+@asynccontextmanager
+async def registered_node(url: str, node_id: str | None = None, **kwargs: Any) -> AsyncIterator[tuple[Peer, str]]:
+    async with connect(url) as node:
+        await node.send(**node_register(node_id, **kwargs))
+        ack = await node.recv_type("node_register_ack")
+        yield node, ack["node_id"]
+
+
+@asynccontextmanager
+async def session(url: str, src: str = "zh", tgt: str = "en", **fields: Any) -> AsyncIterator[tuple[Peer, str]]:
+    async with connect(url) as client:
+        await client.send(type="session_init", client_version="test", platform="web", src_lang=src, tgt_lang=tgt,
+                          **fields)
+        ack = await client.recv_type("session_init_ack")
+        yield client, ack["session_id"]

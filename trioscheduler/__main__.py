@@ -1,0 +1,70 @@
+"""``python -m trioscheduler [serve|demo]``: flags → Config, then run until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any
+
+import trio
+
+from trioscheduler.config import Config, ConfigError, load_config
+from trioscheduler.logs import configure_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trioscheduler",
+                                     description="Speech-translation scheduler (lingua-compatible) on Trio.")
+    parser.add_argument("command", nargs="?", default="serve", choices=("serve", "demo"),
+                        help="serve: run the daemon (default); demo: scheduler + 3 simulated nodes + 2 clients")
+    parser.add_argument("--host", help="listen address (server.host, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="WebSocket port (server.port, default 5010; 0 picks a free one)")
+    parser.add_argument("--http-port", type=int, help="HTTP port (server.http_port, default 5011)")
+    parser.add_argument("--config", metavar="PATH", help="TOML configuration file")
+    parser.add_argument("--log-level", help="debug, info, warning, error (logging.level, default info)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides: dict[str, dict[str, Any]] = {}
+    for flag, section, key in (("host", "server", "host"), ("port", "server", "port"),
+                               ("http_port", "server", "http_port"), ("log_level", "logging", "level")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+    return load_config(args.config, overrides=overrides)
+
+
+async def run_until_signal(config: Config) -> None:
+    from trioscheduler.server import serve
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            listening = await nursery.start(serve, config)
+            print(f"trioscheduler listening: sessions {listening.session_url} nodes {listening.node_url} "
+                  f"http {listening.http_url}", flush=True)
+            async for signum in signals:
+                print(f"trioscheduler: {signal.Signals(signum).name} received, shutting down", flush=True)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"trioscheduler: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.logging.level)
+    if args.command == "demo":
+        from trioscheduler.demo import run_demo
+
+        return trio.run(run_demo, config)
+    trio.run(run_until_signal, config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

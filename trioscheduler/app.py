@@ -1,0 +1,74 @@
+"""The scheduler without its listeners: the registry task plus one handler per connection kind.
+
+Any transport can feed it (trio-websocket, hypercorn, in-memory pairs for tests). Each connection runs in its own
+nursery; an unexpected exception in one is logged and counted and ends that connection only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from typing import Any
+
+import trio
+
+from trioscheduler.config import Config
+from trioscheduler.logs import emit
+from trioscheduler.node import NodeConnection
+from trioscheduler.registry.actor import Registry
+from trioscheduler.registry.requests import RegistryClient, open_registry_channel
+from trioscheduler.session import SessionConnection, SessionMetrics
+from trioscheduler.transport import Transport
+
+log = logging.getLogger("trioscheduler")
+
+
+class Scheduler:
+    def __init__(self, config: Config, *, rng: random.Random | None = None) -> None:
+        self.config = config
+        send, receive = open_registry_channel(config.scheduler.registry_inbox_size)
+        self.registry = Registry(config, receive, rng=rng)
+        self.client = RegistryClient(send)
+        self.sessions = SessionMetrics()
+        self.connections_crashed = 0
+        self._conn_ids = itertools.count(1)
+        self.nodes_connected = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The registry task; everything else talks to it through ``self.client``."""
+        await self.registry.run(task_status=task_status)
+
+    async def handle_session(self, transport: Transport) -> None:
+        await self._isolated("session", SessionConnection(transport, self.client, self.config, self.sessions).run,
+                             transport)
+
+    async def handle_node(self, transport: Transport) -> None:
+        self.nodes_connected += 1
+        try:
+            connection = NodeConnection(transport, self.client, self.config, next(self._conn_ids))
+            await self._isolated("node", connection.run, transport)
+        finally:
+            self.nodes_connected -= 1
+
+    async def _isolated(self, kind: str, run: Any, transport: Transport) -> None:
+        try:
+            await run()
+        except Exception:
+            self.connections_crashed += 1
+            log.exception("%s connection from %s crashed; closing it", kind, transport.peer)
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await transport.aclose()
+
+    async def stats(self) -> dict[str, Any] | None:
+        snapshot = await self.client.snapshot()
+        if snapshot is None:
+            return None
+        snapshot["sessions"] = {"active": self.sessions.active, "counters": dict(self.sessions.counters)}
+        snapshot["node_connections"] = self.nodes_connected
+        snapshot["connections_crashed"] = self.connections_crashed
+        return snapshot
+
+
+def log_listening(what: str, url: str) -> None:
+    emit(log, logging.INFO, "listening", endpoint=what, url=url)

@@ -1,0 +1,1 @@
+"""Pure scheduling policies: no I/O, no trio, no clock of their own. Each is tested without sockets."""

@@ -1,0 +1,1 @@
+"""The wire protocol: message classes, codec and error codes, shared by the session and node endpoints."""

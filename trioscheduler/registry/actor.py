@@ -1,0 +1,714 @@
+"""The registry task: sole owner of nodes, pools and jobs. It answers requests from its inbox, one at a time.
+
+It never awaits a socket: messages for nodes and sessions go into their channels with ``send_nowait``. A node
+whose outbox is full or closed is treated as lost, so a slow node cannot stall scheduling (the field report's
+1.8–3.0 s lock holds, in another form). Deadlines (job, pending, heartbeat, quarantine) live in one heap and the
+receive loop wakes for the earliest, so every job ends in an outcome without a polling scanner.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import logging
+import math
+import random
+import secrets
+import time
+import uuid
+from typing import Any, Callable
+
+import trio
+
+from trioscheduler.config import Config
+from trioscheduler.logs import emit
+from trioscheduler.policy.capability import NodeCapability, derive_capability
+from trioscheduler.policy.selection import MemberList, choose_node, rejection_reasons
+from trioscheduler.protocol import errors as codes
+from trioscheduler.protocol import messages as m
+from trioscheduler.protocol.errors import ProtocolError
+from trioscheduler.registry import requests as rq
+from trioscheduler.registry.state import Job, JobState, NodeRecord
+
+log = logging.getLogger("trioscheduler.registry")
+INFO, WARNING, DEBUG = logging.INFO, logging.WARNING, logging.DEBUG
+
+EMPTY_REASONS = frozenset({"ASR_EMPTY", "NO_TEXT_ASSIGNED"})
+FINISHED_MEMORY = 20_000  # finished job ids remembered to tell a late result from a foreign one
+
+
+def new_job_id() -> str:
+    return f"job-{uuid.uuid4()}"
+
+
+def new_node_id() -> str:
+    return f"node-{secrets.token_hex(4).upper()}"
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Registry:
+    def __init__(
+        self,
+        config: Config,
+        inbox: trio.MemoryReceiveChannel[Any],
+        *,
+        rng: random.Random | None = None,
+        node_id_factory: Callable[[], str] = new_node_id,
+    ) -> None:
+        self._config = config
+        self._sched = config.scheduler
+        self._inbox = inbox
+        self._rand = (rng or random.Random()).random
+        self._new_node_id = node_id_factory
+        self.nodes: dict[str, NodeRecord] = {}
+        self._node_by_conn: dict[int, str] = {}
+        self.indexes: dict[str, MemberList] = {}
+        self.jobs_by_key: dict[tuple[str, int, str], Job] = {}
+        self.jobs_by_id: dict[str, Job] = {}
+        self.session_jobs: dict[str, set[Job]] = {}
+        self.affinity: dict[str, str] = {}
+        self.waiting: dict[Job, None] = {}
+        self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._timers: list[tuple[float, int, str, Any, int]] = []
+        self._timer_seq = itertools.count()
+        self._handlers: dict[type, Callable[[Any, float], None]] = {
+            rq.Submit: self._on_submit,
+            rq.CancelJobs: self._on_cancel,
+            rq.SessionEnded: self._on_session_ended,
+            rq.Register: self._on_register,
+            rq.Heartbeat: self._on_heartbeat,
+            rq.Result: self._on_result,
+            rq.Partial: self._on_partial,
+            rq.NodeGone: self._on_node_gone,
+            rq.Snapshot: self._on_snapshot,
+        }
+
+    # ------------------------------------------------------------------------------------------ the loop
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        inbox = self._inbox
+        timers = self._timers
+        while True:
+            if timers and timers[0][0] <= trio.current_time():
+                self._fire_timers(trio.current_time())
+            if timers:
+                request = None
+                with trio.move_on_at(timers[0][0]):
+                    request = await inbox.receive()
+                if request is None:
+                    continue
+            else:
+                request = await inbox.receive()
+            self.handle(request, trio.current_time())
+
+    def handle(self, request: Any, now: float) -> None:
+        """Apply one request; an exception here is a bug, logged, and never kills the registry."""
+        try:
+            self._handlers[type(request)](request, now)
+        except Exception:
+            self.counters["registry_internal_errors"] += 1
+            log.exception("registry failed to handle %s", type(request).__name__)
+            reply = getattr(request, "reply", None)
+            if reply is not None and not reply.done:
+                reply.set(None)
+
+    # ------------------------------------------------------------------------------------------ timers
+
+    def _schedule(self, deadline: float, kind: str, subject: Any, token: int) -> None:
+        heapq.heappush(self._timers, (deadline, next(self._timer_seq), kind, subject, token))
+
+    def _fire_timers(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, kind, subject, token = heapq.heappop(timers)
+            if kind == "job":
+                job: Job = subject
+                if job.timer_token != token:
+                    continue
+                if job.state is JobState.DISPATCHED:
+                    self._job_timed_out(job, now)
+                elif job.state is JobState.WAITING:
+                    self._pending_expired(job, now)
+            elif kind == "node":
+                node: NodeRecord = subject
+                if node.alive and self.nodes.get(node.node_id) is node:
+                    self._check_heartbeat(node, now)
+            elif kind == "wake":
+                self._capacity_changed(now)
+
+    def _arm(self, job: Job, deadline: float) -> None:
+        job.timer_token += 1
+        self._schedule(deadline, "job", job, job.timer_token)
+
+    # ------------------------------------------------------------------------------------------ sessions
+
+    def _on_submit(self, request: rq.Submit, now: float) -> None:
+        if request.reply.abandoned:
+            # The session already reported SCHEDULER_BUSY for this utterance: creating the job now would give
+            # it a second outcome and reserve a slot nobody waits for.
+            self.counters["submits_abandoned"] += 1
+            return
+        spec = request.spec
+        existing = self.jobs_by_key.get((spec.session_id, spec.utterance_index, spec.tgt_lang))
+        if existing is not None:
+            self.counters["submits_duplicate"] += 1
+            request.reply.set(rq.SubmitReply(existing.job_id, "duplicate", existing.node_id))
+            return
+        job = Job(
+            spec=spec,
+            sink=request.sink,
+            job_id=new_job_id(),
+            services=spec.pipeline.required_services(),
+            created_at=now,
+        )
+        job.attempt_ids.append(job.job_id)
+        self.jobs_by_key[job.key] = job
+        self.jobs_by_id[job.job_id] = job
+        self.session_jobs.setdefault(spec.session_id, set()).add(job)
+        self.counters["jobs_created"] += 1
+        self._stage(job, "created", now, selection_key=spec.selection_key, cut=spec.cut_reason,
+                    audio_bytes=len(spec.audio))
+        self._place(job, now)
+        request.reply.set(rq.SubmitReply(job.job_id, job.state.value, job.node_id))
+
+    def _on_cancel(self, request: rq.CancelJobs, now: float) -> None:
+        for job in list(self.session_jobs.get(request.session_id, ())):
+            if request.indices is None or job.spec.utterance_index in request.indices:
+                self._cancel(job, request.reason, now)
+
+    def _on_session_ended(self, request: rq.SessionEnded, now: float) -> None:
+        for job in list(self.session_jobs.get(request.session_id, ())):
+            self._cancel(job, "session_closed", now)
+        self.session_jobs.pop(request.session_id, None)
+        self.affinity.pop(request.session_id, None)
+
+    def _cancel(self, job: Job, reason: str, now: float) -> None:
+        """The session no longer wants this job: tell its node, free the slot, send no outcome."""
+        if job.state is JobState.DISPATCHED:
+            self._send_cancel(job, reason)
+        self.counters[f"jobs_cancelled_{reason}"] += 1
+        self._stage(job, "cancelled", now, level=INFO, reason=reason)
+        self._retire(job, now)
+
+    # ------------------------------------------------------------------------------------------ placement
+
+    def _place(self, job: Job, now: float) -> None:
+        """Dispatch to a node with a free slot, or wait for one until the pending deadline."""
+        node = self._select(job, now)
+        if node is not None:
+            self._dispatch(job, node, now)
+            return
+        job.state = JobState.WAITING
+        job.node_id = None
+        self.waiting[job] = None
+        self._arm(job, now + self._sched.pending_timeout_seconds)
+        self.counters["jobs_waited"] += 1
+        self._stage(job, "waiting", now, level=INFO, candidates=len(self.indexes.get(job.spec.selection_key, ())))
+
+    def _select(self, job: Job, now: float) -> NodeRecord | None:
+        members = self.indexes.get(job.spec.selection_key)
+        if members is None:
+            return None
+        node_id = choose_node(
+            members,
+            self.nodes,  # type: ignore[arg-type]
+            services=job.services,
+            excluded=job.tried,
+            preferred=self.affinity.get(job.spec.session_id),
+            now=now,
+            rand=self._rand,
+        )
+        return None if node_id is None else self.nodes[node_id]
+
+    def _dispatch(self, job: Job, node: NodeRecord, now: float) -> None:
+        self.waiting.pop(job, None)
+        job.attempt += 1
+        if job.attempt > 1:
+            job.job_id = new_job_id()
+            job.attempt_ids.append(job.job_id)
+            self.jobs_by_id[job.job_id] = job
+        job.state = JobState.DISPATCHED
+        job.node_id = node.node_id
+        job.tried.add(node.node_id)
+        job.dispatched_at = now
+        node.in_flight += 1
+        node.jobs.add(job)
+        self.affinity[job.spec.session_id] = node.node_id
+        self._stage(job, "selected", now, attempt_id=job.attempt, in_flight=node.in_flight,
+                    capacity=node.capacity)
+        spec = job.spec
+        assign = m.JobAssign(
+            job_id=job.job_id,
+            attempt_id=job.attempt,
+            session_id=spec.session_id,
+            utterance_index=spec.utterance_index,
+            src_lang=spec.src_lang,
+            tgt_lang=spec.tgt_lang,
+            pipeline=spec.pipeline,
+            audio=job.audio_b64(),
+            audio_format=spec.audio_format,
+            sample_rate=spec.sample_rate,
+            trace_id=spec.trace_id,
+            enable_streaming_asr=spec.enable_streaming_asr,
+            partial_update_interval_ms=spec.partial_update_interval_ms,
+            dialect=spec.dialect,
+            features=spec.features,
+            mode=spec.mode,
+            lang_a=spec.lang_a,
+            lang_b=spec.lang_b,
+            auto_langs=spec.auto_langs,
+            padding_ms=spec.padding_ms,
+            turn_id=spec.turn_id,
+            is_manual_cut=spec.is_manual_cut or None,
+            is_timeout_triggered=spec.is_timeout_triggered or None,
+            is_max_duration_triggered=spec.is_max_duration_triggered or None,
+        )
+        self.counters["dispatches"] += 1
+        if job.attempt > 1:
+            self.counters["redispatches"] += 1
+        self._arm(job, now + self._sched.job_timeout_seconds)
+        if not self._send_to_node(node, Dispatch(assign, spec.finalized_at)):
+            self._lose_node(node, "outbox_unavailable", now)
+
+    def _send_to_node(self, node: NodeRecord, item: Any) -> bool:
+        try:
+            node.link.outbox.send_nowait(item)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    def _send_cancel(self, job: Job, reason: str) -> None:
+        node = self.nodes.get(job.node_id or "")
+        if node is not None and node.alive:
+            self._send_to_node(node, m.JobCancel(job_id=job.job_id, reason=reason, trace_id=job.spec.trace_id))
+            self.counters["job_cancels_sent"] += 1
+
+    def _release_slot(self, job: Job, now: float) -> None:
+        node = self.nodes.get(job.node_id or "")
+        if node is not None and job in node.jobs:
+            node.jobs.discard(job)
+            node.in_flight -= 1
+            self._capacity_changed(now)
+
+    def _capacity_changed(self, now: float) -> None:
+        """A slot freed or a node appeared: waiting jobs go first, oldest first."""
+        if not self.waiting:
+            return
+        for job in list(self.waiting):
+            if job.state is not JobState.WAITING:
+                continue
+            node = self._select(job, now)
+            if node is not None:
+                self._dispatch(job, node, now)
+
+    # ------------------------------------------------------------------------------------------ failures
+
+    def _job_timed_out(self, job: Job, now: float) -> None:
+        node = self.nodes.get(job.node_id or "")
+        self.counters["job_timeouts"] += 1
+        self._stage(job, "deadline_missed", now, level=WARNING, why="no job_result within job_timeout_seconds",
+                    waited_ms=round((now - job.dispatched_at) * 1000.0, 1), attempt_id=job.attempt)
+        self._send_cancel(job, "job_timeout")
+        self._release_slot(job, now)
+        if node is not None:
+            node.jobs_failed += 1
+            self._record_failure(node, now)
+        job.last_failure = codes.JOB_TIMEOUT
+        self._retry(job, now)
+
+    def _pending_expired(self, job: Job, now: float) -> None:
+        members = self.indexes.get(job.spec.selection_key, MemberList())
+        reasons = rejection_reasons(members, self.nodes, services=job.services,  # type: ignore[arg-type]
+                                    excluded=job.tried, now=now)
+        waited = self._sched.pending_timeout_seconds
+        self._stage(job, "deadline_missed", now, level=WARNING,
+                    why=f"no node could take the job within pending_timeout_seconds ({waited:g} s)",
+                    selection_key=job.spec.selection_key, candidates=len(members),
+                    rejected=",".join(f"{k}:{v}" for k, v in reasons.items()) or "none")
+        if job.last_failure == codes.NO_AVAILABLE_NODE:
+            message = (f"no node available for {job.spec.src_lang}->{job.spec.tgt_lang} "
+                       f"within {waited:g} s")
+        else:
+            message = f"no other node could take the job after {job.last_failure}"
+        self._fail(job, job.last_failure, message, now, details={"candidates": reasons})
+
+    def _retry(self, job: Job, now: float) -> None:
+        """Re-dispatch to a node that has not had this utterance yet, within failover_max_attempts."""
+        if job.attempt - 1 >= self._sched.failover_max_attempts:
+            self._fail(job, job.last_failure,
+                       f"gave up after {job.attempt} attempts (failover_max_attempts="
+                       f"{self._sched.failover_max_attempts})", now)
+            return
+        node = self._select(job, now)
+        if node is not None:
+            self._dispatch(job, node, now)
+            return
+        members = self.indexes.get(job.spec.selection_key, ())
+        if any(node_id not in job.tried for node_id in members):
+            # Other nodes serve the pair but are busy or cooling down: wait for a slot like a new job.
+            self._place(job, now)
+            return
+        self._fail(job, job.last_failure, "no other node can take the job", now)
+
+    def _record_failure(self, node: NodeRecord, now: float) -> None:
+        window = self._sched.quarantine_window_seconds
+        node.failures.append(now)
+        while node.failures and node.failures[0] < now - window:
+            node.failures.popleft()
+        if len(node.failures) >= self._sched.quarantine_failures and node.quarantined_until <= now:
+            node.quarantined_until = now + self._sched.quarantine_cooldown_seconds
+            node.failures.clear()
+            self.counters["node_quarantines"] += 1
+            emit(log, WARNING, "node_quarantined", node_id=node.node_id,
+                 cooldown_s=self._sched.quarantine_cooldown_seconds,
+                 failures=self._sched.quarantine_failures, window_s=window)
+            self._schedule(node.quarantined_until, "wake", None, 0)
+
+    def _check_heartbeat(self, node: NodeRecord, now: float) -> None:
+        timeout = self._sched.heartbeat_timeout_seconds
+        if now - node.last_heartbeat >= timeout:
+            emit(log, WARNING, "node_heartbeat_timeout", node_id=node.node_id,
+                 silent_ms=round((now - node.last_heartbeat) * 1000.0, 1), in_flight=node.in_flight)
+            self._send_to_node(node, rq.CloseLink("heartbeat_timeout"))
+            self._lose_node(node, "heartbeat_timeout", now)
+        else:
+            self._schedule(node.last_heartbeat + timeout, "node", node, 0)
+
+    def _lose_node(self, node: NodeRecord, reason: str, now: float) -> None:
+        """Out of every pool at once; its in-flight jobs are re-dispatched now, not after their timeout."""
+        if not node.alive:
+            return
+        node.alive = False
+        self.counters[f"nodes_lost_{reason}"] += 1
+        self._unindex(node, node.index_keys)
+        if self.nodes.get(node.node_id) is node:
+            del self.nodes[node.node_id]
+        self._node_by_conn.pop(node.link.conn_id, None)
+        orphans = sorted(node.jobs, key=lambda j: j.created_at)
+        node.jobs.clear()
+        node.in_flight = 0
+        emit(log, WARNING, "node_lost", node_id=node.node_id, reason=reason, in_flight_jobs=len(orphans))
+        for job in orphans:
+            self._stage(job, "node_lost", now, level=WARNING, reason=reason)
+            job.last_failure = codes.NODE_UNAVAILABLE
+            self._retry(job, now)
+
+    # ------------------------------------------------------------------------------------------ outcomes
+
+    def _fail(self, job: Job, code: str, message: str, now: float, details: Any = None) -> None:
+        self.counters[f"outcome_error_{code}"] += 1
+        spec = job.spec
+        self._finish(job, m.ErrorMessage(
+            code=code, message=message, details=details, session_id=spec.session_id,
+            utterance_index=spec.utterance_index, job_id=job.job_id, trace_id=spec.trace_id,
+        ), now)
+
+    def _finish(self, job: Job, message: Any, now: float) -> None:
+        self._retire(job, now)
+        try:
+            job.sink.send_nowait(rq.Outcome(job.spec.utterance_index, message, job.job_id))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.counters["outcomes_undeliverable"] += 1
+        self._stage(job, "outcome", now, kind=message.TYPE, code=getattr(message, "code", None),
+                    attempts=job.attempt)
+
+    def _retire(self, job: Job, now: float) -> None:
+        if job.state is JobState.DONE:
+            return
+        was_dispatched = job.state is JobState.DISPATCHED
+        job.state = JobState.DONE
+        job.timer_token += 1
+        self.waiting.pop(job, None)
+        self.jobs_by_key.pop(job.key, None)
+        for attempt_id in job.attempt_ids:
+            self.jobs_by_id.pop(attempt_id, None)
+            self._finished[attempt_id] = None
+        while len(self._finished) > FINISHED_MEMORY:
+            self._finished.popitem(last=False)
+        jobs = self.session_jobs.get(job.spec.session_id)
+        if jobs is not None:
+            jobs.discard(job)
+        if was_dispatched:
+            self._release_slot(job, now)
+
+    # ------------------------------------------------------------------------------------------ nodes
+
+    def _on_register(self, request: rq.Register, now: float) -> None:
+        message, link = request.message, request.link
+        try:
+            capability = derive_capability(message.language_capabilities, message.capability_by_type,
+                                           message.installed_services)
+        except ProtocolError as exc:
+            request.reply.set(exc)
+            return
+        if message.max_concurrent_jobs is not None and message.max_concurrent_jobs < 1:
+            request.reply.set(ProtocolError("max_concurrent_jobs must be >= 1", field="max_concurrent_jobs"))
+            return
+        previous_id = self._node_by_conn.get(link.conn_id)
+        node_id = message.node_id or previous_id
+        if not node_id:
+            node_id = self._new_node_id()
+            while node_id in self.nodes:
+                node_id = self._new_node_id()
+        if previous_id is not None and previous_id != node_id:
+            self._lose_node(self.nodes[previous_id], "re_registered", now)
+        existing = self.nodes.get(node_id)
+        if existing is not None and existing.link.conn_id != link.conn_id:
+            # A reconnect: the old socket is closed and its jobs fail over; one node_id, one live socket.
+            self._send_to_node(existing, rq.CloseLink("replaced_by_new_connection"))
+            self._lose_node(existing, "replaced_by_reconnect", now)
+            existing = None
+        reported = {
+            "language_capabilities": message.language_capabilities,
+            "capability_by_type": message.capability_by_type,
+            "installed_services": message.installed_services,
+        }
+        capacity = message.max_concurrent_jobs or self._sched.max_concurrent_jobs_per_node
+        if existing is not None:  # the same socket registered again: refresh what it said
+            existing.capacity = capacity
+            existing.reported = reported
+            self._reindex(existing, capability, now)
+        else:
+            node = NodeRecord(
+                node_id=node_id, link=link, capacity=capacity, capability=capability,
+                index_keys=frozenset(), registered_at=now, last_heartbeat=now, reported=reported,
+            )
+            self.nodes[node_id] = node
+            self._node_by_conn[link.conn_id] = node_id
+            self._reindex(node, capability, now)
+            self._schedule(now + self._sched.heartbeat_timeout_seconds, "node", node, 0)
+        node = self.nodes[node_id]
+        self._send_to_node(node, m.NodeRegisterAck(
+            node_id=node_id, heartbeat_interval_seconds=self._sched.heartbeat_interval_seconds))
+        self.counters["node_registrations"] += 1
+        emit(log, INFO, "node_registered", node_id=node_id, capacity=capacity,
+             pools=",".join(sorted(capability.pools())) or "none",
+             pairs=",".join(sorted(f"{s}>{t}" for s, t in capability.pairs)) or "none")
+        request.reply.set(node_id)
+        self._capacity_changed(now)
+
+    def _on_heartbeat(self, request: rq.Heartbeat, now: float) -> None:
+        node_id = self._node_by_conn.get(request.link.conn_id)
+        node = self.nodes.get(node_id or "")
+        if node is None:
+            return
+        message = request.message
+        node.last_heartbeat = max(node.last_heartbeat, request.received_at)
+        if message.resource_usage is not None:
+            node.load = message.resource_usage
+        changed = False
+        for field in ("language_capabilities", "capability_by_type", "installed_services"):
+            value = getattr(message, field)
+            if value is not None and value != node.reported.get(field):
+                node.reported[field] = value
+                changed = True
+        self.counters["heartbeats"] += 1
+        if not changed:
+            return
+        try:
+            capability = derive_capability(node.reported["language_capabilities"],
+                                           node.reported["capability_by_type"],
+                                           node.reported["installed_services"])
+        except ProtocolError as exc:
+            self.counters["heartbeats_invalid"] += 1
+            emit(log, WARNING, "node_heartbeat_invalid", node_id=node.node_id, error=exc.message)
+            self._send_to_node(node, m.ErrorMessage(code=exc.code, message=exc.message, details=exc.details()))
+            return
+        self._reindex(node, capability, now)
+        self._capacity_changed(now)
+
+    def _reindex(self, node: NodeRecord, capability: NodeCapability, now: float) -> None:
+        keys = capability.index_keys()
+        if capability != node.capability:
+            emit(log, INFO, "node_capability_changed", node_id=node.node_id,
+                 pools=",".join(sorted(capability.pools())) or "none")
+        node.capability = capability
+        self._unindex(node, node.index_keys - keys)
+        for key in keys - node.index_keys:
+            members = self.indexes.get(key)
+            if members is None:
+                members = self.indexes[key] = MemberList()
+                if ">" not in key:
+                    self.counters["pools_created"] += 1
+                    emit(log, INFO, "pool_created", pool=key, node_id=node.node_id)
+            members.add(node.node_id)
+        node.index_keys = keys
+
+    def _unindex(self, node: NodeRecord, keys: frozenset[str]) -> None:
+        for key in keys:
+            members = self.indexes.get(key)
+            if members is None:
+                continue
+            members.discard(node.node_id)
+            if not len(members):
+                del self.indexes[key]
+                if ">" not in key:
+                    self.counters["pools_removed"] += 1
+                    emit(log, INFO, "pool_removed", pool=key, node_id=node.node_id)
+
+    def _on_node_gone(self, request: rq.NodeGone, now: float) -> None:
+        node_id = self._node_by_conn.get(request.link.conn_id)
+        node = self.nodes.get(node_id or "")
+        if node is not None and node.link.conn_id == request.link.conn_id:
+            self._lose_node(node, request.reason, now)
+
+    def _accepting_node(self, link: rq.NodeLink, job_id: str, attempt_id: int | None) -> tuple[Job | None, str]:
+        """The job a node message may act on, or why it may not (late, foreign, unknown, finished)."""
+        job = self.jobs_by_id.get(job_id)
+        if job is None:
+            return None, "finished_job" if job_id in self._finished else "unknown_job"
+        if job.job_id != job_id:
+            return None, "old_attempt"
+        if job.state is not JobState.DISPATCHED:
+            return None, "old_attempt"
+        if self._node_by_conn.get(link.conn_id) != job.node_id:
+            return None, "foreign_node"
+        if attempt_id is not None and attempt_id != job.attempt:
+            return None, "old_attempt"
+        return job, ""
+
+    def _on_result(self, request: rq.Result, now: float) -> None:
+        message = request.message
+        job, why = self._accepting_node(request.link, message.job_id, message.attempt_id)
+        if job is None:
+            self.counters[f"results_dropped_{why}"] += 1
+            emit(log, WARNING, "result_dropped", reason=why, job_id=message.job_id,
+                 node_id=self._node_by_conn.get(request.link.conn_id), session_id=message.session_id,
+                 utterance_index=message.utterance_index, attempt_id=message.attempt_id)
+            return
+        spec = job.spec
+        node = self.nodes.get(job.node_id or "")
+        if not message.success:
+            error = message.error or m.ResultError()
+            if error.code.startswith("DUPLICATE_") or error.message.startswith("DUPLICATE_"):
+                # The node already has this job (F-8): not a user-facing error; the job keeps its deadline.
+                self.counters["results_dropped_duplicate_reply"] += 1
+                emit(log, WARNING, "result_dropped", reason="node_reports_duplicate", job_id=job.job_id,
+                     node_id=job.node_id, session_id=spec.session_id, utterance_index=spec.utterance_index)
+                return
+            if node is not None:
+                node.jobs_failed += 1
+                self._record_failure(node, now)
+            self._stage(job, "result", now, success=False, code=error.code)
+            self._fail(job, error.code, error.message, now, details=error.details)
+            return
+        if node is not None:
+            node.jobs_done += 1
+        extra = message.extra or {}
+        self._stage(job, "result", now, success=True)
+        text_asr = message.text_asr or ""
+        text_translated = message.text_translated or ""
+        tts_audio = message.tts_audio or ""
+        if extra.get("reason") in EMPTY_REASONS or not (text_asr.strip() or text_translated.strip() or tts_audio):
+            self.counters["outcome_missing_silence"] += 1
+            self._finish(job, m.MissingResult(
+                session_id=spec.session_id, utterance_index=spec.utterance_index, reason="silence_detected",
+                created_at_ms=wall_ms(), trace_id=spec.trace_id, job_id=job.job_id,
+            ), now)
+            return
+        timings = message.service_timings or extra.get("service_timings")
+        if timings is None and message.processing_time_ms is not None:
+            timings = {"total_ms": message.processing_time_ms}
+        self.counters["outcome_result"] += 1
+        self._finish(job, m.TranslationResult(
+            session_id=spec.session_id,
+            utterance_index=spec.utterance_index,
+            job_id=job.job_id,
+            text_asr=text_asr,
+            text_translated=text_translated,
+            tts_audio=tts_audio,
+            tts_format=message.tts_format or "pcm16",
+            trace_id=spec.trace_id,
+            scheduler_sent_at_ms=wall_ms(),
+            extra=message.extra,
+            service_timings=timings,
+            network_timings={
+                "scheduler_queue_ms": round((job.dispatched_at - spec.finalized_at) * 1000.0, 3),
+                "node_round_trip_ms": round((now - job.dispatched_at) * 1000.0, 3),
+            },
+            node_id=job.node_id,
+            group_id=message.group_id,
+            part_index=message.part_index,
+            asr_quality_level=message.asr_quality_level,
+            reason_codes=message.reason_codes,
+            quality_score=message.quality_score,
+            rerun_count=message.rerun_count,
+            segments_meta=message.segments_meta,
+        ), now)
+
+    def _on_partial(self, request: rq.Partial, now: float) -> None:
+        message = request.message
+        job, why = self._accepting_node(request.link, message.job_id, None)
+        if job is None:
+            self.counters[f"partials_dropped_{why}"] += 1
+            return
+        spec = job.spec
+        try:
+            job.sink.send_nowait(rq.Passthrough(m.AsrPartialOut(
+                session_id=spec.session_id, utterance_index=spec.utterance_index, job_id=job.job_id,
+                text=message.text, is_final=message.is_final, trace_id=spec.trace_id,
+            )))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.counters["partials_undeliverable"] += 1
+
+    # ------------------------------------------------------------------------------------------ visibility
+
+    def _on_snapshot(self, request: rq.Snapshot, now: float) -> None:
+        if request.reply.abandoned:
+            return
+        request.reply.set(self.snapshot(now))
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        nodes = [
+            {
+                "node_id": node.node_id,
+                "in_flight": node.in_flight,
+                "capacity": node.capacity,
+                "pools": sorted(node.capability.pools()),
+                "pairs": sorted(f"{s}>{t}" for s, t in node.capability.pairs),
+                "ready_services": None if node.capability.ready_services is None
+                else sorted(node.capability.ready_services),
+                "quarantined": node.quarantined_until > now,
+                "quarantined_for_s": max(0.0, round(node.quarantined_until - now, 3))
+                if math.isfinite(node.quarantined_until) else 0.0,
+                "last_heartbeat_age_s": round(now - node.last_heartbeat, 3),
+                "jobs_done": node.jobs_done,
+                "jobs_failed": node.jobs_failed,
+            }
+            for node in self.nodes.values()
+        ]
+        pools = {key: sorted(members) for key, members in self.indexes.items() if ">" not in key}
+        dispatched = sum(1 for job in self.jobs_by_key.values() if job.state is JobState.DISPATCHED)
+        return {
+            "nodes": nodes,
+            "pools": pools,
+            "jobs": {"dispatched": dispatched, "waiting": len(self.waiting), "total": len(self.jobs_by_key)},
+            "slots": {"in_flight": sum(n.in_flight for n in self.nodes.values()),
+                      "capacity": sum(n.capacity for n in self.nodes.values())},
+            "sessions_with_jobs": sum(1 for jobs in self.session_jobs.values() if jobs),
+            "inbox_pending": self._inbox.statistics().current_buffer_used,
+            "counters": dict(self.counters),
+        }
+
+    def _stage(self, job: Job, stage: str, now: float, *, level: int = INFO, **fields: Any) -> None:
+        if log.isEnabledFor(level):
+            spec = job.spec
+            emit(log, level, f"job_{stage}", session_id=spec.session_id, utterance_index=spec.utterance_index,
+                 job_id=job.job_id, node_id=job.node_id, trace_id=spec.trace_id,
+                 elapsed_ms=round((now - spec.finalized_at) * 1000.0, 3), **fields)
+
+
+class Dispatch:
+    """Outbox item: a job_assign plus when its utterance was finalized, for the node writer's stage log."""
+
+    __slots__ = ("assign", "finalized_at")
+
+    def __init__(self, assign: m.JobAssign, finalized_at: float) -> None:
+        self.assign = assign
+        self.finalized_at = finalized_at

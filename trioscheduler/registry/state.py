@@ -1,0 +1,78 @@
+"""The registry's records. Only the registry task touches them; nothing else imports this module."""
+
+from __future__ import annotations
+
+import base64
+import collections
+import enum
+import math
+from typing import Any
+
+import attrs
+import trio
+
+from trioscheduler.policy.capability import NodeCapability
+from trioscheduler.protocol import messages as m
+from trioscheduler.registry.requests import JobSpec, NodeLink
+
+
+class JobState(enum.Enum):
+    WAITING = "waiting"  # no node could take it yet; waits for a slot until its pending deadline
+    DISPATCHED = "dispatched"  # job_assign queued to a node; waits for the result until the job deadline
+    DONE = "done"  # its one outcome was handed to the session (or the session gave it up)
+
+
+@attrs.define(eq=False)
+class NodeRecord:
+    node_id: str
+    link: NodeLink
+    capacity: int
+    capability: NodeCapability
+    index_keys: frozenset[str]
+    registered_at: float
+    last_heartbeat: float
+    #: What the node last reported, kept so a heartbeat that omits a field keeps the previous value.
+    reported: dict[str, Any] = attrs.field(factory=dict)
+    alive: bool = True
+    in_flight: int = 0
+    quarantined_until: float = -math.inf
+    failures: collections.deque[float] = attrs.field(factory=collections.deque)
+    jobs: set[Job] = attrs.field(factory=set)
+    load: m.ResourceUsage | None = None
+    jobs_done: int = 0
+    jobs_failed: int = 0
+
+    def serves(self, services: frozenset[str]) -> bool:
+        return self.capability.serves(services)
+
+
+@attrs.define(eq=False)
+class Job:
+    """One utterance's journey; each dispatch is an attempt with its own job_id (nodes refuse a seen job_id)."""
+
+    spec: JobSpec
+    sink: trio.MemorySendChannel[Any]
+    job_id: str
+    services: frozenset[str]
+    created_at: float
+    state: JobState = JobState.WAITING
+    attempt: int = 0
+    attempt_ids: list[str] = attrs.field(factory=list)
+    node_id: str | None = None
+    tried: set[str] = attrs.field(factory=set)
+    dispatched_at: float = 0.0
+    #: Bumped on every state change so stale timer entries are recognised and skipped.
+    timer_token: int = 0
+    #: The error code the client gets if the job is given up: why it last failed.
+    last_failure: str = "NO_AVAILABLE_NODE"
+    _audio_b64: str | None = None
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return (self.spec.session_id, self.spec.utterance_index, self.spec.tgt_lang)
+
+    def audio_b64(self) -> str:
+        """Base64 once per job, not once per attempt."""
+        if self._audio_b64 is None:
+            self._audio_b64 = base64.b64encode(self.spec.audio).decode("ascii")
+        return self._audio_b64

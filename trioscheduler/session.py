@@ -1,0 +1,534 @@
+"""One client socket: a reader task that decodes and segments, and a writer task that owns ordering and the socket.
+
+The reader cuts utterances and hands each to the registry under ``selection_deadline_ms``; the writer is the only
+task that writes to the socket, so acks, partials and in-order outcomes never interleave. Outcomes come from the
+registry through the writer's channel with ``send_nowait``; the registry never waits on a client.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import logging
+import math
+import secrets
+import time
+import uuid
+from typing import Any
+
+import attrs
+import trio
+
+from trioscheduler.config import Config
+from trioscheduler.logs import emit
+from trioscheduler.policy.capability import ANY_SOURCE, direction_key, normalise_language, pool_name
+from trioscheduler.policy.ordering import Added, Release, ResultOrderer
+from trioscheduler.policy.segmentation import Cut, CutReason, Segmenter, audio_duration_ms
+from trioscheduler.protocol import errors as codes
+from trioscheduler.protocol import messages as m
+from trioscheduler.protocol.codec import CLIENT_CODEC, encode
+from trioscheduler.protocol.errors import ProtocolError
+from trioscheduler.registry.requests import JobSpec, Outcome, Passthrough, RegistryClient
+from trioscheduler.transport import Transport, TransportClosed
+
+log = logging.getLogger("trioscheduler.session")
+INFO, WARNING = logging.INFO, logging.WARNING
+
+AUDIO_FORMATS = frozenset({"opus", "pcm16"})
+UTTERANCE_AUDIO_FORMATS = frozenset({"opus", "pcm16", "wav"})
+MODES = frozenset({"one_way", "two_way_auto"})
+#: How far ahead of the next expected index a client-chosen utterance_index may jump.
+MAX_INDEX_AHEAD = 256
+
+
+def new_session_id() -> str:
+    return f"s-{secrets.token_hex(4).upper()}"
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# ---------------------------------------------------------------------------------------------- writer items
+
+
+@attrs.frozen
+class Send:
+    """Send at once, unordered: acks, heartbeats, errors not tied to an utterance."""
+
+    message: Any
+
+
+@attrs.frozen
+class Expect:
+    """The reader accepted this index: the writer owes it exactly one outcome."""
+
+    utterance_index: int
+    finalized_at: float
+
+
+@attrs.frozen
+class CloseSession:
+    """session_close: deliver every outcome owed, then session_close_ack, then set ``done``."""
+
+    session_id: str
+    done: trio.Event
+
+
+class SessionMetrics:
+    """Counters across all sessions, read by /api/v1/stats and /metrics."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.counters: collections.Counter[str] = collections.Counter()
+
+
+class IndexSet:
+    """Indices used so far, in O(gaps) memory: a low-water mark plus the few above it."""
+
+    __slots__ = ("low", "above")
+
+    def __init__(self) -> None:
+        self.low = 0
+        self.above: set[int] = set()
+
+    def __contains__(self, index: int) -> bool:
+        return index < self.low or index in self.above
+
+    def add(self, index: int) -> None:
+        if index < self.low:
+            return
+        self.above.add(index)
+        while self.low in self.above:
+            self.above.discard(self.low)
+            self.low += 1
+
+
+@attrs.define
+class SessionState:
+    session_id: str
+    trace_id: str
+    src_lang: str
+    tgt_lang: str
+    selection_key: str
+    audio_format: str
+    sample_rate: int
+    pipeline: m.Pipeline
+    segmenter: Segmenter
+    init: m.SessionInit
+    next_index: int = 0
+    used: IndexSet = attrs.field(factory=IndexSet)
+
+
+def selection_key_for(src: str, tgt: str, mode: str | None, lang_a: str | None, lang_b: str | None) -> str:
+    """src "auto" uses the target (one-way) or the lang_a/lang_b pool (two-way); else the direction src→tgt."""
+    src, tgt = normalise_language(src), normalise_language(tgt)
+    if src == "auto":
+        if mode == "two_way_auto" and lang_a and lang_b:
+            return pool_name(normalise_language(lang_a), normalise_language(lang_b))
+        return direction_key(ANY_SOURCE, tgt)
+    return direction_key(src, tgt)
+
+
+class SessionConnection:
+    def __init__(
+        self,
+        transport: Transport,
+        registry: RegistryClient,
+        config: Config,
+        metrics: SessionMetrics,
+    ) -> None:
+        self._transport = transport
+        self._registry = registry
+        self._config = config
+        self._metrics = metrics
+        self._state: SessionState | None = None
+        self._writer_send, self._writer_recv = trio.open_memory_channel[Any](math.inf)
+
+    async def run(self) -> None:
+        self._metrics.active += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, nursery)
+                try:
+                    await self._reader()
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._metrics.active -= 1
+            self._writer_send.close()
+            self._writer_recv.close()
+            if self._state is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await self._registry.session_ended(self._state.session_id)
+                emit(log, INFO, "session_ended", session_id=self._state.session_id, reason="socket_closed")
+
+    # ------------------------------------------------------------------------------------------ reader
+
+    async def _reader(self) -> None:
+        transport = self._transport
+        while True:
+            state = self._state
+            deadline = state.segmenter.pause_deadline() if state is not None else None
+            if deadline is None:
+                try:
+                    frame = await transport.get_message()
+                except TransportClosed:
+                    return
+            else:
+                frame = None
+                with trio.move_on_at(deadline):
+                    try:
+                        frame = await transport.get_message()
+                    except TransportClosed:
+                        return
+                if frame is None:
+                    assert state is not None
+                    cut = state.segmenter.on_timer(trio.current_time())
+                    if cut is not None:
+                        await self._submit_cut(state, cut)
+                    continue
+            try:
+                message = CLIENT_CODEC.decode(frame)
+                await self._handle(message)
+            except ProtocolError as exc:
+                self._metrics.counters[f"client_errors_{exc.code}"] += 1
+                self._send_now(m.ErrorMessage(
+                    code=exc.code, message=exc.message, details=exc.details(),
+                    session_id=self._state.session_id if self._state else None,
+                ))
+
+    async def _handle(self, message: Any) -> None:
+        if isinstance(message, m.SessionInit):
+            self._on_init(message)
+            return
+        state = self._state
+        if isinstance(message, m.Utterance):
+            if state is None:
+                state = self._implicit_session(message)
+            await self._on_utterance(state, message)
+            return
+        if state is None:
+            raise ProtocolError(f"{message.TYPE} before session_init: no session on this connection",
+                                field="session_id", code=codes.INVALID_SESSION)
+        session_id = getattr(message, "session_id", None)
+        if session_id and session_id != state.session_id:
+            raise ProtocolError(f"session_id {session_id!r} is not this connection's session",
+                                field="session_id", code=codes.INVALID_SESSION)
+        if isinstance(message, m.AudioChunk):
+            await self._on_audio_chunk(state, message)
+        elif isinstance(message, m.ClientHeartbeat):
+            self._send_now(m.ServerHeartbeat(session_id=state.session_id, timestamp=wall_ms()))
+        elif isinstance(message, (m.TtsStarted, m.TtsPlayEnded)):
+            state.segmenter.restart_pause_clock(trio.current_time())
+        elif isinstance(message, m.SessionClose):
+            await self._on_close(state, message)
+
+    def _on_init(self, message: m.SessionInit) -> None:
+        if self._state is not None:
+            raise ProtocolError("session already initialised on this connection; send session_close first",
+                                field="type")
+        state = self._new_state(message, new_session_id(), message.trace_id or str(uuid.uuid4()))
+        self._state = state
+        self._metrics.counters["sessions_started"] += 1
+        emit(log, INFO, "session_started", session_id=state.session_id, trace_id=state.trace_id,
+             src_lang=state.src_lang, tgt_lang=state.tgt_lang, audio_format=state.audio_format,
+             selection_key=state.selection_key, peer=self._transport.peer)
+        self._send_now(m.SessionInitAck(
+            session_id=state.session_id, trace_id=state.trace_id,
+            negotiated_codec=state.audio_format, negotiated_audio_format=state.audio_format,
+            negotiated_sample_rate=state.sample_rate,
+        ))
+
+    def _implicit_session(self, message: m.Utterance) -> SessionState:
+        """An ``utterance`` on a socket without session_init (the original's API gateway, H-8): a session for
+        this socket from the utterance's own fields, so its result has somewhere to go."""
+        if not message.src_lang or not message.tgt_lang:
+            raise ProtocolError("utterance without session_init must carry src_lang and tgt_lang",
+                                field="src_lang" if not message.src_lang else "tgt_lang",
+                                code=codes.INVALID_SESSION)
+        init = m.SessionInit(
+            src_lang=message.src_lang, tgt_lang=message.tgt_lang, mode=message.mode, lang_a=message.lang_a,
+            lang_b=message.lang_b, trace_id=message.trace_id, audio_format="pcm16",
+            sample_rate=message.sample_rate or 16000, pipeline=message.pipeline,
+        )
+        session_id = message.session_id or new_session_id()
+        state = self._new_state(init, session_id, message.trace_id or str(uuid.uuid4()))
+        self._state = state
+        self._metrics.counters["sessions_implicit"] += 1
+        emit(log, INFO, "session_started", session_id=session_id, implicit=True, peer=self._transport.peer)
+        return state
+
+    def _new_state(self, init: m.SessionInit, session_id: str, trace_id: str) -> SessionState:
+        for name in ("src_lang", "tgt_lang"):
+            if not getattr(init, name).strip():
+                raise ProtocolError(f"session_init: {name} must not be empty", field=name)
+        if init.audio_format not in AUDIO_FORMATS:
+            raise ProtocolError(f"session_init: audio_format must be one of {sorted(AUDIO_FORMATS)}",
+                                field="audio_format")
+        if not 8000 <= init.sample_rate <= 192000:
+            raise ProtocolError("session_init: sample_rate must be within 8000..192000", field="sample_rate")
+        if init.mode is not None and init.mode not in MODES:
+            raise ProtocolError(f"session_init: mode must be one of {sorted(MODES)}", field="mode")
+        if init.mode == "two_way_auto" and not (init.lang_a and init.lang_b):
+            raise ProtocolError("session_init: two_way_auto needs lang_a and lang_b",
+                                field="lang_a" if not init.lang_a else "lang_b")
+        seg = self._config.segmentation
+        return SessionState(
+            session_id=session_id,
+            trace_id=trace_id,
+            src_lang=init.src_lang,
+            tgt_lang=init.tgt_lang,
+            selection_key=selection_key_for(init.src_lang, init.tgt_lang, init.mode, init.lang_a, init.lang_b),
+            audio_format=init.audio_format,
+            sample_rate=init.sample_rate,
+            pipeline=init.pipeline or m.DEFAULT_PIPELINE,
+            segmenter=Segmenter(
+                pause_ms=seg.pause_ms, max_duration_ms=seg.max_duration_ms,
+                max_buffer_bytes=seg.max_buffer_bytes, new_turn_id=lambda: str(uuid.uuid4()),
+            ),
+            init=init,
+        )
+
+    async def _on_audio_chunk(self, state: SessionState, message: m.AudioChunk) -> None:
+        payload = _b64decode(message.payload or "", "payload")
+        try:
+            duration = audio_duration_ms(payload, state.audio_format, state.sample_rate)
+        except ValueError as exc:
+            raise ProtocolError(f"audio_chunk: payload is not {state.audio_format} audio: {exc}",
+                                field="payload") from None
+        cut = state.segmenter.push(payload, duration, message.is_final, trio.current_time())
+        if cut is not None:
+            await self._submit_cut(state, cut)
+        elif message.is_final:
+            self._metrics.counters["empty_finalize_skipped"] += 1
+            emit(log, INFO, "finalize_skipped", session_id=state.session_id, reason="empty_buffer",
+                 utterance_index=state.next_index, trace_id=state.trace_id)
+
+    async def _on_utterance(self, state: SessionState, message: m.Utterance) -> None:
+        audio = _b64decode(message.audio, "audio")
+        if not audio:
+            raise ProtocolError("utterance: audio is empty", field="audio")
+        audio_format = message.audio_format or state.audio_format
+        if audio_format not in UTTERANCE_AUDIO_FORMATS:
+            raise ProtocolError(f"utterance: audio_format must be one of {sorted(UTTERANCE_AUDIO_FORMATS)}",
+                                field="audio_format")
+        index = message.utterance_index
+        if index is None:
+            index = state.next_index
+        elif index < 0 or index > state.next_index + MAX_INDEX_AHEAD:
+            raise ProtocolError(f"utterance: utterance_index {index} is out of range "
+                                f"(next expected {state.next_index}, at most {MAX_INDEX_AHEAD} ahead)",
+                                field="utterance_index")
+        if index in state.used:
+            self._metrics.counters["utterances_duplicate"] += 1
+            emit(log, INFO, "utterance_duplicate_ignored", session_id=state.session_id, utterance_index=index)
+            return
+        src = message.src_lang or state.src_lang
+        tgt = message.tgt_lang or state.tgt_lang
+        init = state.init
+        mode = message.mode or init.mode
+        lang_a, lang_b = message.lang_a or init.lang_a, message.lang_b or init.lang_b
+        manual = message.manual_cut
+        spec = JobSpec(
+            session_id=state.session_id,
+            utterance_index=index,
+            trace_id=message.trace_id or state.trace_id,
+            src_lang=src,
+            tgt_lang=tgt,
+            selection_key=selection_key_for(src, tgt, mode, lang_a, lang_b),
+            pipeline=message.pipeline or state.pipeline,
+            audio=audio,
+            audio_format=audio_format,
+            sample_rate=message.sample_rate or state.sample_rate,
+            turn_id=str(uuid.uuid4()),
+            cut_reason="utterance",
+            finalized_at=trio.current_time(),
+            padding_ms=self._config.segmentation.padding_manual_ms if manual
+            else self._config.segmentation.padding_auto_ms,
+            is_manual_cut=manual,
+            dialect=message.dialect or init.dialect,
+            features=message.features if message.features is not None else init.features,
+            mode=mode,
+            lang_a=lang_a,
+            lang_b=lang_b,
+            auto_langs=init.auto_langs,
+            tenant_id=init.tenant_id,
+        )
+        await self._submit(state, spec)
+
+    async def _submit_cut(self, state: SessionState, cut: Cut) -> None:
+        seg = self._config.segmentation
+        init = state.init
+        padding = {CutReason.IS_FINAL: seg.padding_manual_ms, CutReason.MAX_BUFFER: None}.get(
+            cut.reason, seg.padding_auto_ms)
+        spec = JobSpec(
+            session_id=state.session_id,
+            utterance_index=state.next_index,
+            trace_id=state.trace_id,
+            src_lang=state.src_lang,
+            tgt_lang=state.tgt_lang,
+            selection_key=state.selection_key,
+            pipeline=state.pipeline,
+            audio=cut.audio,
+            audio_format=state.audio_format,
+            sample_rate=state.sample_rate,
+            turn_id=cut.turn_id,
+            cut_reason=cut.reason.value,
+            finalized_at=trio.current_time(),
+            padding_ms=padding,
+            is_manual_cut=cut.is_manual_cut,
+            is_timeout_triggered=cut.is_timeout_triggered,
+            is_max_duration_triggered=cut.is_max_duration_triggered,
+            dialect=init.dialect,
+            features=init.features,
+            mode=init.mode,
+            lang_a=init.lang_a,
+            lang_b=init.lang_b,
+            auto_langs=init.auto_langs,
+            enable_streaming_asr=init.enable_streaming_asr if init.enable_streaming_asr is not None else True,
+            partial_update_interval_ms=init.partial_update_interval_ms or 1000,
+            tenant_id=init.tenant_id,
+        )
+        emit(log, INFO, "job_finalized", session_id=state.session_id, utterance_index=spec.utterance_index,
+             trace_id=spec.trace_id, reason=cut.reason.value, audio_bytes=len(cut.audio),
+             audio_ms=round(cut.duration_ms, 1), chunks=cut.chunks, turn_id=cut.turn_id, elapsed_ms=0.0)
+        await self._submit(state, spec)
+
+    async def _submit(self, state: SessionState, spec: JobSpec) -> None:
+        """Hand the utterance to the registry; if it cannot answer in time, the utterance gets SCHEDULER_BUSY."""
+        index = spec.utterance_index
+        state.used.add(index)
+        state.next_index = max(state.next_index, index + 1)
+        self._metrics.counters["utterances_finalized"] += 1
+        self._writer_send.send_nowait(Expect(index, spec.finalized_at))
+        deadline_ms = self._config.scheduler.selection_deadline_ms
+        reply = await self._registry.submit(spec, self._writer_send, spec.finalized_at + deadline_ms / 1000.0)
+        if reply is not None:
+            return
+        self._metrics.counters["scheduler_busy"] += 1
+        emit(log, WARNING, "job_deadline_missed", session_id=spec.session_id, utterance_index=index,
+             trace_id=spec.trace_id, stage="registry_submit",
+             why=f"registry did not answer within selection_deadline_ms ({deadline_ms:g} ms)",
+             elapsed_ms=round((trio.current_time() - spec.finalized_at) * 1000.0, 3))
+        self._writer_send.send_nowait(Outcome(index, m.ErrorMessage(
+            code=codes.SCHEDULER_BUSY,
+            message=f"scheduler busy: no answer within {deadline_ms:g} ms; utterance not scheduled",
+            session_id=spec.session_id, utterance_index=index, trace_id=spec.trace_id,
+        ), ""))
+
+    async def _on_close(self, state: SessionState, message: m.SessionClose) -> None:
+        """Flush first (H-7): the buffered audio's outcome reaches the client before session_close_ack."""
+        cut = state.segmenter.flush()
+        if cut is not None:
+            await self._submit_cut(state, cut)
+        done = trio.Event()
+        self._writer_send.send_nowait(CloseSession(state.session_id, done))
+        await done.wait()
+        await self._registry.session_ended(state.session_id)
+        emit(log, INFO, "session_ended", session_id=state.session_id, reason=message.reason or "session_close")
+        self._state = None
+
+    def _send_now(self, message: Any) -> None:
+        self._writer_send.send_nowait(Send(message))
+
+    # ------------------------------------------------------------------------------------------ writer
+
+    async def _writer(self, nursery: trio.Nursery) -> None:
+        """Sole writer of the socket; when the socket is gone, the whole connection ends."""
+        try:
+            await self._write_loop(nursery)
+        except TransportClosed:
+            nursery.cancel_scope.cancel()
+
+    async def _write_loop(self, nursery: trio.Nursery) -> None:
+        """Releases outcomes strictly in utterance_index order, each exactly once."""
+        orderer: ResultOrderer[Any] = ResultOrderer(gap_timeout=self._config.results.gap_timeout_seconds)
+        owed: dict[int, float] = {}  # index -> finalized_at, for every index without a released outcome
+        closing: CloseSession | None = None
+        close_deadline = math.inf
+        receive = self._writer_recv
+        while True:
+            deadline = min(orderer.gap_deadline() or math.inf, close_deadline)
+            item: Any = None
+            if deadline == math.inf:
+                item = await receive.receive()
+            else:
+                with trio.move_on_at(deadline):
+                    item = await receive.receive()
+            now = trio.current_time()
+            if item is None:
+                released = orderer.expire(now)
+                if closing is not None and now >= close_deadline:
+                    released += orderer.drain()
+                    for index in sorted(owed):
+                        if index >= orderer.next_index:
+                            released.append(Release(index, None))
+                await self._release(released, owed, nursery)
+            elif type(item) is Outcome:
+                added = orderer.add(item.utterance_index, item, now)
+                if added is Added.ACCEPTED:
+                    await self._release(orderer.ready(), owed, nursery)
+                else:
+                    self._metrics.counters[f"outcomes_dropped_{added.value}"] += 1
+                    emit(log, WARNING, "outcome_dropped", reason=added.value,
+                         session_id=getattr(item.message, "session_id", None),
+                         utterance_index=item.utterance_index, job_id=item.job_id)
+            elif type(item) is Send or type(item) is Passthrough:
+                await self._transport.send_message(encode(item.message))
+            elif type(item) is Expect:
+                owed[item.utterance_index] = item.finalized_at
+            elif type(item) is CloseSession:
+                closing = item
+                close_deadline = now + self._max_job_lifetime()
+            if closing is not None and not owed:
+                await self._release(orderer.drain(), owed, nursery)
+                await self._transport.send_message(encode(m.SessionCloseAck(session_id=closing.session_id)))
+                closing.done.set()
+                closing = None
+                close_deadline = math.inf
+                orderer = ResultOrderer(gap_timeout=self._config.results.gap_timeout_seconds)
+
+    async def _release(self, released: list[Any], owed: dict[int, float], nursery: trio.Nursery) -> None:
+        state = self._state
+        now = trio.current_time()
+        for release in released:
+            index = release.index
+            finalized_at = owed.pop(index, None)
+            if release.outcome is None:
+                if state is None:
+                    continue
+                self._metrics.counters["outcome_missing_gap_timeout"] += 1
+                message: Any = m.MissingResult(session_id=state.session_id, utterance_index=index,
+                                               reason="gap_timeout", created_at_ms=wall_ms(),
+                                               trace_id=state.trace_id)
+                if finalized_at is not None:
+                    # Still running somewhere: stop it, its result could only be dropped now.
+                    nursery.start_soon(self._registry.cancel_jobs, state.session_id, (index,), "gap_timeout")
+                emit(log, WARNING, "job_deadline_missed", session_id=state.session_id, utterance_index=index,
+                     trace_id=state.trace_id, stage="result_gap",
+                     why="no outcome within gap_timeout_seconds of a later index's outcome")
+                job_id = None
+            else:
+                message = release.outcome.message
+                job_id = release.outcome.job_id
+            await self._transport.send_message(encode(message))
+            self._metrics.counters[f"delivered_{message.TYPE}"] += 1
+            emit(log, INFO, "job_delivered", session_id=getattr(message, "session_id", None),
+                 utterance_index=index, job_id=job_id, node_id=getattr(message, "node_id", None),
+                 trace_id=getattr(message, "trace_id", None), kind=message.TYPE,
+                 elapsed_ms=None if finalized_at is None else round((now - finalized_at) * 1000.0, 3))
+
+    def _max_job_lifetime(self) -> float:
+        """The longest a job can take in the registry (waits, then every attempt times out), plus slack."""
+        sched = self._config.scheduler
+        attempts = sched.failover_max_attempts + 1
+        return attempts * (sched.pending_timeout_seconds + sched.job_timeout_seconds) + 5.0
+
+
+def _b64decode(text: str, field: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(f"{field} is not valid base64", field=field) from None

@@ -1,0 +1,61 @@
+"""Simulated worker nodes and clients, speaking the lingua wire protocol from the outside.
+
+They let the demo, the examples and the tests drive the scheduler end to end without GPUs or browsers: the node
+answers jobs with deterministic text (:func:`expected_texts`) and seeded misbehaviour, the client streams a WAV in
+200 ms chunks and measures per-utterance latency. Both run over any :class:`MessageConnection`: a trio-websocket
+connection, or an end of ``trioscheduler.transport.memory_transport_pair()`` for socket-free tests.
+"""
+
+from trioscheduler.sim.client import (
+    DEFAULT_SESSION_URL,
+    Partial,
+    Pcm16Audio,
+    SessionReport,
+    SimClient,
+    SimClientError,
+    UtteranceResult,
+    chunk_rms,
+    default_wav_path,
+    iter_chunks,
+    read_wav,
+)
+from trioscheduler.sim.node import (
+    DEFAULT_NODE_URL,
+    CONNECTION_CLOSED,
+    MessageConnection,
+    SimNode,
+    SimNodeBehaviour,
+    SimNodeError,
+    SimNodeStats,
+    abort_connection,
+    audio_duration_ms,
+    audio_hash,
+    expected_texts,
+    fake_tts_pcm16,
+)
+
+__all__ = [
+    "DEFAULT_NODE_URL",
+    "DEFAULT_SESSION_URL",
+    "CONNECTION_CLOSED",
+    "MessageConnection",
+    "Partial",
+    "Pcm16Audio",
+    "SessionReport",
+    "SimClient",
+    "SimClientError",
+    "SimNode",
+    "SimNodeBehaviour",
+    "SimNodeError",
+    "SimNodeStats",
+    "UtteranceResult",
+    "abort_connection",
+    "audio_duration_ms",
+    "audio_hash",
+    "chunk_rms",
+    "default_wav_path",
+    "expected_texts",
+    "fake_tts_pcm16",
+    "iter_chunks",
+    "read_wav",
+]

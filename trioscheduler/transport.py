@@ -1,0 +1,93 @@
+"""The one interface session and node code use to talk to a peer, whatever carries the bytes.
+
+trio-websocket, hypercorn's ASGI WebSocket and an in-memory pair (tests, fault-injection runs under MockClock,
+where real sockets would race the mocked clock) all look the same from the scheduler's side.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import trio
+import trio_websocket
+
+
+class TransportClosed(Exception):
+    """The peer went away (or we closed): the connection's tasks end, cleanly."""
+
+
+class Transport(Protocol):
+    peer: str
+
+    async def get_message(self) -> str | bytes: ...
+
+    async def send_message(self, message: str) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class WebSocketTransport:
+    __slots__ = ("_ws", "peer")
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self._ws = ws
+        remote = ws.remote
+        self.peer = f"{remote.address}:{remote.port}" if hasattr(remote, "address") else str(remote)
+
+    async def get_message(self) -> str | bytes:
+        try:
+            return await self._ws.get_message()
+        except trio_websocket.ConnectionClosed:
+            raise TransportClosed from None
+
+    async def send_message(self, message: str) -> None:
+        try:
+            await self._ws.send_message(message)
+        except trio_websocket.ConnectionClosed:
+            raise TransportClosed from None
+
+    async def aclose(self) -> None:
+        await self._ws.aclose()
+
+
+class MemoryTransport:
+    """One end of an in-memory connection; closing either end closes both directions."""
+
+    def __init__(
+        self,
+        inbound: trio.MemoryReceiveChannel[str | bytes],
+        outbound: trio.MemorySendChannel[str | bytes],
+        peer: str,
+    ) -> None:
+        self._inbound = inbound
+        self._outbound = outbound
+        self.peer = peer
+        self.closed = False
+
+    async def get_message(self) -> str | bytes:
+        try:
+            return await self._inbound.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError):
+            raise TransportClosed from None
+
+    async def send_message(self, message: str) -> None:
+        try:
+            await self._outbound.send(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise TransportClosed from None
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await self._outbound.aclose()
+        await self._inbound.aclose()
+
+
+def memory_transport_pair(peer: str = "memory") -> tuple[MemoryTransport, MemoryTransport]:
+    """(server side, client side); buffers are unbounded so neither side can deadlock the other in tests."""
+    to_server_send, to_server_recv = trio.open_memory_channel[str | bytes](math.inf)
+    to_client_send, to_client_recv = trio.open_memory_channel[str | bytes](math.inf)
+    return (
+        MemoryTransport(to_server_recv, to_client_send, peer),
+        MemoryTransport(to_client_recv, to_server_send, f"{peer}-client"),
+    )
