@@ -73,7 +73,7 @@ class Peer:
         """Assert no message arrives within ``seconds``."""
         with trio.move_on_after(seconds):
             message = await self.ws.get_message()
-            raise AssertionError(f"unexpected message {message!r}")
+            raise AssertionError(f"unexpected message {message[:300]!r}")
 
 
 @asynccontextmanager
@@ -171,3 +171,15 @@ async def session(url: str, src: str = "zh", tgt: str = "en", **fields: Any) -> 
                           **fields)
         ack = await client.recv_type("session_init_ack")
         yield client, ack["session_id"]
+
+
+
+def memory_peer(nursery: trio.Nursery, scheduler: Scheduler, kind: str) -> Peer:
+    """A peer over an in-memory transport (no socket), so MockClock can drive time without racing the OS.
+    Close it with ``await peer.ws.aclose()``; the scheduler sees that as the socket closing."""
+    from trioscheduler.transport import memory_transport_pair
+
+    server_side, client_side = memory_transport_pair(kind)
+    handler = scheduler.handle_session if kind == "session" else scheduler.handle_node
+    nursery.start_soon(handler, server_side)
+    return Peer(client_side)  # type: ignore[arg-type]

@@ -178,23 +178,25 @@ class Registry:
         request.reply.set(rq.SubmitReply(job.job_id, job.state.value, job.node_id))
 
     def _on_cancel(self, request: rq.CancelJobs, now: float) -> None:
-        for job in list(self.session_jobs.get(request.session_id, ())):
-            if request.indices is None or job.spec.utterance_index in request.indices:
-                self._cancel(job, request.reason, now)
+        jobs = [job for job in self.session_jobs.get(request.session_id, ())
+                if request.indices is None or job.spec.utterance_index in request.indices]
+        self._cancel(jobs, request.reason, now)
 
     def _on_session_ended(self, request: rq.SessionEnded, now: float) -> None:
-        for job in list(self.session_jobs.get(request.session_id, ())):
-            self._cancel(job, "session_closed", now)
+        self._cancel(list(self.session_jobs.get(request.session_id, ())), "session_closed", now)
         self.session_jobs.pop(request.session_id, None)
         self.affinity.pop(request.session_id, None)
 
-    def _cancel(self, job: Job, reason: str, now: float) -> None:
-        """The session no longer wants this job: tell its node, free the slot, send no outcome."""
-        if job.state is JobState.DISPATCHED:
-            self._send_cancel(job, reason)
-        self.counters[f"jobs_cancelled_{reason}"] += 1
-        self._stage(job, "cancelled", now, level=INFO, reason=reason)
-        self._retire(job, now)
+    def _cancel(self, jobs: list[Job], reason: str, now: float) -> None:
+        """The session no longer wants these jobs: tell their nodes, free the slots, send no outcome."""
+        for job in jobs:  # out of the queue first, so a freed slot cannot go to a job being cancelled
+            self.waiting.pop(job, None)
+        for job in jobs:
+            if job.state is JobState.DISPATCHED:
+                self._send_cancel(job, reason)
+            self.counters[f"jobs_cancelled_{reason}"] += 1
+            self._stage(job, "cancelled", now, level=INFO, reason=reason)
+            self._retire(job, now)
 
     # ------------------------------------------------------------------------------------------ placement
 

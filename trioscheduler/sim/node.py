@@ -299,13 +299,13 @@ class SimNode:
         backoff = min_backoff_s
         status = task_status
         while True:
-            registrations = self.stats.registrations
+            registrations, crashes = self.stats.registrations, self.stats.crashes
             try:
                 await self.run(url, task_status=status)
             except (OSError, trio_websocket.HandshakeError, SimNodeError, ConnectionClosed, TransportClosed) as exc:
                 what = _describe(exc)
             else:
-                what = "scheduler closed the connection"
+                what = "crashed on purpose" if self.stats.crashes > crashes else "scheduler closed the connection"
             if self.stats.registrations > registrations:
                 status = trio.TASK_STATUS_IGNORED  # started() fires once, on the first registration
                 backoff = min_backoff_s
@@ -692,4 +692,5 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, ConnectionClosed):
         reason = exc.reason
         return f"connection closed ({getattr(reason, 'code', '?')} {getattr(reason, 'name', '')})".rstrip()
-    return f"{type(exc).__name__}: {exc}"
+    detail = str(exc) or (f"{type(exc.__cause__).__name__}: {exc.__cause__}" if exc.__cause__ else "")
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
