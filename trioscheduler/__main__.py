@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"trioscheduler: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.logging.level)
+    if args.command == "demo" and args.log_level is None:
+        configure_logging("warning")  # the demo prints its own story; stage lines would drown it
+    else:
+        configure_logging(config.logging.level)
     if args.command == "demo":
         from trioscheduler.demo import run_demo
 

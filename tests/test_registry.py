@@ -1,0 +1,1128 @@
+"""The registry actor driven directly, without sockets, under trio's MockClock.
+
+Every test talks to ``Registry`` only through ``RegistryClient`` and its channels: a fake node is a ``NodeLink``
+whose outbox the test reads, a fake session is the memory channel passed as ``sink``. Every wait is bounded by
+``trio.fail_after`` so a hang fails instead of blocking; the autojump clock makes the timeouts cost nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import math
+import random
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trioscheduler.config import Config, config_with
+from trioscheduler.policy.capability import direction_key
+from trioscheduler.protocol import messages as m
+from trioscheduler.protocol.messages import (
+    JobAssign,
+    JobCancel,
+    JobResult,
+    LanguageCapabilities,
+    NodeHeartbeat,
+    NodeRegister,
+    NodeRegisterAck,
+    Pipeline,
+    ResultError,
+)
+from trioscheduler.registry.actor import Dispatch, Registry
+from trioscheduler.registry.requests import (
+    CloseLink,
+    JobSpec,
+    NodeLink,
+    Outcome,
+    RegistryClient,
+    SubmitReply,
+    open_registry_channel,
+)
+from trioscheduler.registry.state import JobState
+
+ZH_EN = LanguageCapabilities(asr_languages=["zh", "en"], tts_languages=["zh", "en"], semantic_languages=["zh", "en"])
+JA_EN = LanguageCapabilities(asr_languages=["ja", "en"], tts_languages=["ja", "en"], semantic_languages=["ja", "en"])
+STEP = 1.0  # bound for a wait that should finish without the clock moving at all
+
+
+def make_config(**scheduler: Any) -> Config:
+    return config_with(Config(), scheduler=scheduler)
+
+
+def spec_for(session_id: str, index: int, src: str = "zh", tgt: str = "en") -> JobSpec:
+    return JobSpec(
+        session_id=session_id,
+        utterance_index=index,
+        trace_id=f"trace-{session_id}-{index}",
+        src_lang=src,
+        tgt_lang=tgt,
+        selection_key=direction_key(src, tgt),
+        pipeline=Pipeline(),
+        audio=bytes([index % 256]) * 32,
+        audio_format="pcm16",
+        sample_rate=16000,
+        turn_id=None,
+        cut_reason="manual",
+        finalized_at=trio.current_time(),
+        is_manual_cut=True,
+    )
+
+
+def ok_result(assign: JobAssign, **overrides: Any) -> JobResult:
+    fields: dict[str, Any] = dict(
+        job_id=assign.job_id,
+        success=True,
+        attempt_id=assign.attempt_id,
+        session_id=assign.session_id,
+        utterance_index=assign.utterance_index,
+        text_asr=f"asr {assign.utterance_index}",
+        text_translated=f"translated {assign.utterance_index}",
+        tts_audio=base64.b64encode(b"tts").decode(),
+        tts_format="pcm16",
+        trace_id=assign.trace_id,
+    )
+    fields.update(overrides)
+    return JobResult(**fields)
+
+
+def failed_result(assign: JobAssign, code: str, message: str = "boom") -> JobResult:
+    return JobResult(job_id=assign.job_id, success=False, attempt_id=assign.attempt_id,
+                     session_id=assign.session_id, utterance_index=assign.utterance_index,
+                     error=ResultError(code=code, message=message))
+
+
+def drain(channel: trio.MemoryReceiveChannel[Any]) -> list[Any]:
+    items = []
+    while True:
+        try:
+            items.append(channel.receive_nowait())
+        except trio.WouldBlock:
+            return items
+
+
+class FakeNode:
+    def __init__(self, harness: Harness, link: NodeLink, outbox: trio.MemoryReceiveChannel[Any],
+                 ack: NodeRegisterAck, first_items: list[Any]) -> None:
+        self.harness = harness
+        self.link = link
+        self.outbox = outbox
+        self.ack = ack
+        self.node_id = ack.node_id
+        self.first_items = first_items  # everything in the outbox right after registering, ack first
+        self.seen: list[Any] = list(first_items[1:])
+
+    def poll(self) -> list[Any]:
+        """Everything the registry put in this node's outbox since the last poll (call after ``sync``)."""
+        new = self.seen + drain(self.outbox)
+        self.seen = []
+        return new
+
+    async def wait(self, timeout: float) -> list[Any]:
+        """Wait for at least one outbox item; return it and whatever else is there."""
+        if self.seen:
+            return self.poll()
+        with trio.fail_after(timeout):
+            first = await self.outbox.receive()
+        return [first, *self.poll()]
+
+    def assigns(self) -> list[JobAssign]:
+        return [item.assign for item in self.poll() if isinstance(item, Dispatch)]
+
+    async def result(self, message: JobResult) -> None:
+        await self.harness.client.result(self.link, message)
+        await self.harness.sync()
+
+    async def gone(self, reason: str = "socket_closed") -> None:
+        await self.harness.client.node_gone(self.link, reason)
+        await self.harness.sync()
+
+    async def heartbeat(self) -> None:
+        await self.harness.client.heartbeat(self.link, NodeHeartbeat(node_id=self.node_id), trio.current_time())
+
+
+class FakeSession:
+    def __init__(self, harness: Harness, session_id: str) -> None:
+        self.harness = harness
+        self.session_id = session_id
+        self.sink_send, self.sink_recv = trio.open_memory_channel[Any](math.inf)
+
+    async def submit(self, index: int, *, src: str = "zh", tgt: str = "en",
+                     patience: float = 5.0) -> SubmitReply | None:
+        return await self.harness.client.submit(spec_for(self.session_id, index, src, tgt), self.sink_send,
+                                                trio.current_time() + patience)
+
+    def poll(self) -> list[Any]:
+        return drain(self.sink_recv)
+
+    async def outcome(self, timeout: float) -> Outcome:
+        with trio.fail_after(timeout):
+            item = await self.sink_recv.receive()
+        assert isinstance(item, Outcome), item
+        return item
+
+
+class Harness:
+    def __init__(self, nursery: trio.Nursery, config: Config, *, inbox_size: int = 256) -> None:
+        send, recv = open_registry_channel(inbox_size)
+        self.config = config
+        self.registry = Registry(config, recv, rng=random.Random(0))
+        nursery.start_soon(self.registry.run)
+        self.client = RegistryClient(send)
+        self._conn_ids = itertools.count(1)
+
+    async def sync(self) -> dict[str, Any]:
+        """A barrier: the inbox is FIFO, so once the snapshot answers every earlier request has been handled."""
+        with trio.fail_after(STEP):
+            snapshot = await self.client.snapshot()
+        assert snapshot is not None
+        return snapshot
+
+    async def node(self, node_id: str | None = None, *, languages: LanguageCapabilities = ZH_EN,
+                   max_jobs: int | None = None, conn_id: int | None = None) -> FakeNode:
+        outbox_send, outbox_recv = trio.open_memory_channel[Any](1000)
+        link = NodeLink(conn_id if conn_id is not None else next(self._conn_ids), outbox_send, "peer")
+        with trio.fail_after(STEP):
+            reply = await self.client.register(
+                link, NodeRegister(node_id=node_id, language_capabilities=languages, max_concurrent_jobs=max_jobs))
+        assert isinstance(reply, str), reply
+        items = drain(outbox_recv)
+        assert items and isinstance(items[0], NodeRegisterAck), items
+        assert items[0].node_id == reply
+        return FakeNode(self, link, outbox_recv, items[0], items)
+
+    def session(self, session_id: str) -> FakeSession:
+        return FakeSession(self, session_id)
+
+    async def in_flight(self) -> dict[str, int]:
+        snapshot = await self.sync()
+        return {n["node_id"]: n["in_flight"] for n in snapshot["nodes"]}
+
+
+def assigns_of(nodes: Iterable[FakeNode]) -> dict[str, list[JobAssign]]:
+    return {node.node_id: node.assigns() for node in nodes}
+
+
+def only_assign(nodes: Iterable[FakeNode]) -> tuple[FakeNode, JobAssign]:
+    """The one node that got exactly one job_assign (the others none)."""
+    got = [(node, a) for node in nodes for a in node.assigns()]
+    assert len(got) == 1, [(n.node_id, a.job_id) for n, a in got]
+    return got[0]
+
+
+# ============================================================================================ registration
+
+
+async def test_register_acks_first_with_generated_node_id(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(heartbeat_interval_seconds=7.5, heartbeat_timeout_seconds=20))
+    node = await h.node()
+    ack = node.first_items[0]
+    assert re.fullmatch(r"node-[0-9A-Fa-f]{8}", ack.node_id), ack.node_id
+    assert ack.heartbeat_interval_seconds == 7.5
+    assert node.first_items == [ack]
+    other = await h.node()
+    assert other.node_id != node.node_id
+
+
+async def test_register_reuses_the_node_id_sent(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config())
+    node = await h.node("node-gpu-7")
+    assert node.ack.node_id == "node-gpu-7"
+    assert node.ack.heartbeat_interval_seconds == 15.0
+    snapshot = await h.sync()
+    assert [n["node_id"] for n in snapshot["nodes"]] == ["node-gpu-7"]
+
+
+async def test_pool_created_on_register_and_removed_when_node_goes(nursery: trio.Nursery,
+                                                                   autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config())
+    a = await h.node("node-a")
+    snapshot = await h.sync()
+    assert snapshot["pools"] == {"en-zh": ["node-a"]}
+    b = await h.node("node-b")
+    j = await h.node("node-j", languages=JA_EN)
+    snapshot = await h.sync()
+    assert snapshot["pools"] == {"en-zh": ["node-a", "node-b"], "en-ja": ["node-j"]}
+    await a.gone()
+    assert (await h.sync())["pools"] == {"en-zh": ["node-b"], "en-ja": ["node-j"]}
+    await b.gone()
+    await j.gone()
+    snapshot = await h.sync()
+    assert snapshot["pools"] == {}
+    assert snapshot["nodes"] == []
+    assert h.registry.counters["pools_removed"] == 2
+
+
+async def test_capacity_from_register_else_config_default(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(max_concurrent_jobs_per_node=3))
+    await h.node("node-two", max_jobs=2)
+    await h.node("node-dflt")
+    caps = {n["node_id"]: n["capacity"] for n in (await h.sync())["nodes"]}
+    assert caps == {"node-two": 2, "node-dflt": 3}
+
+
+async def test_capacity_is_enforced_per_node(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(max_concurrent_jobs_per_node=3, pending_timeout_seconds=50))
+    two = await h.node("node-two", max_jobs=2)
+    dflt = await h.node("node-dflt")
+    replies = [await h.session(f"s{i}").submit(0) for i in range(7)]
+    assert [r.state for r in replies if r is not None].count("dispatched") == 5
+    assert [r.state for r in replies if r is not None].count("waiting") == 2
+    got = assigns_of([two, dflt])
+    assert len(got["node-two"]) == 2 and len(got["node-dflt"]) == 3
+    assert await h.in_flight() == {"node-two": 2, "node-dflt": 3}
+
+
+# ============================================================================================ selection
+
+
+async def test_dispatch_goes_only_to_nodes_serving_the_pair(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(max_concurrent_jobs_per_node=20))
+    zh = await h.node("node-zh")
+    ja = await h.node("node-ja", languages=JA_EN)
+    zh_only = await h.node("node-zh-only", languages=LanguageCapabilities(asr_languages=["zh"],
+                                                                            tts_languages=["zh"]))
+    for i in range(8):
+        reply = await h.session(f"s{i}").submit(0)
+        assert reply is not None and reply.state == "dispatched" and reply.node_id == "node-zh"
+    reply = await h.session("ja").submit(0, src="ja", tgt="en")
+    assert reply is not None and reply.node_id == "node-ja"
+    got = assigns_of([zh, ja, zh_only])
+    assert len(got["node-zh"]) == 8 and all((a.src_lang, a.tgt_lang) == ("zh", "en") for a in got["node-zh"])
+    assert [(a.src_lang, a.tgt_lang) for a in got["node-ja"]] == [("ja", "en")]
+    assert got["node-zh-only"] == []
+    assign = got["node-zh"][0]
+    assert assign.attempt_id == 1 and assign.session_id == "s0" and assign.utterance_index == 0
+    assert base64.b64decode(assign.audio) == bytes([0]) * 32
+
+
+async def test_never_above_capacity_while_results_free_slots(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(pending_timeout_seconds=100))
+    nodes = [await h.node(f"node-{i}", max_jobs=cap) for i, cap in enumerate((1, 2, 3))]
+    sessions = [h.session(f"s{i}") for i in range(12)]
+    for s in sessions:
+        assert await s.submit(0) is not None
+    outstanding: list[tuple[FakeNode, JobAssign]] = []
+    delivered = 0
+    while delivered < len(sessions):
+        for node in nodes:
+            outstanding += [(node, a) for a in node.assigns()]
+        snapshot = await h.sync()
+        for n in snapshot["nodes"]:
+            assert n["in_flight"] <= n["capacity"], n
+        assert snapshot["slots"]["in_flight"] == len(outstanding) <= 6
+        node, assign = outstanding.pop(0)
+        await node.result(ok_result(assign))
+        delivered += 1
+    await h.sync()
+    assert sum(len(s.poll()) for s in sessions) == 12
+    assert (await h.sync())["slots"]["in_flight"] == 0
+
+
+async def test_session_affinity_prefers_previous_node_while_it_has_room(nursery: trio.Nursery,
+                                                                        autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(max_concurrent_jobs_per_node=3))
+    a, b = await h.node("node-a"), await h.node("node-b")
+    s = h.session("s")
+    first = await s.submit(0)
+    assert first is not None and first.node_id is not None
+    home = first.node_id
+    # Power-of-two-choices alone would now pick the idle node; affinity keeps the session where it was.
+    for index in (1, 2):
+        reply = await s.submit(index)
+        assert reply is not None and reply.node_id == home, (index, reply)
+    reply = await s.submit(3)  # home is full now
+    assert reply is not None and reply.state == "dispatched" and reply.node_id not in (home, None)
+    got = assigns_of([a, b])
+    assert len(got[home]) == 3
+
+
+async def test_job_waits_for_a_slot_and_is_dispatched_when_one_frees(nursery: trio.Nursery,
+                                                                     autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(pending_timeout_seconds=10))
+    node = await h.node("node-a", max_jobs=1)
+    s, t = h.session("s"), h.session("t")
+    assert (await s.submit(0)).state == "dispatched"  # type: ignore[union-attr]
+    waiting = await t.submit(4)
+    assert waiting is not None and waiting.state == "waiting" and waiting.node_id is None
+    [first] = node.assigns()
+    await trio.sleep(3)
+    assert node.assigns() == []
+    now = trio.current_time()
+    await node.result(ok_result(first))
+    [second] = node.assigns()
+    assert trio.current_time() == now
+    assert (second.session_id, second.utterance_index, second.job_id) == ("t", 4, waiting.job_id)
+    outcome = await s.outcome(STEP)
+    assert isinstance(outcome.message, m.TranslationResult) and outcome.utterance_index == 0
+    await node.result(ok_result(second))
+    outcome = await t.outcome(STEP)
+    assert isinstance(outcome.message, m.TranslationResult) and outcome.utterance_index == 4
+
+
+async def test_pending_timeout_gives_no_available_node(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(pending_timeout_seconds=4))
+    await h.node("node-ja", languages=JA_EN)  # alive, but serves no zh→en
+    s = h.session("s")
+    start = trio.current_time()
+    reply = await s.submit(7)
+    assert reply is not None and reply.state == "waiting"
+    outcome = await s.outcome(10)
+    assert trio.current_time() - start == pytest.approx(4.0)
+    assert outcome.utterance_index == 7
+    assert isinstance(outcome.message, m.ErrorMessage)
+    assert outcome.message.code == "NO_AVAILABLE_NODE"
+    assert outcome.message.utterance_index == 7 and outcome.message.session_id == "s"
+    # The session keeps working: once a node is there, the next utterance succeeds.
+    zh = await h.node("node-zh")
+    reply = await s.submit(8)
+    assert reply is not None and reply.state == "dispatched" and reply.node_id == "node-zh"
+    [assign] = zh.assigns()
+    await zh.result(ok_result(assign))
+    assert isinstance((await s.outcome(STEP)).message, m.TranslationResult)
+    assert s.poll() == []
+
+
+async def test_node_registering_while_job_waits_gets_it_at_once(nursery: trio.Nursery,
+                                                               autojump_clock: Any) -> None:
+    """H-2: a node is reachable as soon as it is in a pool (the original needed the 15 s renewal tick)."""
+    h = Harness(nursery, make_config(pending_timeout_seconds=30))
+    s = h.session("s")
+    reply = await s.submit(0)
+    assert reply is not None and reply.state == "waiting"
+    await trio.sleep(1)
+    now = trio.current_time()
+    node = await h.node("node-late")
+    assert trio.current_time() == now
+    [assign] = node.assigns()  # already in the outbox, right behind the ack
+    assert assign.job_id == reply.job_id and assign.attempt_id == 1
+    await node.result(ok_result(assign))
+    outcome = await s.outcome(STEP)
+    assert isinstance(outcome.message, m.TranslationResult) and trio.current_time() == now
+
+
+# ============================================================================================ job timeout
+
+
+async def test_job_timeout_fails_over_to_new_nodes_then_errors(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(job_timeout_seconds=5, failover_max_attempts=2, pending_timeout_seconds=100))
+    nodes = [await h.node(f"node-{i}") for i in range(3)]
+    by_id = {n.node_id: n for n in nodes}
+    s = h.session("s")
+    start = trio.current_time()
+    reply = await s.submit(3)
+    assert reply is not None and reply.state == "dispatched"
+    holder, assign = only_assign(nodes)
+    assert assign.job_id == reply.job_id and assign.attempt_id == 1
+    history = [(holder.node_id, assign.job_id)]
+    for attempt in (2, 3):
+        items = await holder.wait(10)
+        assert trio.current_time() - start == pytest.approx(5 * (attempt - 1))
+        assert [type(i) for i in items] == [JobCancel], items
+        assert items[0].job_id == history[-1][1]
+        await h.sync()
+        assert (await h.in_flight())[holder.node_id] == 0
+        holder, assign = only_assign(nodes)
+        assert holder.node_id not in [node_id for node_id, _ in history]
+        assert assign.attempt_id == attempt
+        assert assign.job_id not in [job_id for _, job_id in history]
+        assert (assign.session_id, assign.utterance_index) == ("s", 3)
+        assert (await h.in_flight())[holder.node_id] == 1
+        history.append((holder.node_id, assign.job_id))
+    # The third attempt times out too: failover_max_attempts=2 re-dispatches are spent.
+    outcome = await s.outcome(10)
+    assert trio.current_time() - start == pytest.approx(15)
+    assert isinstance(outcome.message, m.ErrorMessage) and outcome.message.code == "JOB_TIMEOUT"
+    assert outcome.utterance_index == 3 and outcome.message.utterance_index == 3
+    last = by_id[history[-1][0]]
+    assert [i.job_id for i in last.poll() if isinstance(i, JobCancel)] == [history[-1][1]]
+    await trio.sleep(200)
+    assert s.poll() == []
+    assert all(n.poll() == [] for n in nodes)
+    snapshot = await h.sync()
+    assert snapshot["slots"]["in_flight"] == 0 and snapshot["jobs"]["total"] == 0
+
+
+async def test_job_timeout_with_no_other_node_errors(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(job_timeout_seconds=5, failover_max_attempts=5))
+    a = await h.node("node-a")
+    s = h.session("s")
+    await s.submit(0)
+    [assign] = a.assigns()
+    outcome = await s.outcome(10)
+    assert trio.current_time() == pytest.approx(5)
+    assert isinstance(outcome.message, m.ErrorMessage) and outcome.message.code == "JOB_TIMEOUT"
+    assert [type(i) for i in a.poll()] == [JobCancel]
+    # never back to the node that already had it, even though it is free again
+    await trio.sleep(100)
+    assert a.poll() == [] and s.poll() == []
+    assert await h.in_flight() == {"node-a": 0}
+
+
+async def test_failover_waits_for_busy_untried_node_never_returns_to_old(nursery: trio.Nursery,
+                                                                         autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(job_timeout_seconds=5, pending_timeout_seconds=3, failover_max_attempts=3))
+    x = await h.node("node-x", max_jobs=1)
+    s, t = h.session("s"), h.session("t")
+    await s.submit(0)
+    [first] = x.assigns()
+    await trio.sleep(1)
+    y = await h.node("node-y", max_jobs=1)
+    await t.submit(0)
+    [other] = y.assigns()
+    await x.wait(10)  # job_cancel at t=5: x is free, y is full, so the retry waits
+    assert trio.current_time() == pytest.approx(5)
+    assert x.poll() == [] and y.poll() == []
+    await trio.sleep(1)
+    await y.result(ok_result(other))
+    [retry] = y.assigns()
+    assert retry.session_id == "s" and retry.attempt_id == 2 and retry.job_id != first.job_id
+    assert x.poll() == []
+    await y.result(ok_result(retry))
+    outcome = await s.outcome(STEP)
+    assert isinstance(outcome.message, m.TranslationResult) and outcome.job_id == retry.job_id
+    assert isinstance((await t.outcome(STEP)).message, m.TranslationResult)
+    await trio.sleep(50)
+    assert s.poll() == [] and t.poll() == []
+
+
+async def test_failover_that_finds_no_slot_ends_with_job_timeout(nursery: trio.Nursery,
+                                                                 autojump_clock: Any) -> None:
+    """The retry waits like a new job; if no untried node frees a slot within pending_timeout_seconds, the
+    client gets the reason the job last failed (JOB_TIMEOUT), not NO_AVAILABLE_NODE."""
+    h = Harness(nursery, make_config(job_timeout_seconds=5, pending_timeout_seconds=3))
+    x = await h.node("node-x", max_jobs=1)
+    s = h.session("s")
+    await s.submit(0)
+    x.assigns()
+    await trio.sleep(4)
+    y = await h.node("node-y", max_jobs=1)
+    await h.session("t").submit(0)
+    y.assigns()
+    # s times out on x at t=5 and waits for y, which stays full until t=9; the wait ends at t=8.
+    outcome = await s.outcome(20)
+    assert trio.current_time() == pytest.approx(8)
+    assert isinstance(outcome.message, m.ErrorMessage)
+    assert outcome.message.code == "JOB_TIMEOUT", outcome.message
+    assert outcome.message.utterance_index == 0
+    assert x.assigns() == [] and y.assigns() == []
+    await trio.sleep(50)
+    assert s.poll() == []
+
+
+# ============================================================================================ node loss
+
+
+async def test_node_gone_redispatches_in_flight_jobs_at_once(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(job_timeout_seconds=30))
+    a = await h.node("node-a")
+    s = h.session("s")
+    await s.submit(0)
+    [first] = a.assigns()
+    b = await h.node("node-b")
+    await trio.sleep(2)
+    now = trio.current_time()
+    await a.gone()
+    assert trio.current_time() == now
+    [second] = b.assigns()
+    assert second.attempt_id == 2 and second.job_id != first.job_id and second.utterance_index == 0
+    snapshot = await h.sync()
+    assert [n["node_id"] for n in snapshot["nodes"]] == ["node-b"]
+    assert snapshot["slots"]["in_flight"] == 1
+    await b.result(ok_result(second))
+    outcome = await s.outcome(STEP)
+    assert isinstance(outcome.message, m.TranslationResult) and outcome.job_id == second.job_id
+    # a late result from the lost node's socket changes nothing
+    await a.result(ok_result(first))
+    assert s.poll() == []
+
+
+async def test_node_loss_counts_as_an_attempt(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(failover_max_attempts=1))
+    a = await h.node("node-a")
+    s = h.session("s")
+    await s.submit(5)
+    a.assigns()
+    others = [await h.node("node-b"), await h.node("node-c")]
+    await a.gone()
+    holder, second = only_assign(others)
+    assert second.attempt_id == 2
+    await holder.gone()
+    outcome = await s.outcome(STEP)
+    assert isinstance(outcome.message, m.ErrorMessage) and outcome.message.code == "NODE_UNAVAILABLE"
+    assert outcome.message.utterance_index == 5
+    assert all(n.assigns() == [] for n in others)
+
+
+async def test_heartbeat_silence_closes_link_and_redispatches(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(heartbeat_interval_seconds=2, heartbeat_timeout_seconds=6,
+                                     job_timeout_seconds=30))
+    silent = await h.node("node-silent")
+    s = h.session("s")
+    await s.submit(0)
+    [first] = silent.assigns()
+    alive = await h.node("node-alive")
+
+    async def beat() -> None:
+        while True:
+            await trio.sleep(2)
+            await alive.heartbeat()
+
+    async with trio.open_nursery() as beats:
+        beats.start_soon(beat)
+        items = await silent.wait(10)
+        assert trio.current_time() == pytest.approx(6)
+        assert [type(i) for i in items] == [CloseLink]
+        [second] = alive.assigns()
+        assert second.attempt_id == 2 and second.job_id != first.job_id
+        snapshot = await h.sync()
+        assert [n["node_id"] for n in snapshot["nodes"]] == ["node-alive"]
+        # heartbeats keep the other node alive well past the timeout
+        await trio.sleep(40)
+        snapshot = await h.sync()
+        assert [n["node_id"] for n in snapshot["nodes"]] == ["node-alive"]
+        assert not any(isinstance(i, CloseLink) for i in alive.poll())
+        beats.cancel_scope.cancel()
+    await alive.result(ok_result(second))
+    assert isinstance((await s.outcome(STEP)).message, m.TranslationResult)
+
+
+async def test_heartbeat_silence_without_jobs_removes_node_and_pool(nursery: trio.Nursery,
+                                                                    autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(heartbeat_interval_seconds=2, heartbeat_timeout_seconds=6))
+    node = await h.node("node-a")
+    await trio.sleep(5)
+    await node.heartbeat()
+    await trio.sleep(5)  # t=10: 5 s after the heartbeat, still alive
+    assert [n["node_id"] for n in (await h.sync())["nodes"]] == ["node-a"]
+    items = await node.wait(5)
+    assert trio.current_time() == pytest.approx(11)
+    assert [type(i) for i in items] == [CloseLink]
+    snapshot = await h.sync()
+    assert snapshot["nodes"] == [] and snapshot["pools"] == {}
+
+
+# ============================================================================================ reconnect
+
+
+async def test_reconnect_replaces_old_link_and_fails_over_its_jobs(nursery: trio.Nursery,
+                                                                   autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(job_timeout_seconds=30))
+    old = await h.node("node-r")
+    s = h.session("s")
+    await s.submit(0)
+    [first] = old.assigns()
+    b = await h.node("node-b", max_jobs=1)
+    new = await h.node("node-r")
+    assert new.node_id == "node-r" and new.link.conn_id != old.link.conn_id
+    assert [type(i) for i in old.poll()] == [CloseLink]
+    [second] = b.assigns()
+    assert second.attempt_id == 2 and second.job_id != first.job_id
+    # the old socket's close arrives afterwards: it must not remove the new registration
+    await old.gone()
+    snapshot = await h.sync()
+    assert sorted(n["node_id"] for n in snapshot["nodes"]) == ["node-b", "node-r"]
+    assert snapshot["pools"] == {"en-zh": sorted(["node-b", "node-r"])}
+    # the new link is the one that gets work (node-b is full)
+    t = h.session("t")
+    reply = await t.submit(0)
+    assert reply is not None and reply.node_id == "node-r"
+    [assign] = new.assigns()
+    assert old.poll() == []
+    # a result for it over the old socket is foreign; over the new one it counts
+    await old.result(ok_result(assign))
+    assert t.poll() == []
+    assert h.registry.counters["results_dropped_foreign_node"] == 1
+    await new.result(ok_result(assign))
+    assert isinstance((await t.outcome(STEP)).message, m.TranslationResult)
+    # heartbeats on the old link do not keep anything alive or change anything
+    await old.heartbeat()
+    assert sorted(n["node_id"] for n in (await h.sync())["nodes"]) == ["node-b", "node-r"]
+
+
+# ============================================================================================ results
+
+
+async def _timed_out_once(h: Harness, nodes: list[FakeNode], s: FakeSession) -> tuple[
+        FakeNode, JobAssign, FakeNode, JobAssign]:
+    await s.submit(0)
+    first_node, first = only_assign(nodes)
+    await first_node.wait(h.config.scheduler.job_timeout_seconds + 1)  # job_cancel
+    second_node, second = only_assign(nodes)
+    return first_node, first, second_node, second
+
+
+async def test_result_from_old_attempt_is_dropped(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(job_timeout_seconds=5))
+    nodes = [await h.node("node-a"), await h.node("node-b")]
+    s = h.session("s")
+    first_node, first, second_node, second = await _timed_out_once(h, nodes, s)
+    await first_node.result(ok_result(first))
+    assert s.poll() == []
+    assert h.registry.counters["results_dropped_old_attempt"] == 1
+    await second_node.result(ok_result(second))
+    outcome = await s.outcome(STEP)
+    assert outcome.job_id == second.job_id and outcome.message.text_translated == "translated 0"
+    await first_node.result(ok_result(first))  # and again once the job is finished
+    assert h.registry.counters["results_dropped_finished_job"] == 1
+    assert s.poll() == []
+
+
+async def test_result_from_node_not_assigned_is_dropped(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config())
+    nodes = [await h.node("node-a"), await h.node("node-b")]
+    s = h.session("s")
+    await s.submit(0)
+    holder, assign = only_assign(nodes)
+    [stranger] = [n for n in nodes if n is not holder]
+    await stranger.result(ok_result(assign))
+    assert s.poll() == []
+    assert h.registry.counters["results_dropped_foreign_node"] == 1
+    assert (await h.in_flight())[holder.node_id] == 1  # the job is untouched
+    await holder.result(ok_result(assign))
+    assert (await s.outcome(STEP)).job_id == assign.job_id
+
+
+async def test_result_from_previous_holder_after_failover_is_dropped(nursery: trio.Nursery,
+                                                                    autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(job_timeout_seconds=5))
+    nodes = [await h.node("node-a"), await h.node("node-b")]
+    s = h.session("s")
+    first_node, _, second_node, second = await _timed_out_once(h, nodes, s)
+    await first_node.result(ok_result(second))  # the new job_id, from the node that no longer holds it
+    assert s.poll() == []
+    assert h.registry.counters["results_dropped_foreign_node"] == 1
+    await second_node.result(ok_result(second))
+    assert (await s.outcome(STEP)).job_id == second.job_id
+
+
+async def test_result_for_unknown_job_is_dropped(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config())
+    node = await h.node("node-a")
+    s = h.session("s")
+    await s.submit(0)
+    [assign] = node.assigns()
+    await node.result(JobResult(job_id="job-never-issued", success=True, attempt_id=1, text_asr="x",
+                                text_translated="y"))
+    assert s.poll() == []
+    assert h.registry.counters["results_dropped_unknown_job"] == 1
+    assert await h.in_flight() == {"node-a": 1}
+    await node.result(ok_result(assign))
+    assert len(s.poll()) == 1
+
+
+async def test_result_sent_twice_gives_one_outcome(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config())
+    node = await h.node("node-a")
+    s = h.session("s")
+    await s.submit(0)
+    [assign] = node.assigns()
+    await node.result(ok_result(assign))
+    await node.result(ok_result(assign))
+    await node.result(failed_result(assign, "LATE_FAILURE"))
+    [outcome] = s.poll()
+    assert isinstance(outcome.message, m.TranslationResult)
+    assert h.registry.counters["results_dropped_finished_job"] == 2
+    assert await h.in_flight() == {"node-a": 0}
+
+
+async def test_result_with_wrong_attempt_id_is_dropped(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config())
+    node = await h.node("node-a")
+    s = h.session("s")
+    await s.submit(0)
+    [assign] = node.assigns()
+    await node.result(ok_result(assign, attempt_id=assign.attempt_id + 1))
+    await node.result(ok_result(assign, attempt_id=0))
+    assert s.poll() == []
+    assert h.registry.counters["results_dropped_old_attempt"] == 2
+    await node.result(ok_result(assign))
+    assert isinstance((await s.outcome(STEP)).message, m.TranslationResult)
+
+
+async def test_failed_result_becomes_error_with_node_code_without_failover(nursery: trio.Nursery,
+                                                                          autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config())
+    nodes = [await h.node("node-a"), await h.node("node-b")]
+    s = h.session("s")
+    await s.submit(9)
+    holder, assign = only_assign(nodes)
+    await holder.result(failed_result(assign, "MODEL_NOT_LOADED", "tts model missing"))
+    outcome = await s.outcome(STEP)
+    assert isinstance(outcome.message, m.ErrorMessage)
+    assert outcome.message.code == "MODEL_NOT_LOADED" and outcome.message.utterance_index == 9
+    assert outcome.utterance_index == 9
+    assert all(n.assigns() == [] for n in nodes)
+    assert sum((await h.in_flight()).values()) == 0
+    await trio.sleep(100)
+    assert s.poll() == []
+
+
+@pytest.mark.parametrize("reason", ["ASR_EMPTY", "NO_TEXT_ASSIGNED"])
+async def test_empty_result_becomes_missing_result(nursery: trio.Nursery, autojump_clock: Any,
+                                                   reason: str) -> None:
+    h = Harness(nursery, make_config())
+    node = await h.node("node-a")
+    s = h.session("s")
+    await s.submit(2)
+    [assign] = node.assigns()
+    # the reason alone decides, even if the node filled in some text
+    await node.result(ok_result(assign, extra={"reason": reason}))
+    outcome = await s.outcome(STEP)
+    assert isinstance(outcome.message, m.MissingResult)
+    assert outcome.message.reason == "silence_detected" and outcome.message.utterance_index == 2
+    assert outcome.utterance_index == 2
+    assert await h.in_flight() == {"node-a": 0}
+
+
+async def test_duplicate_job_id_reply_is_not_forwarded(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(job_timeout_seconds=30))
+    node = await h.node("node-a")
+    s = h.session("s")
+    await s.submit(0)
+    [assign] = node.assigns()
+    await node.result(failed_result(assign, "DUPLICATE_JOB_ID", "job already running"))
+    assert s.poll() == []
+    assert h.registry.counters["results_dropped_duplicate_reply"] == 1
+    assert await h.in_flight() == {"node-a": 1}
+    assert (await h.sync())["nodes"][0]["jobs_failed"] == 0
+    await trio.sleep(10)
+    await node.result(ok_result(assign))
+    assert isinstance((await s.outcome(STEP)).message, m.TranslationResult)
+
+
+# ============================================================================================ quarantine
+
+
+async def test_quarantine_after_failures_then_used_again(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(quarantine_failures=2, quarantine_window_seconds=10,
+                                     quarantine_cooldown_seconds=30, pending_timeout_seconds=100))
+    node = await h.node("node-a")
+    s = h.session("s")
+    for index in (0, 1):
+        await s.submit(index)
+        [assign] = node.assigns()
+        await node.result(failed_result(assign, "PROCESSING_ERROR"))
+        await trio.sleep(1)
+    assert [o.message.code for o in s.poll()] == ["PROCESSING_ERROR", "PROCESSING_ERROR"]
+    quarantined_at = trio.current_time() - 1
+    [info] = (await h.sync())["nodes"]
+    assert info["quarantined"] is True
+    reply = await s.submit(2)
+    assert reply is not None and reply.state == "waiting"
+    [assign] = [i.assign for i in await node.wait(60) if isinstance(i, Dispatch)]
+    assert trio.current_time() == pytest.approx(quarantined_at + 30)
+    assert assign.utterance_index == 2
+    assert (await h.sync())["nodes"][0]["quarantined"] is False
+    assert h.registry.counters["node_quarantines"] == 1
+
+
+async def test_quarantine_routes_new_jobs_to_other_nodes(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(quarantine_failures=1, quarantine_cooldown_seconds=30,
+                                     max_concurrent_jobs_per_node=10))
+    bad = await h.node("node-bad")
+    s = h.session("s")
+    await s.submit(0)
+    [assign] = bad.assigns()
+    good = await h.node("node-good")
+    await bad.result(failed_result(assign, "PROCESSING_ERROR"))
+    for index in range(1, 6):  # affinity points at node-bad, but it is cooling down
+        reply = await s.submit(index)
+        assert reply is not None and reply.node_id == "node-good"
+    assert bad.assigns() == []
+    states = {n["node_id"]: n["quarantined"] for n in (await h.sync())["nodes"]}
+    assert states == {"node-bad": True, "node-good": False}
+
+
+async def test_failures_spread_beyond_window_do_not_quarantine(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(quarantine_failures=2, quarantine_window_seconds=10))
+    node = await h.node("node-a")
+    s = h.session("s")
+    for index in (0, 1):
+        await s.submit(index)
+        [assign] = node.assigns()
+        await node.result(failed_result(assign, "PROCESSING_ERROR"))
+        await trio.sleep(11)
+    assert (await h.sync())["nodes"][0]["quarantined"] is False
+    reply = await s.submit(2)
+    assert reply is not None and reply.state == "dispatched"
+
+
+async def test_job_timeouts_count_towards_quarantine(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(job_timeout_seconds=2, quarantine_failures=2, quarantine_window_seconds=60,
+                                     quarantine_cooldown_seconds=30))
+    node = await h.node("node-a")
+    s = h.session("s")
+    for index in (0, 1):
+        await s.submit(index)
+        node.assigns()
+        outcome = await s.outcome(5)
+        assert outcome.message.code == "JOB_TIMEOUT"
+    assert (await h.sync())["nodes"][0]["quarantined"] is True
+
+
+# ============================================================================================ sessions
+
+
+async def test_cancel_jobs_sends_job_cancel_and_frees_slot(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(job_timeout_seconds=5))
+    node = await h.node("node-a")
+    s = h.session("s")
+    await s.submit(0)
+    await s.submit(1)
+    a0, a1 = node.assigns()
+    assert await h.in_flight() == {"node-a": 2}
+    await h.client.cancel_jobs("s", (0,), "client_gone")
+    await h.sync()
+    [cancel] = node.poll()
+    assert isinstance(cancel, JobCancel) and cancel.job_id == a0.job_id
+    assert await h.in_flight() == {"node-a": 1}
+    await h.client.session_ended("s")
+    await h.sync()
+    [cancel] = node.poll()
+    assert isinstance(cancel, JobCancel) and cancel.job_id == a1.job_id
+    snapshot = await h.sync()
+    assert snapshot["slots"]["in_flight"] == 0 and snapshot["jobs"]["total"] == 0
+    await trio.sleep(60)  # past every deadline: no outcome, no timeout-triggered cancel
+    assert s.poll() == []
+    assert node.poll() == []
+    await node.result(ok_result(a1))  # a result after the cancel resurrects nothing
+    assert s.poll() == []
+    assert await h.in_flight() == {"node-a": 0}
+
+
+async def test_session_ended_drops_waiting_jobs_without_outcome(nursery: trio.Nursery,
+                                                               autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(pending_timeout_seconds=5))
+    s = h.session("s")
+    assert (await s.submit(0)).state == "waiting"  # type: ignore[union-attr]
+    await h.client.session_ended("s")
+    await h.sync()
+    node = await h.node("node-late")
+    assert node.poll() == []
+    await trio.sleep(30)
+    assert s.poll() == []
+    assert (await h.sync())["jobs"] == {"dispatched": 0, "waiting": 0, "total": 0}
+
+
+# ============================================================================================ idempotency
+
+
+async def test_same_utterance_submitted_twice_makes_one_job(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config())
+    node = await h.node("node-a")
+    s = h.session("s")
+    first = await s.submit(0)
+    second = await s.submit(0)
+    assert first is not None and second is not None
+    assert first.state == "dispatched" and second.state == "duplicate"
+    assert second.job_id == first.job_id and second.node_id == first.node_id
+    other_target = await s.submit(0, tgt="zh")  # another tgt_lang is another job
+    assert other_target is not None and other_target.job_id != first.job_id
+    assigns = node.assigns()
+    assert len(assigns) == 2
+    assert h.registry.counters["jobs_created"] == 2 and h.registry.counters["submits_duplicate"] == 1
+    await node.result(ok_result(assigns[0]))
+    assert len(s.poll()) == 1
+
+
+async def test_duplicate_submit_of_waiting_job(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(pending_timeout_seconds=5))
+    s = h.session("s")
+    first = await s.submit(3)
+    second = await s.submit(3)
+    assert first is not None and second is not None and first.state == "waiting"
+    assert second.state == "duplicate" and second.job_id == first.job_id
+    await trio.sleep(10)
+    [outcome] = s.poll()
+    assert outcome.message.code == "NO_AVAILABLE_NODE"
+
+
+# ============================================================================================ cancellation safety
+
+BEHAVIOURS = ("ok", "ok", "fail", "silent", "twice", "duplicate_then_ok", "empty")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    inbox_size=st.integers(min_value=1, max_value=4),
+    stalls=st.lists(st.tuples(st.floats(0, 6), st.sampled_from([0.05, 0.3, 1.0, 2.5])), max_size=3),
+    submits=st.lists(
+        st.tuples(st.integers(0, 2), st.floats(0, 6), st.sampled_from([0.0, 0.01, 0.2, 0.5, 1.0, 3.0])),
+        min_size=1, max_size=14),
+    nodes=st.lists(
+        st.tuples(st.integers(1, 3), st.lists(st.sampled_from(BEHAVIOURS), min_size=1, max_size=4),
+                  st.sampled_from([0.0, 0.1, 0.7, 2.0]), st.none() | st.floats(0.5, 8)),
+        min_size=1, max_size=3),
+    cancels=st.lists(st.tuples(st.floats(0, 8), st.integers(0, 2), st.none() | st.integers(0, 5)), max_size=2),
+)
+def test_submits_racing_deadlines_never_lose_or_duplicate_outcomes(
+    inbox_size: int,
+    stalls: list[tuple[float, float]],
+    submits: list[tuple[int, float, float]],
+    nodes: list[tuple[int, list[str], float, float | None]],
+    cancels: list[tuple[float, int, int | None]],
+) -> None:
+    """Submits race their deadlines against a registry that stalls behind a bounded inbox, while nodes answer,
+    fail, stay silent, answer twice or die, and sessions cancel. At the end: a submit that got a reply got exactly
+    one outcome (unless its session cancelled it), one that got None got nothing and made no job, and no reserved
+    slot is left behind at any point."""
+    config = make_config(job_timeout_seconds=2, pending_timeout_seconds=3, failover_max_attempts=2,
+                         quarantine_failures=3, quarantine_window_seconds=5, quarantine_cooldown_seconds=2)
+    per_session = [0, 0, 0]
+    plan = []
+    for session, start, patience in submits:
+        plan.append((session, per_session[session], start, patience))
+        per_session[session] += 1
+
+    replies: dict[tuple[str, int], SubmitReply | None] = {}
+    dispatched_keys: set[tuple[str, int]] = set()
+    cancelled: set[tuple[str, int]] = set()
+    violations: list[str] = []
+
+    async def main() -> None:
+        front_send, front_recv = open_registry_channel(inbox_size)
+        back_send, back_recv = trio.open_memory_channel[Any](0)
+        registry = Registry(config, back_recv, rng=random.Random(1))
+        client = RegistryClient(front_send)
+        sinks = {f"s{i}": trio.open_memory_channel[Any](math.inf) for i in range(3)}
+
+        def stalled_until(now: float) -> float | None:
+            for start, length in stalls:
+                if start <= now < start + length:
+                    return start + length
+            return None
+
+        async def relay() -> None:
+            # The registry "falls behind" during stalls: requests pile up in its bounded inbox.
+            while True:
+                until = stalled_until(trio.current_time())
+                if until is not None:
+                    await trio.sleep_until(until)
+                    continue
+                item = await front_recv.receive()
+                await back_send.send(item)
+
+        def check_slots() -> None:
+            now = trio.current_time()
+            in_flight = sum(n.in_flight for n in registry.nodes.values())
+            live_dispatched = sum(1 for j in registry.jobs_by_key.values() if j.state is JobState.DISPATCHED)
+            if in_flight != live_dispatched:
+                violations.append(f"t={now}: in_flight {in_flight} != dispatched {live_dispatched}")
+            for n in registry.nodes.values():
+                if not (0 <= n.in_flight <= n.capacity) or n.in_flight != len(n.jobs):
+                    violations.append(f"t={now}: {n.node_id} in_flight={n.in_flight} cap={n.capacity} "
+                                      f"jobs={len(n.jobs)}")
+
+        async def checker() -> None:
+            while True:
+                await trio.sleep(0.05)
+                check_slots()
+
+        async def submit(session: int, index: int, start: float, patience: float) -> None:
+            await trio.sleep(start)
+            sid = f"s{session}"
+            replies[(sid, index)] = await client.submit(
+                spec_for(sid, index), sinks[sid][0], trio.current_time() + patience)
+
+        async def node(number: int, capacity: int, behaviours: list[str], delay: float,
+                       dies_at: float | None) -> None:
+            outbox_send, outbox_recv = trio.open_memory_channel[Any](1000)
+            link = NodeLink(number, outbox_send, "peer")
+            node_id = await client.register(link, NodeRegister(node_id=f"node-{number}", language_capabilities=ZH_EN,
+                                                               max_concurrent_jobs=capacity))
+            assert node_id == f"node-{number}"
+            cycle = itertools.cycle(behaviours)
+
+            async def answer(assign: JobAssign, behaviour: str) -> None:
+                await trio.sleep(delay)
+                if behaviour == "ok":
+                    await client.result(link, ok_result(assign))
+                elif behaviour == "fail":
+                    await client.result(link, failed_result(assign, "PROCESSING_ERROR"))
+                elif behaviour == "twice":
+                    await client.result(link, ok_result(assign))
+                    await client.result(link, ok_result(assign))
+                elif behaviour == "duplicate_then_ok":
+                    await client.result(link, failed_result(assign, "DUPLICATE_JOB_ID"))
+                    await trio.sleep(delay)
+                    await client.result(link, ok_result(assign))
+                elif behaviour == "empty":
+                    await client.result(link, ok_result(assign, extra={"reason": "ASR_EMPTY"}))
+
+            async with trio.open_nursery() as workers:
+                if dies_at is not None:
+                    async def die() -> None:
+                        await trio.sleep_until(dies_at)
+                        await client.node_gone(link, "socket_closed")
+                        workers.cancel_scope.cancel()
+                    workers.start_soon(die)
+                async for item in outbox_recv:
+                    if isinstance(item, CloseLink):
+                        workers.cancel_scope.cancel()
+                        return
+                    if isinstance(item, Dispatch):
+                        dispatched_keys.add((item.assign.session_id, item.assign.utterance_index))
+                        behaviour = next(cycle)
+                        if behaviour != "silent":
+                            workers.start_soon(answer, item.assign, behaviour)
+
+        async def cancel(at: float, session: int, index: int | None) -> None:
+            await trio.sleep_until(at)
+            sid = f"s{session}"
+            cancelled.update((sid, i) for i in range(per_session[session]) if index is None or i == index)
+            if index is None:
+                await client.session_ended(sid)
+            else:
+                await client.cancel_jobs(sid, (index,), "client_cancel")
+
+        async with trio.open_nursery() as outer:
+            outer.start_soon(registry.run)
+            outer.start_soon(relay)
+            outer.start_soon(checker)
+            with trio.fail_after(300):
+                async with trio.open_nursery() as actors:
+                    for number, (capacity, behaviours, delay, dies_at) in enumerate(nodes):
+                        actors.start_soon(node, number, capacity, behaviours, delay, dies_at)
+                    for session, index, start, patience in plan:
+                        actors.start_soon(submit, session, index, start, patience)
+                    for at, session, index in cancels:
+                        actors.start_soon(cancel, at, session, index)
+                    await trio.sleep(60)  # past every deadline: attempts x (pending + job timeout)
+                    actors.cancel_scope.cancel()
+                snapshot = await client.snapshot(timeout=10)
+            assert snapshot is not None
+            check_slots()
+            outcomes: dict[tuple[str, int], list[Outcome]] = {}
+            for sid, (_, recv) in sinks.items():
+                for item in drain(recv):
+                    if isinstance(item, Outcome):
+                        outcomes.setdefault((sid, item.utterance_index), []).append(item)
+            for key, reply in replies.items():
+                got = outcomes.get(key, [])
+                if reply is None:
+                    if got or key in dispatched_keys:
+                        violations.append(f"{key}: submit returned None but got {got} / was dispatched")
+                elif key in cancelled:
+                    if len(got) > 1:
+                        violations.append(f"{key}: cancelled but got {len(got)} outcomes")
+                elif len(got) != 1:
+                    violations.append(f"{key}: reply {reply} but {len(got)} outcomes: {got}")
+            answered = sum(1 for r in replies.values() if r is not None)
+            if registry.counters["jobs_created"] != answered:
+                violations.append(f"jobs_created {registry.counters['jobs_created']} != answered submits {answered}")
+            if snapshot["slots"]["in_flight"] != 0 or snapshot["jobs"]["total"] != 0:
+                violations.append(f"left over at the end: {snapshot['slots']} {snapshot['jobs']}")
+            if registry.counters["registry_internal_errors"]:
+                violations.append(f"registry internal errors: {registry.counters['registry_internal_errors']}")
+            outer.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert len(replies) == len(plan)
+    assert not violations, violations
