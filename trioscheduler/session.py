@@ -82,6 +82,8 @@ class SessionMetrics:
     def __init__(self) -> None:
         self.active = 0
         self.counters: collections.Counter[str] = collections.Counter()
+        #: Open session connections, for footprint checks in tests and fault-injection runs.
+        self.live: set[SessionConnection] = set()
 
 
 class IndexSet:
@@ -144,10 +146,25 @@ class SessionConnection:
         self._config = config
         self._metrics = metrics
         self._state: SessionState | None = None
+        #: Writer-owned: outcomes waiting for lower indices, and index -> finalized_at for each outcome still owed.
+        self._orderer: ResultOrderer[Any] = ResultOrderer(gap_timeout=config.results.gap_timeout_seconds)
+        self._owed: dict[int, float] = {}
         self._writer_send, self._writer_recv = trio.open_memory_channel[Any](math.inf)
+
+    def footprint(self) -> dict[str, int]:
+        """What this session holds beyond its idle size; all zero once its utterances are settled."""
+        state = self._state
+        return {
+            "buffered_bytes": state.segmenter.buffered_bytes if state else 0,
+            "indices_above_low_water": len(state.used.above) if state else 0,
+            "outcomes_held": self._orderer.pending_count,
+            "outcomes_owed": len(self._owed),
+            "writer_queue": self._writer_recv.statistics().current_buffer_used,
+        }
 
     async def run(self) -> None:
         self._metrics.active += 1
+        self._metrics.live.add(self)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, nursery)
@@ -157,6 +174,7 @@ class SessionConnection:
                     nursery.cancel_scope.cancel()
         finally:
             self._metrics.active -= 1
+            self._metrics.live.discard(self)
             self._writer_send.close()
             self._writer_recv.close()
             if self._state is not None:
@@ -444,8 +462,8 @@ class SessionConnection:
 
     async def _write_loop(self, nursery: trio.Nursery) -> None:
         """Releases outcomes strictly in utterance_index order, each exactly once."""
-        orderer: ResultOrderer[Any] = ResultOrderer(gap_timeout=self._config.results.gap_timeout_seconds)
-        owed: dict[int, float] = {}  # index -> finalized_at, for every index without a released outcome
+        orderer = self._orderer
+        owed = self._owed
         closing: CloseSession | None = None
         close_deadline = math.inf
         receive = self._writer_recv
@@ -488,7 +506,7 @@ class SessionConnection:
                 closing.done.set()
                 closing = None
                 close_deadline = math.inf
-                orderer = ResultOrderer(gap_timeout=self._config.results.gap_timeout_seconds)
+                orderer = self._orderer = ResultOrderer(gap_timeout=self._config.results.gap_timeout_seconds)
 
     async def _release(self, released: list[Any], owed: dict[int, float], nursery: trio.Nursery) -> None:
         state = self._state
