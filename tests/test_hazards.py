@@ -199,3 +199,37 @@ async def test_f11_node_failure_result_is_an_error_without_failover_and_node_sta
     again = await peer.recv_type("job_assign")  # affinity: the same node is still used
     await peer.send(**result_for(again))
     assert (await client.recv_type("translation_result"))["utterance_index"] == 1
+
+
+async def test_jobs_in_the_middle_of_a_live_turn_do_not_time_out(
+        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, make_config: Callable[..., Config]) -> None:
+    """The original's node answers the jobs of a MaxDuration chain only when the turn ends (lingua §3); a job in
+    the middle of a live turn is not late. Its deadline runs from the newest dispatch in the turn."""
+    scheduler = await _start(nursery, make_config, segmentation={"max_duration_ms": 1000},
+                             scheduler={"job_timeout_seconds": 2})
+    node = await _node(nursery, scheduler, "node-A")
+    client, sid = await _client(nursery, scheduler)
+    assigns = []
+    for _ in range(4):  # a turn of 4 MaxDuration cuts over 6 s: longer than the 2 s job timeout
+        for _ in range(5):
+            await _chunk(client, sid, 200)
+        assigns.append(await node.recv_type("job_assign"))
+        await trio.sleep(1.5)
+    await _chunk(client, sid, 200, is_final=True)
+    assigns.append(await node.recv_type("job_assign"))
+    assert len({a["turn_id"] for a in assigns}) == 1
+    await trio.sleep(1.5)
+    for assign in assigns[:-1]:
+        await node.send(**result_for(assign, text_asr="", text_translated="", tts_audio="",
+                                     extra={"reason": "NO_TEXT_ASSIGNED"}))
+    await node.send(**result_for(assigns[-1]))
+    for index in range(4):
+        missing = await client.recv_type("missing_result")
+        assert missing["utterance_index"] == index and missing["reason"] == "silence_detected"
+    assert (await client.recv_type("translation_result"))["utterance_index"] == 4
+    assert scheduler.registry.counters["job_timeouts"] == 0
+    # Once the turn has ended, its jobs are held to the job timeout again.
+    await _chunk(client, sid, 200, is_final=True)
+    await node.recv_type("job_assign")
+    error = await client.recv_type("error", timeout=30)
+    assert error["code"] in ("JOB_TIMEOUT", "NODE_UNAVAILABLE") and error["utterance_index"] == 5

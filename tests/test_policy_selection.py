@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import event, given, settings, strategies as st
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
@@ -20,6 +20,7 @@ from hypothesis.stateful import (
 from trioscheduler.policy.selection import MemberList, choose_node, eligible, rejection_reasons
 
 NODE_IDS = [f"n{i}" for i in range(8)]
+MACHINE_IDS = NODE_IDS[:5]
 SERVICES = ["asr", "nmt", "tts", "semantic"]
 
 
@@ -118,7 +119,7 @@ def _choose(sc: dict, rand=None) -> str | None:
 
 @given(node=records("n0"), services=st.sets(st.sampled_from(SERVICES)).map(frozenset),
        excluded=st.sets(st.sampled_from(NODE_IDS[:2])), now=st.sampled_from([0.0, 5.0, 10.0, 30.0]))
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 def test_eligible_is_the_conjunction_of_its_conditions(node: Rec, services, excluded, now) -> None:
     expected = (
         node.alive and node.in_flight < node.capacity and node.quarantined_until <= now
@@ -137,7 +138,7 @@ def test_quarantine_ends_exactly_at_quarantined_until() -> None:
 
 
 @given(sc=scenarios())
-@settings(max_examples=120)
+@settings(max_examples=100, deadline=None)
 def test_choose_node_returns_only_eligible_members(sc: dict) -> None:
     chosen = _choose(sc)
     if chosen is None:
@@ -152,14 +153,14 @@ def test_choose_node_returns_only_eligible_members(sc: dict) -> None:
 
 
 @given(sc=scenarios())
-@settings(max_examples=120)
+@settings(max_examples=100, deadline=None)
 def test_choose_node_is_none_iff_no_member_is_eligible(sc: dict) -> None:
     chosen = _choose(sc)
     assert (chosen is None) == (not _eligible_members(sc))
 
 
 @given(sc=scenarios())
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 def test_choose_node_returns_the_preferred_node_when_it_is_an_eligible_member(sc: dict) -> None:
     eligible_members = _eligible_members(sc)
     if not eligible_members:
@@ -169,7 +170,7 @@ def test_choose_node_returns_the_preferred_node_when_it_is_an_eligible_member(sc
 
 
 @given(sc=scenarios())
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 def test_preferred_non_member_or_ineligible_is_not_forced(sc: dict) -> None:
     not_eligible = [n for n in NODE_IDS if n not in _eligible_members(sc)]
     if not not_eligible:
@@ -179,7 +180,7 @@ def test_preferred_non_member_or_ineligible_is_not_forced(sc: dict) -> None:
 
 
 @given(sc=scenarios(min_members=2))
-@settings(max_examples=120)
+@settings(max_examples=100, deadline=None)
 def test_p2c_picks_the_less_loaded_of_its_two_picks(sc: dict) -> None:
     sc = {**sc, "preferred": None}
     members = sc["members"]
@@ -210,12 +211,31 @@ def test_p2c_picks_the_less_loaded_of_its_two_picks(sc: dict) -> None:
 
 
 @given(sc=scenarios(), values=st.lists(st.floats(0.0, 1.0, exclude_max=True), min_size=2, max_size=2))
-@settings(max_examples=100)
+@settings(max_examples=60, deadline=None)
 def test_choose_node_accepts_any_rand_in_unit_interval(sc: dict, values: list[float]) -> None:
     it = iter(values)
     chosen = _choose(sc, lambda: next(it))
     assert (chosen is None) == (not _eligible_members(sc))
     assert chosen is None or chosen in _eligible_members(sc)
+
+
+@given(sc=scenarios(), pick=st.integers(0, len(NODE_IDS) - 1))
+@settings(max_examples=100, deadline=None)
+def test_handover_takes_the_slot_it_holds_or_changes_nothing(sc: dict, pick: int) -> None:
+    """``handover``: the next job of a turn takes over the slot the turn already holds on that node, so capacity
+    is not checked; a dead, excluded, non-serving or non-member handover node is ignored."""
+    handover = NODE_IDS[pick]
+    chosen = choose_node(
+        members_of(sc["members"]), sc["nodes"], services=sc["services"], excluded=sc["excluded"],
+        preferred=sc["preferred"], handover=handover, now=sc["now"], rand=random.Random(sc["seed"]).random,
+    )
+    node = sc["nodes"].get(handover)
+    usable = (handover in sc["members"] and node is not None and node.alive and handover not in sc["excluded"]
+              and node.serves(sc["services"]))
+    if usable:
+        assert chosen == handover
+    else:
+        assert chosen == _choose(sc)
 
 
 def test_two_members_p2c_prefers_lower_ratio_not_lower_count() -> None:
@@ -237,7 +257,7 @@ def test_empty_pool_and_missing_records() -> None:
 
 
 @given(sc=scenarios(), limit=st.integers(1, 10))
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 def test_rejection_reasons_agree_with_eligible(sc: dict, limit: int) -> None:
     reasons = rejection_reasons(members_of(sc["members"]), sc["nodes"], services=sc["services"],
                                 excluded=sc["excluded"], now=sc["now"], limit=limit)
@@ -259,7 +279,7 @@ member_ops = st.lists(st.tuples(st.sampled_from(["add", "discard"]), st.sampled_
 
 
 @given(ops=member_ops)
-@settings(max_examples=120)
+@settings(max_examples=100, deadline=None)
 def test_member_list_agrees_with_a_set(ops: list[tuple[str, str]]) -> None:
     ml = MemberList()
     model: set[str] = set()
@@ -281,6 +301,9 @@ def test_member_list_agrees_with_a_set(ops: list[tuple[str, str]]) -> None:
 # ------------------------------------------------------------------------------------------ stateful
 
 
+POOLS = ("en-zh", "de-fr")
+
+
 class SelectionMachine(RuleBasedStateMachine):
     """Nodes join and leave pools, die, get quarantined; jobs select, reserve and release.
 
@@ -289,19 +312,23 @@ class SelectionMachine(RuleBasedStateMachine):
     """
 
     reservations = Bundle("reservations")
-    POOLS = ("en-zh", "de-fr")
 
-    @initialize()
-    def setup(self) -> None:
-        self.nodes: dict[str, Rec] = {}
-        self.pools = {name: MemberList() for name in self.POOLS}
-        self.model_pools: dict[str, set[str]] = {name: set() for name in self.POOLS}
+    @initialize(capacities=st.lists(st.integers(1, 3), min_size=len(MACHINE_IDS), max_size=len(MACHINE_IDS)),
+                joins=st.lists(st.tuples(st.sampled_from(POOLS), st.sampled_from(MACHINE_IDS)), max_size=8))
+    def setup(self, capacities: list[int], joins: list[tuple[str, str]]) -> None:
+        self.nodes: dict[str, Rec] = {
+            node_id: Rec(node_id, capacity=cap) for node_id, cap in zip(MACHINE_IDS, capacities)
+        }
+        self.pools = {name: MemberList() for name in POOLS}
+        self.model_pools: dict[str, set[str]] = {name: set() for name in POOLS}
+        for pool, node_id in joins:
+            self.join(pool, node_id)
         self.outstanding: dict[int, str] = {}
         self.released: set[int] = set()
         self.next_token = 0
         self.now = 0.0
 
-    @rule(node_id=st.sampled_from(NODE_IDS), capacity=st.integers(1, 3),
+    @rule(node_id=st.sampled_from(MACHINE_IDS), capacity=st.integers(1, 3),
           ready=st.sets(st.sampled_from(SERVICES), min_size=2).map(frozenset))
     def register(self, node_id: str, capacity: int, ready: frozenset[str]) -> None:
         node = self.nodes.get(node_id)
@@ -311,26 +338,26 @@ class SelectionMachine(RuleBasedStateMachine):
             node.alive = True
             node.ready = ready
 
-    @rule(pool=st.sampled_from(POOLS), node_id=st.sampled_from(NODE_IDS))
+    @rule(pool=st.sampled_from(POOLS), node_id=st.sampled_from(MACHINE_IDS))
     def join(self, pool: str, node_id: str) -> None:
         self.pools[pool].add(node_id)
         self.model_pools[pool].add(node_id)
 
-    @rule(pool=st.sampled_from(POOLS), node_id=st.sampled_from(NODE_IDS))
+    @rule(pool=st.sampled_from(POOLS), node_id=st.sampled_from(MACHINE_IDS))
     def leave(self, pool: str, node_id: str) -> None:
         self.pools[pool].discard(node_id)
         self.model_pools[pool].discard(node_id)
 
-    @rule(node_id=st.sampled_from(NODE_IDS), remove_from_pools=st.booleans())
+    @rule(node_id=st.sampled_from(MACHINE_IDS), remove_from_pools=st.booleans())
     def kill(self, node_id: str, remove_from_pools: bool) -> None:
         if node_id in self.nodes:
             self.nodes[node_id].alive = False
         if remove_from_pools:
-            for name in self.POOLS:
+            for name in POOLS:
                 self.pools[name].discard(node_id)
                 self.model_pools[name].discard(node_id)
 
-    @rule(node_id=st.sampled_from(NODE_IDS), duration=st.sampled_from([0.5, 1.0, 5.0]))
+    @rule(node_id=st.sampled_from(MACHINE_IDS), duration=st.sampled_from([0.5, 1.0, 5.0]))
     def quarantine(self, node_id: str, duration: float) -> None:
         if node_id in self.nodes:
             self.nodes[node_id].quarantined_until = self.now + duration
@@ -341,31 +368,41 @@ class SelectionMachine(RuleBasedStateMachine):
 
     @rule(target=reservations, pool=st.sampled_from(POOLS),
           services=st.sets(st.sampled_from(SERVICES), max_size=2).map(frozenset),
-          excluded=st.sets(st.sampled_from(NODE_IDS), max_size=2).map(frozenset),
-          preferred=st.none() | st.sampled_from(NODE_IDS), seed=st.integers(0, 2**16))
-    def select_and_reserve(self, pool, services, excluded, preferred, seed):
-        chosen = choose_node(self.pools[pool], self.nodes, services=services, excluded=excluded,
-                             preferred=preferred, now=self.now, rand=random.Random(seed).random)
-        candidates = [
-            n for n in self.model_pools[pool]
-            if n in self.nodes and eligible(self.nodes[n], services, excluded, self.now)
-        ]
-        assert (chosen is None) == (not candidates)
-        if chosen is None:
-            return multiple()  # nothing goes into the bundle when no node was chosen
-        assert chosen in candidates
-        if preferred in candidates:
-            assert chosen == preferred
-        node = self.nodes[chosen]
-        node.in_flight += 1
-        token = self.next_token
-        self.next_token += 1
-        self.outstanding[token] = chosen
-        return token
+          excluded=st.sets(st.sampled_from(MACHINE_IDS), max_size=2).map(frozenset),
+          preferred=st.none() | st.sampled_from(MACHINE_IDS), seed=st.integers(0, 2**16), jobs=st.integers(1, 4))
+    def select_and_reserve(self, pool, services, excluded, preferred, seed, jobs):
+        """A burst of jobs for one pool: each selects a node and reserves a slot on it."""
+        rand = random.Random(seed).random
+        tokens = []
+        for _ in range(jobs):
+            chosen = choose_node(self.pools[pool], self.nodes, services=services, excluded=excluded,
+                                 preferred=preferred, now=self.now, rand=rand)
+            candidates = [
+                n for n in self.model_pools[pool]
+                if n in self.nodes and eligible(self.nodes[n], services, excluded, self.now)
+            ]
+            assert (chosen is None) == (not candidates)
+            event("selected" if chosen is not None else "no node")
+            if chosen is None:
+                break
+            assert chosen in candidates
+            if preferred in candidates:
+                assert chosen == preferred
+            if len(candidates) > 1:
+                event("selected among several")
+            self.nodes[chosen].in_flight += 1
+            token = self.next_token
+            self.next_token += 1
+            self.outstanding[token] = chosen
+            tokens.append(token)
+        if any(self.nodes[n].in_flight == self.nodes[n].capacity for n in self.nodes):
+            event("some node full")
+        return multiple(*tokens)
 
     @rule(token=consumes(reservations))
     def release(self, token: int) -> None:
         assert token not in self.released, "reservation released twice"
+        event("released")
         node_id = self.outstanding.pop(token)
         self.released.add(token)
         self.nodes[node_id].in_flight -= 1
@@ -386,7 +423,7 @@ class SelectionMachine(RuleBasedStateMachine):
     def pools_agree_with_model(self) -> None:
         if not hasattr(self, "pools"):
             return
-        for name in self.POOLS:
+        for name in POOLS:
             assert sorted(self.pools[name]) == sorted(self.model_pools[name])
             assert len(self.pools[name]) == len(self.model_pools[name])
 

@@ -157,19 +157,21 @@ def result_for(assign: dict[str, Any], **overrides: Any) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def registered_node(url: str, node_id: str | None = None, **kwargs: Any) -> AsyncIterator[tuple[Peer, str]]:
+async def registered_node(url: str, node_id: str | None = None, timeout: float = WAIT,
+                          **kwargs: Any) -> AsyncIterator[tuple[Peer, str]]:
     async with connect(url) as node:
         await node.send(**node_register(node_id, **kwargs))
-        ack = await node.recv_type("node_register_ack")
+        ack = await node.recv_type("node_register_ack", timeout=timeout)
         yield node, ack["node_id"]
 
 
 @asynccontextmanager
-async def session(url: str, src: str = "zh", tgt: str = "en", **fields: Any) -> AsyncIterator[tuple[Peer, str]]:
+async def session(url: str, src: str = "zh", tgt: str = "en", timeout: float = WAIT,
+                  **fields: Any) -> AsyncIterator[tuple[Peer, str]]:
     async with connect(url) as client:
         await client.send(type="session_init", client_version="test", platform="web", src_lang=src, tgt_lang=tgt,
                           **fields)
-        ack = await client.recv_type("session_init_ack")
+        ack = await client.recv_type("session_init_ack", timeout=timeout)
         yield client, ack["session_id"]
 
 

@@ -60,8 +60,8 @@ class Scheduler:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await transport.aclose()
 
-    async def stats(self) -> dict[str, Any] | None:
-        snapshot = await self.client.snapshot()
+    async def stats(self, timeout: float = 5.0) -> dict[str, Any] | None:
+        snapshot = await self.client.snapshot(timeout)
         if snapshot is None:
             return None
         snapshot["sessions"] = {"active": self.sessions.active, "counters": dict(self.sessions.counters)}

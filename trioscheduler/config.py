@@ -210,6 +210,12 @@ def load_config(
 
 
 def build_config(values: Mapping[str, Mapping[str, Any]]) -> Config:
+    for section, keys in values.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section [{section}]")
+        unknown = set(keys) - set(_field_types(SECTIONS[section]))
+        if unknown:
+            raise ConfigError(f"unknown config key {section}.{sorted(unknown)[0]}")
     sections: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
         try:

@@ -215,6 +215,7 @@ class SessionConnection:
                 self._send_now(m.ErrorMessage(
                     code=exc.code, message=exc.message, details=exc.details(),
                     session_id=self._state.session_id if self._state else None,
+                    utterance_index=exc.utterance_index,
                 ))
 
     async def _handle(self, message: Any) -> None:
@@ -223,17 +224,19 @@ class SessionConnection:
             return
         state = self._state
         if isinstance(message, m.Utterance):
-            if state is None:
-                state = self._implicit_session(message)
-            await self._on_utterance(state, message)
+            try:
+                if state is None:
+                    state = self._implicit_session(message)
+                self._check_session_id(state, message)
+                await self._on_utterance(state, message)
+            except ProtocolError as exc:
+                exc.utterance_index = message.utterance_index  # the client can tell which utterance failed
+                raise
             return
         if state is None:
             raise ProtocolError(f"{message.TYPE} before session_init: no session on this connection",
                                 field="session_id", code=codes.INVALID_SESSION)
-        session_id = getattr(message, "session_id", None)
-        if session_id and session_id != state.session_id:
-            raise ProtocolError(f"session_id {session_id!r} is not this connection's session",
-                                field="session_id", code=codes.INVALID_SESSION)
+        self._check_session_id(state, message)
         if isinstance(message, m.AudioChunk):
             await self._on_audio_chunk(state, message)
         elif isinstance(message, m.ClientHeartbeat):
@@ -242,6 +245,13 @@ class SessionConnection:
             state.segmenter.restart_pause_clock(trio.current_time())
         elif isinstance(message, m.SessionClose):
             await self._on_close(state, message)
+
+    @staticmethod
+    def _check_session_id(state: SessionState, message: Any) -> None:
+        session_id = getattr(message, "session_id", None)
+        if session_id and session_id != state.session_id:
+            raise ProtocolError(f"session_id {session_id!r} is not this connection's session",
+                                field="session_id", code=codes.INVALID_SESSION)
 
     def _on_init(self, message: m.SessionInit) -> None:
         if self._state is not None:
@@ -332,6 +342,11 @@ class SessionConnection:
         if audio_format not in UTTERANCE_AUDIO_FORMATS:
             raise ProtocolError(f"utterance: audio_format must be one of {sorted(UTTERANCE_AUDIO_FORMATS)}",
                                 field="audio_format")
+        sample_rate = message.sample_rate or state.sample_rate
+        if not 8000 <= sample_rate <= 192000:
+            raise ProtocolError("utterance: sample_rate must be within 8000..192000", field="sample_rate")
+        if message.mode is not None and message.mode not in MODES:
+            raise ProtocolError(f"utterance: mode must be one of {sorted(MODES)}", field="mode")
         index = message.utterance_index
         if index is None:
             index = state.next_index
@@ -359,7 +374,7 @@ class SessionConnection:
             pipeline=message.pipeline or state.pipeline,
             audio=audio,
             audio_format=audio_format,
-            sample_rate=message.sample_rate or state.sample_rate,
+            sample_rate=sample_rate,
             turn_id=str(uuid.uuid4()),
             cut_reason="utterance",
             finalized_at=trio.current_time(),
@@ -372,6 +387,7 @@ class SessionConnection:
             lang_a=lang_a,
             lang_b=lang_b,
             auto_langs=init.auto_langs,
+            **_streaming_asr(init),
             tenant_id=init.tenant_id,
         )
         await self._submit(state, spec)
@@ -405,8 +421,7 @@ class SessionConnection:
             lang_a=init.lang_a,
             lang_b=init.lang_b,
             auto_langs=init.auto_langs,
-            enable_streaming_asr=init.enable_streaming_asr if init.enable_streaming_asr is not None else True,
-            partial_update_interval_ms=init.partial_update_interval_ms or 1000,
+            **_streaming_asr(init),
             tenant_id=init.tenant_id,
         )
         emit(log, INFO, "job_finalized", session_id=state.session_id, utterance_index=spec.utterance_index,
@@ -480,10 +495,10 @@ class SessionConnection:
                 released = orderer.expire(now)
                 if closing is not None and now >= close_deadline:
                     released += orderer.drain()
-                    for index in sorted(owed):
-                        if index >= orderer.next_index:
-                            released.append(Release(index, None))
+                    released += [Release(index, None) for index in sorted(owed) if index >= orderer.next_index]
                 await self._release(released, owed, nursery)
+                if closing is not None and now >= close_deadline:
+                    owed.clear()
             elif type(item) is Outcome:
                 added = orderer.add(item.utterance_index, item, now)
                 if added is Added.ACCEPTED:
@@ -496,7 +511,16 @@ class SessionConnection:
             elif type(item) is Send or type(item) is Passthrough:
                 await self._transport.send_message(encode(item.message))
             elif type(item) is Expect:
-                owed[item.utterance_index] = item.finalized_at
+                if item.utterance_index >= orderer.next_index:
+                    owed[item.utterance_index] = item.finalized_at
+                else:
+                    # Already released (as missing, after its gap wait): the job could only produce a second
+                    # outcome, so stop it at once.
+                    self._metrics.counters["utterances_already_released"] += 1
+                    state = self._state
+                    if state is not None:
+                        nursery.start_soon(self._registry.cancel_jobs, state.session_id,
+                                           (item.utterance_index,), "already_released")
             elif type(item) is CloseSession:
                 closing = item
                 close_deadline = now + self._max_job_lifetime()
@@ -531,6 +555,8 @@ class SessionConnection:
             else:
                 message = release.outcome.message
                 job_id = release.outcome.job_id
+                if type(message) is m.TranslationResult:
+                    message = attrs.evolve(message, scheduler_sent_at_ms=wall_ms())
             await self._transport.send_message(encode(message))
             self._metrics.counters[f"delivered_{message.TYPE}"] += 1
             emit(log, INFO, "job_delivered", session_id=getattr(message, "session_id", None),
@@ -543,6 +569,15 @@ class SessionConnection:
         sched = self._config.scheduler
         attempts = sched.failover_max_attempts + 1
         return attempts * (sched.pending_timeout_seconds + sched.job_timeout_seconds) + 5.0
+
+
+def _streaming_asr(init: m.SessionInit) -> dict[str, Any]:
+    """The session's partial-result settings for job_assign; the original's defaults when it gave none."""
+    return {
+        "enable_streaming_asr": True if init.enable_streaming_asr is None else init.enable_streaming_asr,
+        "partial_update_interval_ms": 1000 if init.partial_update_interval_ms is None
+        else init.partial_update_interval_ms,
+    }
 
 
 def _b64decode(text: str, field: str) -> bytes:

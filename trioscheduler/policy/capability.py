@@ -64,7 +64,7 @@ def ready_services(
         return frozenset(c.type.strip().lower() for c in capability_by_type if c.ready)
     if installed_services is not None:
         return frozenset(
-            s.type.strip().lower() for s in installed_services if s.status is None or s.status == "running"
+            s.type.strip().lower() for s in installed_services if s.status is None or s.status.strip().lower() == "running"
         )
     return None
 

@@ -50,7 +50,7 @@ class Cut:
 
 
 def pcm16_duration_ms(payload: bytes, sample_rate: int) -> float:
-    return len(payload) / (2.0 * sample_rate) * 1000.0
+    return len(payload) * 1000.0 / (2 * sample_rate)
 
 
 def opus_packet_count(payload: bytes) -> int:
@@ -97,8 +97,9 @@ class Segmenter:
         return self._duration_ms
 
     def pause_deadline(self) -> float | None:
-        """When the pause timer fires; None while nothing is buffered (an empty buffer never cuts)."""
-        if not self._bytes or self._last_audio_at is None:
+        """When the pause timer fires: while audio is buffered, or while a turn is open (a pause ends the turn
+        even when a MaxDuration cut left nothing buffered); None otherwise."""
+        if self._last_audio_at is None or not (self._bytes or self._turn_id):
             return None
         return self._last_audio_at + self.pause_ms / 1000.0
 
@@ -122,6 +123,10 @@ class Segmenter:
     def on_timer(self, now: float) -> Cut | None:
         deadline = self.pause_deadline()
         if deadline is None or now < deadline:
+            return None
+        if not self._bytes:  # an empty buffer never cuts; the pause only ends the open turn
+            self._turn_id = None
+            self._last_audio_at = None
             return None
         return self._cut(CutReason.PAUSE)
 
@@ -148,5 +153,6 @@ class Segmenter:
         self._chunks = []
         self._bytes = 0
         self._duration_ms = 0.0
-        self._last_audio_at = None
+        if self._turn_id is None:
+            self._last_audio_at = None
         return cut

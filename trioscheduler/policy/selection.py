@@ -82,11 +82,17 @@ def choose_node(
     services: frozenset[str],
     excluded: Container[str] = frozenset(),
     preferred: str | None = None,
+    handover: str | None = None,
     now: float,
     rand: Callable[[], float],
 ) -> str | None:
-    """Pick an eligible member: the preferred one if it is eligible, else the less loaded of two random picks,
+    """Pick an eligible member: the ``handover`` node if the job can take over a slot it already holds there
+    (the next job of a turn), else the preferred one if it is eligible, else the less loaded of two random picks,
     else the least loaded of all (rare: both picks full, quarantined or excluded)."""
+    if handover is not None and handover in members:
+        node = nodes.get(handover)
+        if node is not None and node.alive and handover not in excluded and node.serves(services):
+            return handover
     if preferred is not None and preferred in members:
         node = nodes.get(preferred)
         if node is not None and eligible(node, services, excluded, now):

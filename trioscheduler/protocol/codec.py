@@ -7,6 +7,8 @@ primitive hooks below refuse values of the wrong JSON type and the error names t
 from __future__ import annotations
 
 import json
+import types
+import typing
 from typing import Any
 
 import attrs
@@ -52,6 +54,34 @@ def make_wire_converter() -> cattrs.Converter:
     return converter
 
 
+def _strip_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 else tp
+    return tp
+
+
+# (field name, JSON container it must be: "array" or "object", nested attrs class to check inside, or None)
+ContainerPlan = list[tuple[str, str, type | None]]
+
+
+def _container_plan(cls: type) -> ContainerPlan:
+    """Which fields must be JSON arrays or objects: cattrs would turn "en" into ['e', 'n'] or build a nested
+    object from defaults when given a string, and a wire protocol must refuse that loudly (F-13)."""
+    plan: ContainerPlan = []
+    for field in attrs.fields(attrs.resolve_types(cls)):
+        tp = _strip_optional(field.type)
+        origin = typing.get_origin(tp)
+        if origin is list:
+            (inner,) = typing.get_args(tp)
+            plan.append((field.name, "array", inner if attrs.has(inner) else None))
+        elif origin is dict:
+            plan.append((field.name, "object", None))
+        elif attrs.has(tp):
+            plan.append((field.name, "object", tp))
+    return plan
+
+
 class Codec:
     """Decodes a text frame into the message class for its ``type``; encodes outbound messages without nulls."""
 
@@ -59,16 +89,58 @@ class Codec:
         self._converter = make_wire_converter()
         self._by_type: dict[str, type] = {cls.TYPE: cls for cls in inbound}  # type: ignore[attr-defined]
         self._unsupported = unsupported
+        self._plans: dict[type, ContainerPlan] = {}
+        for cls in inbound:
+            self._plan_for(cls)
+
+    def _plan_for(self, cls: type) -> ContainerPlan:
+        plan = self._plans.get(cls)
+        if plan is None:
+            plan = self._plans[cls] = _container_plan(cls)
+            for _, _, nested in plan:
+                if nested is not None:
+                    self._plan_for(nested)
+        return plan
+
+    def _check_containers(self, data: dict[str, Any], cls: type, path: str) -> None:
+        for name, kind, nested in self._plans[cls]:
+            value = data.get(name)
+            if value is None:
+                continue
+            field = f"{path}{name}"
+            if kind == "array":
+                if not isinstance(value, list):
+                    raise ProtocolError(f"{field} must be a JSON array", field=field)
+                if nested is not None:
+                    for i, item in enumerate(value):
+                        if not isinstance(item, dict):
+                            raise ProtocolError(f"{field}[{i}] must be a JSON object", field=f"{field}[{i}]")
+                        self._check_containers(item, nested, f"{field}[{i}].")
+            else:
+                if not isinstance(value, dict):
+                    raise ProtocolError(f"{field} must be a JSON object", field=field)
+                if nested is not None:
+                    self._check_containers(value, nested, f"{field}.")
 
     def decode(self, frame: str | bytes) -> Any:
+        return self.structure_typed(self.parse(frame))
+
+    def parse(self, frame: str | bytes) -> dict[str, Any]:
+        """JSON text → a dict (not yet checked against any message class)."""
         if isinstance(frame, bytes):
             raise ProtocolError("binary frames are not accepted; send JSON text frames")
         try:
             data = json.loads(frame)
         except ValueError as exc:
             raise ProtocolError(f"message is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ProtocolError("message is nested too deeply") from None
         if not isinstance(data, dict):
             raise ProtocolError("message must be a JSON object")
+        return data
+
+    def structure_typed(self, data: dict[str, Any]) -> Any:
+        """The message class named by ``type``, built strictly from ``data``."""
         kind = data.get("type")
         if not isinstance(kind, str):
             raise ProtocolError("message has no string field 'type'", field="type")
@@ -81,6 +153,7 @@ class Codec:
         return self.structure(data, cls)
 
     def structure(self, data: dict[str, Any], cls: type) -> Any:
+        self._check_containers(data, cls, "")
         try:
             return self._converter.structure(data, cls)
         except cattrs.BaseValidationError as exc:

@@ -26,6 +26,8 @@ class ProtocolError(Exception):
         self.message = message
         self.field = field
         self.code = code
+        #: Set when the bad message was about one utterance, so the error carries its utterance_index.
+        self.utterance_index: int | None = None
 
     def details(self) -> dict[str, str] | None:
         return {"field": self.field} if self.field else None

@@ -35,7 +35,8 @@ log = logging.getLogger("trioscheduler.registry")
 INFO, WARNING, DEBUG = logging.INFO, logging.WARNING, logging.DEBUG
 
 EMPTY_REASONS = frozenset({"ASR_EMPTY", "NO_TEXT_ASSIGNED"})
-FINISHED_MEMORY = 20_000  # finished job ids remembered to tell a late result from a foreign one
+FINISHED_MEMORY = 20_000
+DRAIN_BATCH = 512  # requests handled per scheduler trip before yielding  # finished job ids remembered to tell a late result from a foreign one
 
 
 def new_job_id() -> str:
@@ -71,6 +72,10 @@ class Registry:
         self.jobs_by_id: dict[str, Job] = {}
         self.session_jobs: dict[str, set[Job]] = {}
         self.affinity: dict[str, str] = {}
+        #: Jobs per open turn_id: a node answers the jobs of a MaxDuration chain only when the turn ends (§3).
+        self.turns: dict[str, set[Job]] = {}
+        #: The job holding each open turn's slot; the turn's next job on that node takes the slot over.
+        self.turn_slot: dict[str, Job] = {}
         self.waiting: dict[Job, None] = {}
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.counters: collections.Counter[str] = collections.Counter()
@@ -81,7 +86,7 @@ class Registry:
             rq.CancelJobs: self._on_cancel,
             rq.SessionEnded: self._on_session_ended,
             rq.Register: self._on_register,
-            rq.Heartbeat: self._on_heartbeat,
+            rq.HeartbeatReady: self._on_heartbeat,
             rq.Result: self._on_result,
             rq.Partial: self._on_partial,
             rq.NodeGone: self._on_node_gone,
@@ -105,7 +110,16 @@ class Registry:
                     continue
             else:
                 request = await inbox.receive()
-            self.handle(request, trio.current_time())
+            now = trio.current_time()
+            self.handle(request, now)
+            # Every receive() is a trip through Trio's scheduler; under load one request per trip would leave the
+            # registry one step per batch of all runnable tasks. Drain what is already queued, boundedly.
+            for _ in range(DRAIN_BATCH):
+                try:
+                    request = inbox.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                self.handle(request, now)
 
     def handle(self, request: Any, now: float) -> None:
         """Apply one request; an exception here is a bug, logged, and never kills the registry."""
@@ -217,12 +231,14 @@ class Registry:
         members = self.indexes.get(job.spec.selection_key)
         if members is None:
             return None
+        holder = self.turn_slot.get(job.spec.turn_id or "")
         node_id = choose_node(
             members,
             self.nodes,  # type: ignore[arg-type]
             services=job.services,
             excluded=job.tried,
             preferred=self.affinity.get(job.spec.session_id),
+            handover=holder.node_id if holder is not None and holder.holds_slot else None,
             now=now,
             rand=self._rand,
         )
@@ -239,7 +255,15 @@ class Registry:
         job.node_id = node.node_id
         job.tried.add(node.node_id)
         job.dispatched_at = now
-        node.in_flight += 1
+        turn_id = job.spec.turn_id
+        holder = self.turn_slot.get(turn_id) if turn_id else None
+        if holder is not None and holder.holds_slot and holder.node_id == node.node_id:
+            holder.holds_slot = False  # the turn's slot passes to its newest job: a turn costs one slot
+        else:
+            node.in_flight += 1
+        job.holds_slot = True
+        if turn_id:
+            self.turn_slot[turn_id] = job
         node.jobs.add(job)
         self.affinity[job.spec.session_id] = node.node_id
         self._stage(job, "selected", now, attempt_id=job.attempt, in_flight=node.in_flight,
@@ -275,8 +299,21 @@ class Registry:
         if job.attempt > 1:
             self.counters["redispatches"] += 1
         self._arm(job, now + self._sched.job_timeout_seconds)
+        if spec.turn_id is not None:
+            self._extend_turn(job, now)
         if not self._send_to_node(node, Dispatch(assign, spec.finalized_at)):
             self._lose_node(node, "outbox_unavailable", now)
+
+    def _extend_turn(self, job: Job, now: float) -> None:
+        """The original's nodes buffer the audio of a MaxDuration chain and answer its jobs together when the turn
+        ends, so a job in the middle of a live turn is not late: every dispatched job of the turn gets its
+        deadline from the newest dispatch in that turn."""
+        turn = self.turns.setdefault(job.spec.turn_id, set())  # type: ignore[arg-type]
+        turn.add(job)
+        deadline = now + self._sched.job_timeout_seconds
+        for other in turn:
+            if other is not job and other.state is JobState.DISPATCHED:
+                self._arm(other, deadline)
 
     def _send_to_node(self, node: NodeRecord, item: Any) -> bool:
         try:
@@ -293,8 +330,11 @@ class Registry:
 
     def _release_slot(self, job: Job, now: float) -> None:
         node = self.nodes.get(job.node_id or "")
-        if node is not None and job in node.jobs:
-            node.jobs.discard(job)
+        if node is None or job not in node.jobs:
+            return
+        node.jobs.discard(job)
+        if job.holds_slot:
+            job.holds_slot = False
             node.in_flight -= 1
             self._capacity_changed(now)
 
@@ -318,6 +358,8 @@ class Registry:
                     waited_ms=round((now - job.dispatched_at) * 1000.0, 1), attempt_id=job.attempt)
         self._send_cancel(job, "job_timeout")
         self._release_slot(job, now)
+        if self.affinity.get(job.spec.session_id) == job.node_id:
+            del self.affinity[job.spec.session_id]  # a node that just stalled is no longer preferred
         if node is not None:
             node.jobs_failed += 1
             self._record_failure(node, now)
@@ -395,6 +437,8 @@ class Registry:
         orphans = sorted(node.jobs, key=lambda j: j.created_at)
         node.jobs.clear()
         node.in_flight = 0
+        for job in orphans:
+            job.holds_slot = False
         emit(log, WARNING, "node_lost", node_id=node.node_id, reason=reason, in_flight_jobs=len(orphans))
         for job in orphans:
             self._stage(job, "node_lost", now, level=WARNING, reason=reason)
@@ -436,6 +480,14 @@ class Registry:
         jobs = self.session_jobs.get(job.spec.session_id)
         if jobs is not None:
             jobs.discard(job)
+        turn_id = job.spec.turn_id or ""
+        turn = self.turns.get(turn_id)
+        if turn is not None:
+            turn.discard(job)
+            if not turn:
+                del self.turns[turn_id]
+        if self.turn_slot.get(turn_id) is job:
+            del self.turn_slot[turn_id]
         if was_dispatched:
             self._release_slot(job, now)
 
@@ -495,33 +547,34 @@ class Registry:
         request.reply.set(node_id)
         self._capacity_changed(now)
 
-    def _on_heartbeat(self, request: rq.Heartbeat, now: float) -> None:
-        node_id = self._node_by_conn.get(request.link.conn_id)
-        node = self.nodes.get(node_id or "")
-        if node is None:
+    def _on_heartbeat(self, request: rq.HeartbeatReady, now: float) -> None:
+        link = request.link
+        link.heartbeat_queued = False
+        pending, link.latest_heartbeat = link.latest_heartbeat, None
+        node = self.nodes.get(self._node_by_conn.get(link.conn_id) or "")
+        if pending is None or node is None:
             return
-        message = request.message
-        node.last_heartbeat = max(node.last_heartbeat, request.received_at)
+        message, received_at = pending
+        node.last_heartbeat = max(node.last_heartbeat, received_at)
         if message.resource_usage is not None:
             node.load = message.resource_usage
-        changed = False
+        self.counters["heartbeats"] += 1
+        reported = dict(node.reported)
         for field in ("language_capabilities", "capability_by_type", "installed_services"):
             value = getattr(message, field)
-            if value is not None and value != node.reported.get(field):
-                node.reported[field] = value
-                changed = True
-        self.counters["heartbeats"] += 1
-        if not changed:
+            if value is not None:
+                reported[field] = value
+        if reported == node.reported:
             return
         try:
-            capability = derive_capability(node.reported["language_capabilities"],
-                                           node.reported["capability_by_type"],
-                                           node.reported["installed_services"])
+            capability = derive_capability(reported["language_capabilities"], reported["capability_by_type"],
+                                           reported["installed_services"])
         except ProtocolError as exc:
             self.counters["heartbeats_invalid"] += 1
             emit(log, WARNING, "node_heartbeat_invalid", node_id=node.node_id, error=exc.message)
             self._send_to_node(node, m.ErrorMessage(code=exc.code, message=exc.message, details=exc.details()))
             return
+        node.reported = reported
         self._reindex(node, capability, now)
         self._capacity_changed(now)
 

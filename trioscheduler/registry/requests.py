@@ -32,11 +32,18 @@ class Reply:
 
 @attrs.define(eq=False)
 class NodeLink:
-    """One node socket as the registry sees it: an id and an outbox the node's writer task drains."""
+    """One node socket as the registry sees it: an id, an outbox the node's writer task drains, and a heartbeat
+    mailbox.
+
+    The mailbox holds only the newest heartbeat, and at most one HeartbeatReady per link is ever in the registry's
+    inbox, so however fast nodes heartbeat, job requests wait behind at most one entry per node (the field
+    report's failure was job creation queued behind heartbeat processing)."""
 
     conn_id: int
     outbox: trio.MemorySendChannel[Any]
     peer: str = ""
+    latest_heartbeat: tuple[m.NodeHeartbeat, float] | None = None
+    heartbeat_queued: bool = False
 
 
 @attrs.frozen
@@ -132,10 +139,10 @@ class Register:
 
 
 @attrs.define(eq=False)
-class Heartbeat:
+class HeartbeatReady:
+    """The link's mailbox has a heartbeat to apply."""
+
     link: NodeLink
-    message: m.NodeHeartbeat
-    received_at: float
 
 
 @attrs.define(eq=False)
@@ -194,15 +201,32 @@ class RegistryClient:
         await request.reply.event.wait()
         return request.reply.value
 
-    def try_heartbeat(self, link: NodeLink, message: m.NodeHeartbeat, received_at: float) -> bool:
+    def post_heartbeat(self, link: NodeLink, message: m.NodeHeartbeat, received_at: float) -> bool:
+        """Leave the heartbeat in the link's mailbox (replacing an older one not yet applied). False when the
+        registry could not be told because its inbox is full: then ``await notify_heartbeat(link)``."""
+        link.latest_heartbeat = (message, received_at)
+        if link.heartbeat_queued:
+            return True
         try:
-            self._inbox.send_nowait(Heartbeat(link, message, received_at))
+            self._inbox.send_nowait(HeartbeatReady(link))
         except trio.WouldBlock:
             return False
+        link.heartbeat_queued = True
         return True
 
+    async def notify_heartbeat(self, link: NodeLink) -> None:
+        if link.heartbeat_queued or link.latest_heartbeat is None:
+            return
+        link.heartbeat_queued = True  # before the await: the registry may consume it before send() returns
+        try:
+            await self._inbox.send(HeartbeatReady(link))
+        except BaseException:
+            link.heartbeat_queued = False
+            raise
+
     async def heartbeat(self, link: NodeLink, message: m.NodeHeartbeat, received_at: float) -> None:
-        await self._inbox.send(Heartbeat(link, message, received_at))
+        if not self.post_heartbeat(link, message, received_at):
+            await self.notify_heartbeat(link)
 
     async def result(self, link: NodeLink, message: m.JobResult) -> None:
         await self._inbox.send(Result(link, message, trio.current_time()))

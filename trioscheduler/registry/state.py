@@ -61,6 +61,8 @@ class Job:
     node_id: str | None = None
     tried: set[str] = attrs.field(factory=set)
     dispatched_at: float = 0.0
+    #: Whether this job holds a slot on its node; the jobs of one turn on one node share a single slot.
+    holds_slot: bool = False
     #: Bumped on every state change so stale timer entries are recognised and skipped.
     timer_token: int = 0
     #: The error code the client gets if the job is given up: why it last failed.

@@ -1,0 +1,308 @@
+"""Configuration: defaults < TOML file < TRIOSCHEDULER_* environment < overrides; every error names its key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import attrs
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from trioscheduler.config import (
+    SECTIONS,
+    Config,
+    ConfigError,
+    build_config,
+    config_with,
+    env_overrides,
+    load_config,
+)
+
+ISSUE_DEFAULTS = {
+    ("server", "port"): 5010,
+    ("server", "http_port"): 5011,
+    ("scheduler", "max_concurrent_jobs_per_node"): 4,
+    ("scheduler", "job_timeout_seconds"): 30,
+    ("scheduler", "pending_timeout_seconds"): 10,
+    ("scheduler", "failover_max_attempts"): 3,
+    ("scheduler", "heartbeat_interval_seconds"): 15,
+    ("scheduler", "heartbeat_timeout_seconds"): 45,
+    ("scheduler", "selection_deadline_ms"): 200,
+    ("segmentation", "pause_ms"): 3000,
+    ("segmentation", "max_duration_ms"): 10000,
+    ("segmentation", "max_buffer_bytes"): 512000,
+    ("results", "gap_timeout_seconds"): 30,
+}
+
+
+def write(tmp_path: Path, text: str, name: str = "scheduler.toml") -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize(("section", "key"), sorted(ISSUE_DEFAULTS))
+def test_defaults_match_the_issue(section: str, key: str) -> None:
+    expected = ISSUE_DEFAULTS[(section, key)]
+    for config in (Config(), load_config(environ={}), build_config({})):
+        assert getattr(getattr(config, section), key) == expected
+
+
+def test_default_types() -> None:
+    config = load_config(environ={})
+    assert isinstance(config.scheduler.job_timeout_seconds, float)
+    assert isinstance(config.scheduler.max_concurrent_jobs_per_node, int)
+    assert config.server.host == "127.0.0.1" and config.logging.level == "info"
+
+
+def test_toml_overrides_with_fractional_times(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[server]
+port = 6010
+http_port = 6011
+
+[scheduler]
+job_timeout_seconds = 2.5
+pending_timeout_seconds = 0.75
+heartbeat_interval_seconds = 0.2
+heartbeat_timeout_seconds = 0.6
+max_concurrent_jobs_per_node = 2
+selection_deadline_ms = 12.5
+
+[segmentation]
+pause_ms = 250.5
+max_duration_ms = 1000
+
+[results]
+gap_timeout_seconds = 0.1
+
+[logging]
+level = "debug"
+""")
+    config = load_config(path, environ={})
+    assert config.server.port == 6010 and config.server.http_port == 6011
+    assert config.scheduler.job_timeout_seconds == 2.5
+    assert config.scheduler.pending_timeout_seconds == 0.75
+    assert config.scheduler.heartbeat_interval_seconds == 0.2
+    assert config.scheduler.heartbeat_timeout_seconds == 0.6
+    assert config.scheduler.max_concurrent_jobs_per_node == 2
+    assert config.scheduler.selection_deadline_ms == 12.5
+    assert config.segmentation.pause_ms == 250.5
+    assert config.segmentation.max_duration_ms == 1000.0 and isinstance(config.segmentation.max_duration_ms, float)
+    assert config.results.gap_timeout_seconds == 0.1
+    assert config.logging.level == "debug"
+    # untouched keys keep their defaults
+    assert config.scheduler.failover_max_attempts == 3 and config.segmentation.max_buffer_bytes == 512000
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[scheduler]\njob_timeout_seconds = 7\nfailover_max_attempts = 1\n")
+    env = {"TRIOSCHEDULER_SCHEDULER_JOB_TIMEOUT_SECONDS": "2.5", "PATH": "/usr/bin", "OTHER_APP_PORT": "1"}
+    config = load_config(path, environ=env)
+    assert config.scheduler.job_timeout_seconds == 2.5
+    assert config.scheduler.failover_max_attempts == 1
+
+
+def test_overrides_beat_the_environment() -> None:
+    config = load_config(environ={"TRIOSCHEDULER_SERVER_PORT": "7000"}, overrides={"server": {"port": 7001}})
+    assert config.server.port == 7001
+
+
+def test_load_config_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("TRIOSCHEDULER_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("TRIOSCHEDULER_SCHEDULER_JOB_TIMEOUT_SECONDS", "2.5")
+    assert load_config().scheduler.job_timeout_seconds == 2.5
+
+
+def test_env_overrides_maps_names_to_sections() -> None:
+    got = env_overrides({"TRIOSCHEDULER_SCHEDULER_JOB_TIMEOUT_SECONDS": "2.5", "TRIOSCHEDULER_SERVER_HTTP_PORT": "1",
+                         "TRIOSCHEDULER_LOGGING_LEVEL": "debug", "HOME": "/root"})
+    assert got == {"scheduler": {"job_timeout_seconds": "2.5"}, "server": {"http_port": "1"},
+                   "logging": {"level": "debug"}}
+
+
+def test_config_with_replaces_keys_and_validates() -> None:
+    config = config_with(Config(), scheduler={"job_timeout_seconds": 0.5}, segmentation={"pause_ms": 100})
+    assert config.scheduler.job_timeout_seconds == 0.5 and config.segmentation.pause_ms == 100.0
+    assert config.scheduler.pending_timeout_seconds == 10.0
+    again = config_with(config, results={"gap_timeout_seconds": 1})
+    assert again.scheduler.job_timeout_seconds == 0.5 and again.results.gap_timeout_seconds == 1.0
+    with pytest.raises(ConfigError, match=r"scheduler\.job_timeout_seconds"):
+        config_with(Config(), scheduler={"job_timeout_seconds": -1})
+    with pytest.raises(ConfigError, match=r"scheduler\.bogus"):
+        config_with(Config(), scheduler={"bogus": 1})
+    with pytest.raises(ConfigError, match=r"nonsense"):
+        config_with(Config(), nonsense={"x": 1})
+
+
+# ------------------------------------------------------------------------------------------ errors name the key
+
+
+BAD_FILES = [
+    ("[scheduler]\nbogus_key = 1\n", "scheduler.bogus_key"),
+    ("[scheduler]\njob_timeout = 30\n", "scheduler.job_timeout"),
+    ("[nonsense]\nx = 1\n", "nonsense"),
+    ("port = 5010\n", "port"),
+    ("[scheduler]\njob_timeout_seconds = -1\n", "scheduler.job_timeout_seconds"),
+    ("[scheduler]\njob_timeout_seconds = 0\n", "scheduler.job_timeout_seconds"),
+    ("[scheduler]\njob_timeout_seconds = \"soon\"\n", "scheduler.job_timeout_seconds"),
+    ("[scheduler]\njob_timeout_seconds = true\n", "scheduler.job_timeout_seconds"),
+    ("[scheduler]\njob_timeout_seconds = inf\n", "scheduler.job_timeout_seconds"),
+    ("[scheduler]\njob_timeout_seconds = nan\n", "scheduler.job_timeout_seconds"),
+    ("[scheduler]\nmax_concurrent_jobs_per_node = 0\n", "scheduler.max_concurrent_jobs_per_node"),
+    ("[scheduler]\nmax_concurrent_jobs_per_node = 2.5\n", "scheduler.max_concurrent_jobs_per_node"),
+    ("[scheduler]\nfailover_max_attempts = -1\n", "scheduler.failover_max_attempts"),
+    ("[scheduler]\nheartbeat_timeout_seconds = 10\n", "scheduler.heartbeat_timeout_seconds"),
+    ("[server]\nport = 70000\n", "server.port"),
+    ("[server]\nhttp_port = \"x\"\n", "server.http_port"),
+    ("[server]\nhost = 127\n", "server.host"),
+    ("[segmentation]\nmax_buffer_bytes = [1]\n", "segmentation.max_buffer_bytes"),
+    ("[results]\ngap_timeout_seconds = {a = 1}\n", "results.gap_timeout_seconds"),
+    ("[logging]\nlevel = \"loud\"\n", "logging.level"),
+    ("scheduler = 5\n", "scheduler"),
+]
+
+
+@pytest.mark.parametrize(("text", "key"), BAD_FILES, ids=[k + f"-{i}" for i, (_, k) in enumerate(BAD_FILES)])
+def test_bad_files_raise_config_error_naming_the_key(tmp_path: Path, text: str, key: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert key in str(info.value)
+
+
+def test_unreadable_or_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="missing.toml"):
+        load_config(str(tmp_path / "missing.toml"), environ={})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[scheduler\n"), environ={})
+
+
+BAD_ENV = [
+    ({"TRIOSCHEDULER_SCHEDULER_BOGUS": "1"}, "TRIOSCHEDULER_SCHEDULER_BOGUS"),
+    ({"TRIOSCHEDULER_PORT": "5010"}, "TRIOSCHEDULER_PORT"),
+    ({"TRIOSCHEDULER_SCHEDULER_JOB_TIMEOUT_SECONDS": "soon"}, "scheduler.job_timeout_seconds"),
+    ({"TRIOSCHEDULER_SCHEDULER_JOB_TIMEOUT_SECONDS": "-2.5"}, "scheduler.job_timeout_seconds"),
+    ({"TRIOSCHEDULER_SCHEDULER_JOB_TIMEOUT_SECONDS": ""}, "scheduler.job_timeout_seconds"),
+    ({"TRIOSCHEDULER_SCHEDULER_JOB_TIMEOUT_SECONDS": "nan"}, "scheduler.job_timeout_seconds"),
+    ({"TRIOSCHEDULER_SERVER_PORT": "50.5"}, "server.port"),
+    ({"TRIOSCHEDULER_SERVER_PORT": "-1"}, "server.port"),
+    ({"TRIOSCHEDULER_LOGGING_LEVEL": "verbose"}, "logging.level"),
+]
+
+
+@pytest.mark.parametrize(("environ", "key"), BAD_ENV, ids=[k + f"-{i}" for i, (_, k) in enumerate(BAD_ENV)])
+def test_bad_environment_raises_config_error_naming_the_key(environ: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ=environ)
+    assert key in str(info.value)
+
+
+def test_env_overrides_rejects_unknown_prefixed_variables() -> None:
+    with pytest.raises(ConfigError, match="TRIOSCHEDULER_SCHEDULER_JOB_TIMEOUT"):
+        env_overrides({"TRIOSCHEDULER_SCHEDULER_JOB_TIMEOUT": "3"})
+
+
+@pytest.mark.parametrize(("values", "key"), [
+    ({"scheduler": {"job_timeout_seconds": 0.0}}, "scheduler.job_timeout_seconds"),
+    ({"server": {"port": -5}}, "server.port"),
+    ({"scheduler": {"heartbeat_interval_seconds": 50.0}}, "scheduler.heartbeat_timeout_seconds"),
+    ({"scheduler": {"bogus": 1}}, "scheduler.bogus"),
+    ({"nonsense": {"x": 1}}, "nonsense"),
+])
+def test_build_config_errors_name_the_key(values, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(values)
+    assert key in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------ properties
+
+
+FLOAT_KEYS = [(s, f.name) for s, cls in SECTIONS.items() for f in attrs.fields(cls) if f.type == "float"]
+INT_KEYS = [(s, f.name) for s, cls in SECTIONS.items() for f in attrs.fields(cls) if f.type == "int"]
+
+
+def _bounds(key: str) -> tuple[float, float]:
+    if key == "heartbeat_interval_seconds":
+        return 1e-3, 44.0
+    if key == "heartbeat_timeout_seconds":
+        return 15.5, 1e6
+    return 1e-6, 1e6
+
+
+@given(data=st.data(), which=st.sampled_from(FLOAT_KEYS))
+@settings(max_examples=100, deadline=None)
+def test_any_positive_float_round_trips_through_the_environment(data: st.DataObject, which) -> None:
+    section, key = which
+    low, high = _bounds(key)
+    value = data.draw(st.floats(low, high))
+    name = f"TRIOSCHEDULER_{section.upper()}_{key.upper()}"
+    config = load_config(environ={name: repr(value)})
+    assert getattr(getattr(config, section), key) == value
+
+
+@given(which=st.sampled_from(FLOAT_KEYS), value=st.floats(max_value=0.0) | st.just(float("inf")))
+@settings(max_examples=60, deadline=None)
+def test_non_positive_or_infinite_floats_are_rejected(which, value: float) -> None:
+    section, key = which
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={f"TRIOSCHEDULER_{section.upper()}_{key.upper()}": repr(value)})
+    assert f"{section}.{key}" in str(info.value)
+
+
+#: The smallest accepted value of each integer key: ports take 0 (the OS picks), counts of retries or padding
+#: take 0, everything else starts at 1; ports end at 65535.
+INT_MINIMUM = {"port": 0, "http_port": 0, "failover_max_attempts": 0, "padding_manual_ms": 0, "padding_auto_ms": 0}
+
+
+@given(which=st.sampled_from(INT_KEYS), below=st.integers(1, 10**6), data=st.data())
+@settings(max_examples=80, deadline=None)
+def test_int_keys_accept_their_range_and_reject_below_it(which, below: int, data: st.DataObject) -> None:
+    section, key = which
+    minimum = INT_MINIMUM.get(key, 1)
+    maximum = 65535 if key in ("port", "http_port") else 10**6
+    ok = data.draw(st.integers(minimum, maximum))
+    config = load_config(environ={f"TRIOSCHEDULER_{section.upper()}_{key.upper()}": str(ok)})
+    assert getattr(getattr(config, section), key) == ok
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={}, overrides={section: {key: minimum - below}})
+    assert f"{section}.{key}" in str(info.value)
+    if key in ("port", "http_port"):
+        with pytest.raises(ConfigError, match=rf"{section}\.{key}"):
+            load_config(environ={}, overrides={section: {key: 65535 + below}})
+
+
+# ------------------------------------------------------------------------------------------ the command line
+
+
+def _cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIOSCHEDULER_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    return env
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("[scheduler]\nbogus_key = 1\n", "scheduler.bogus_key"),
+    ("[scheduler]\njob_timeout_seconds = -3\n", "scheduler.job_timeout_seconds"),
+])
+def test_cli_exits_2_naming_the_key(tmp_path: Path, text: str, key: str) -> None:
+    path = write(tmp_path, text, "BAD.toml")
+    proc = subprocess.run([sys.executable, "-m", "trioscheduler", "--config", path], capture_output=True, text=True,
+                          env=_cli_env(), cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert key in proc.stderr
+    assert "configuration error" in proc.stderr
+
+
+def test_cli_rejects_unknown_environment_variable(tmp_path: Path) -> None:
+    env = {**_cli_env(), "TRIOSCHEDULER_SCHEDULER_JOB_TIMEOUT": "3"}
+    proc = subprocess.run([sys.executable, "-m", "trioscheduler"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert "TRIOSCHEDULER_SCHEDULER_JOB_TIMEOUT" in proc.stderr

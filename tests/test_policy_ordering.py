@@ -1,0 +1,154 @@
+"""Properties of ResultOrderer: in-order release, each index at most once, bounded gap wait. Pure, no trio."""
+
+from __future__ import annotations
+
+from hypothesis import event, given, settings, strategies as st
+
+from trioscheduler.policy.ordering import Added, Release, ResultOrderer
+
+GAP = 30.0
+
+op_strategy = st.one_of(
+    st.tuples(st.just("add"), st.integers(0, 9), st.sampled_from([0.0, 0.5, 5.0, 29.0])),
+    st.tuples(st.just("ready")),
+    st.tuples(st.just("expire"), st.sampled_from([0.0, 1.0, 10.0, 29.999, 30.0, 31.0, 100.0])),
+)
+
+
+@given(ops=st.lists(op_strategy, min_size=1, max_size=50), gap=st.sampled_from([0.5, 1.0, GAP]))
+@settings(max_examples=300, deadline=None)
+def test_release_order_uniqueness_and_gap_rule(ops, gap: float) -> None:
+    orderer: ResultOrderer[str] = ResultOrderer(gap_timeout=gap)
+    now = 0.0
+    released: list[Release[str]] = []
+    # model: what is waiting (index -> (outcome, arrival)) and the next index to release
+    pending: dict[int, tuple[str, float]] = {}
+    next_index = 0
+    first_outcome: dict[int, str] = {}
+    serial = 0
+
+    def take(batch: list[Release[str]], via: str) -> None:
+        nonlocal next_index
+        for rel in batch:
+            assert rel.index == next_index, f"index {rel.index} released out of order (expected {next_index})"
+            if rel.outcome is None:
+                assert via in ("expire", "drain"), "a hole was released by ready()"
+                assert rel.index not in pending, "an index with an outcome was released as missing"
+                if via == "expire":
+                    assert pending, "a hole was released with nothing later waiting"
+                    waited_since = min(arrived for _, arrived in pending.values())
+                    assert now >= waited_since + gap, "a hole was released before gap_timeout"
+                event("hole released via " + via)
+            else:
+                assert rel.index in pending
+                assert pending[rel.index][0] == rel.outcome == first_outcome[rel.index]
+                del pending[rel.index]
+            released.append(rel)
+            next_index += 1
+
+    for op in ops:
+        if op[0] == "add":
+            _, index, dt = op
+            now += dt
+            serial += 1
+            outcome = f"{index}#{serial}"
+            got = orderer.add(index, outcome, now)
+            if index < next_index:
+                assert got is Added.LATE
+                event("late")
+            elif index in pending:
+                assert got is Added.DUPLICATE
+                event("duplicate")
+            else:
+                assert got is Added.ACCEPTED
+                pending[index] = (outcome, now)
+                first_outcome[index] = outcome
+        elif op[0] == "ready":
+            take(orderer.ready(), "ready")
+            assert next_index not in pending, "ready() left a releasable index behind"
+        else:
+            now += op[1]
+            take(orderer.expire(now), "expire")
+            # expire releases everything whose wait is over
+            assert next_index not in pending
+            if pending:
+                assert now < min(arrived for _, arrived in pending.values()) + gap
+        assert orderer.next_index == next_index
+        assert orderer.pending_count == len(pending)
+        expected_deadline = min((a for _, a in pending.values()), default=None)
+        assert orderer.gap_deadline() == (None if expected_deadline is None else expected_deadline + gap)
+
+    highest = max(pending, default=-1)
+    take(orderer.drain(), "drain")
+    assert orderer.pending_count == 0 and orderer.gap_deadline() is None
+    assert next_index >= highest + 1
+    indices = [r.index for r in released]
+    assert indices == list(range(len(indices))), "not strictly increasing without skips"
+    # Nothing is released twice, whatever arrives afterwards.
+    for index in indices:
+        assert orderer.add(index, "again", now) is Added.LATE
+    assert orderer.ready() == [] and orderer.expire(now + 10 * gap) == [] and orderer.drain() == []
+
+
+@given(n=st.integers(1, 12), data=st.data())
+@settings(max_examples=150, deadline=None)
+def test_any_arrival_order_of_a_complete_set_releases_everything_in_order(n: int, data: st.DataObject) -> None:
+    order = data.draw(st.permutations(range(n)))
+    orderer: ResultOrderer[int] = ResultOrderer(gap_timeout=GAP)
+    out: list[Release[int]] = []
+    for t, index in enumerate(order):
+        assert orderer.add(index, index * 10, float(t)) is Added.ACCEPTED
+        out.extend(orderer.ready())
+    assert [(r.index, r.outcome) for r in out] == [(i, i * 10) for i in range(n)]
+    assert orderer.pending_count == 0 and orderer.drain() == []
+
+
+def test_gap_deadline_is_gap_timeout_after_the_earliest_pending_arrival() -> None:
+    orderer: ResultOrderer[str] = ResultOrderer(gap_timeout=GAP)
+    assert orderer.gap_deadline() is None
+    orderer.add(3, "c", 10.0)
+    orderer.add(2, "b", 12.0)
+    assert orderer.gap_deadline() == 40.0
+    assert orderer.expire(39.999) == []
+    got = orderer.expire(40.0)
+    assert [(r.index, r.outcome) for r in got] == [(0, None), (1, None), (2, "b"), (3, "c")]
+    assert orderer.gap_deadline() is None
+
+
+def test_the_gap_wait_restarts_from_the_next_later_arrival() -> None:
+    orderer: ResultOrderer[str] = ResultOrderer(gap_timeout=GAP)
+    orderer.add(1, "b", 0.0)
+    orderer.add(5, "f", 25.0)
+    got = orderer.expire(30.0)
+    assert [(r.index, r.outcome) for r in got] == [(0, None), (1, "b")]
+    assert orderer.gap_deadline() == 55.0  # index 2's wait began when index 5 arrived
+    assert orderer.expire(54.0) == []
+    assert orderer.add(3, "d", 54.5) is Added.ACCEPTED
+    got = orderer.expire(55.0)
+    assert [(r.index, r.outcome) for r in got] == [(2, None), (3, "d"), (4, None), (5, "f")]
+
+
+def test_duplicates_and_late_arrivals() -> None:
+    orderer: ResultOrderer[str] = ResultOrderer(gap_timeout=GAP)
+    assert orderer.add(1, "b", 0.0) is Added.ACCEPTED
+    assert orderer.add(1, "b2", 1.0) is Added.DUPLICATE
+    assert orderer.add(0, "a", 2.0) is Added.ACCEPTED
+    assert [(r.index, r.outcome) for r in orderer.ready()] == [(0, "a"), (1, "b")]
+    assert orderer.add(0, "a2", 3.0) is Added.LATE
+    assert orderer.add(1, "b3", 3.0) is Added.LATE
+    assert orderer.add(-1, "neg", 3.0) is Added.LATE
+    assert orderer.ready() == []
+    # A hole declared missing is never filled afterwards.
+    orderer.add(3, "d", 4.0)
+    assert [(r.index, r.outcome) for r in orderer.expire(34.0)] == [(2, None), (3, "d")]
+    assert orderer.add(2, "late c", 35.0) is Added.LATE
+    assert orderer.drain() == []
+
+
+def test_drain_releases_holes_in_order() -> None:
+    orderer: ResultOrderer[str] = ResultOrderer(gap_timeout=GAP)
+    orderer.add(2, "c", 0.0)
+    orderer.add(4, "e", 0.0)
+    got = orderer.drain()
+    assert [(r.index, r.outcome) for r in got] == [(0, None), (1, None), (2, "c"), (3, None), (4, "e")]
+    assert orderer.next_index == 5
