@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-from tests.wire import (b64, connect, memory_peer, node_register, pcm, registered_node, result_for,
+from tests.wire import (b64, connect, memory_node, memory_session, pcm, registered_node, result_for,
                         start_daemon)
 from trioscheduler.app import Scheduler
 from trioscheduler.config import Config
@@ -19,18 +19,8 @@ def _quiet(make_config: Callable[..., Config], **sections: dict[str, Any]) -> Co
     return make_config(**sections)
 
 
-async def _node(nursery: trio.Nursery, scheduler: Scheduler, node_id: str, **kw: Any) -> Any:
-    peer = memory_peer(nursery, scheduler, "node")
-    await peer.send(**node_register(node_id, **kw))
-    await peer.recv_type("node_register_ack")
-    return peer
 
 
-async def _session(nursery: trio.Nursery, scheduler: Scheduler) -> tuple[Any, str]:
-    peer = memory_peer(nursery, scheduler, "session")
-    await peer.send(type="session_init", src_lang="zh", tgt_lang="en", audio_format="pcm16")
-    ack = await peer.recv_type("session_init_ack")
-    return peer, ack["session_id"]
 
 
 async def _utterance(client: Any, sid: str, index: int) -> None:
@@ -42,7 +32,7 @@ async def test_registry_that_cannot_answer_gives_scheduler_busy_and_session_keep
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock,
         make_config: Callable[..., Config]) -> None:
     scheduler = Scheduler(_quiet(make_config, scheduler={"registry_inbox_size": 1, "selection_deadline_ms": 200}))
-    client, sid = await _session(nursery, scheduler)  # the registry task is not running yet
+    client, sid = await memory_session(nursery, scheduler)  # the registry task is not running yet
     for index in range(3):
         await _utterance(client, sid, index)
     for index in range(3):
@@ -51,7 +41,7 @@ async def test_registry_that_cannot_answer_gives_scheduler_busy_and_session_keep
     await client.send(type="client_heartbeat", session_id=sid, timestamp=1)
     await client.recv_type("server_heartbeat")
     await nursery.start(scheduler.run)
-    node = await _node(nursery, scheduler, "node-A")
+    node = await memory_node(nursery, scheduler, "node-A")
     await _utterance(client, sid, 3)
     assign = await node.recv_type("job_assign")
     assert assign["utterance_index"] == 3  # abandoned requests made no job
@@ -67,8 +57,8 @@ async def test_gap_timeout_releases_missing_then_later_results_and_drops_late_on
     scheduler = Scheduler(_quiet(make_config, results={"gap_timeout_seconds": 30},
                                       scheduler={"job_timeout_seconds": 1000}))
     await nursery.start(scheduler.run)
-    node = await _node(nursery, scheduler, "node-A")
-    client, sid = await _session(nursery, scheduler)
+    node = await memory_node(nursery, scheduler, "node-A")
+    client, sid = await memory_session(nursery, scheduler)
     await _utterance(client, sid, 0)
     await _utterance(client, sid, 1)
     first, second = await node.recv_type("job_assign"), await node.recv_type("job_assign")
@@ -92,8 +82,8 @@ async def test_client_loss_cancels_its_jobs_on_nodes_and_frees_slots(
         make_config: Callable[..., Config]) -> None:
     scheduler = Scheduler(_quiet(make_config))
     await nursery.start(scheduler.run)
-    node = await _node(nursery, scheduler, "node-A", capacity=1)
-    client, sid = await _session(nursery, scheduler)
+    node = await memory_node(nursery, scheduler, "node-A", capacity=1)
+    client, sid = await memory_session(nursery, scheduler)
     await _utterance(client, sid, 0)
     await _utterance(client, sid, 1)  # waits for the single slot
     assign = await node.recv_type("job_assign")
@@ -112,8 +102,8 @@ async def test_job_timeout_fails_over_with_new_job_id_then_job_timeout(
         make_config: Callable[..., Config]) -> None:
     scheduler = Scheduler(_quiet(make_config, scheduler={"job_timeout_seconds": 30, "failover_max_attempts": 1}))
     await nursery.start(scheduler.run)
-    nodes = [await _node(nursery, scheduler, f"node-{c}") for c in "ABC"]
-    client, sid = await _session(nursery, scheduler)
+    nodes = [await memory_node(nursery, scheduler, f"node-{c}") for c in "ABC"]
+    client, sid = await memory_session(nursery, scheduler)
     await _utterance(client, sid, 0)
     seen: list[tuple[int, dict[str, Any]]] = []
 
@@ -143,11 +133,11 @@ async def test_node_socket_close_fails_over_at_once(
         make_config: Callable[..., Config]) -> None:
     scheduler = Scheduler(_quiet(make_config, scheduler={"job_timeout_seconds": 30}))
     await nursery.start(scheduler.run)
-    a = await _node(nursery, scheduler, "node-A")
-    client, sid = await _session(nursery, scheduler)
+    a = await memory_node(nursery, scheduler, "node-A")
+    client, sid = await memory_session(nursery, scheduler)
     await _utterance(client, sid, 0)
     first = await a.recv_type("job_assign")
-    b = await _node(nursery, scheduler, "node-B")
+    b = await memory_node(nursery, scheduler, "node-B")
     start = trio.current_time()
     await a.ws.aclose()
     second = await b.recv_type("job_assign")
@@ -186,8 +176,8 @@ async def test_misbehaving_node_is_quarantined(nursery: trio.Nursery, autojump_c
     scheduler = Scheduler(_quiet(make_config, scheduler={
         "quarantine_failures": 2, "quarantine_window_seconds": 60, "quarantine_cooldown_seconds": 100}))
     await nursery.start(scheduler.run)
-    bad = await _node(nursery, scheduler, "node-BAD")
-    client, sid = await _session(nursery, scheduler)
+    bad = await memory_node(nursery, scheduler, "node-BAD")
+    client, sid = await memory_session(nursery, scheduler)
     for index in range(2):
         await _utterance(client, sid, index)
         assign = await bad.recv_type("job_assign")
@@ -196,7 +186,7 @@ async def test_misbehaving_node_is_quarantined(nursery: trio.Nursery, autojump_c
     stats = await scheduler.stats()
     assert stats is not None and stats["nodes"][0]["quarantined"] is True
     await _utterance(client, sid, 2)
-    good = await _node(nursery, scheduler, "node-GOOD")
+    good = await memory_node(nursery, scheduler, "node-GOOD")
     assign = await good.recv_type("job_assign")
     assert assign["utterance_index"] == 2
     await bad.nothing_for(1)

@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from tests.wire import b64, memory_peer, node_register, pcm, result_for
+from tests.wire import b64, memory_node, memory_session, pcm, result_for
 from trioscheduler.app import Scheduler
 from trioscheduler.config import Config
 
@@ -24,17 +24,8 @@ async def _start(nursery: trio.Nursery, make_config: Callable[..., Config], **se
     return scheduler
 
 
-async def _node(nursery: trio.Nursery, scheduler: Scheduler, node_id: str, **kw: Any) -> Any:
-    node = memory_peer(nursery, scheduler, "node")
-    await node.send(**node_register(node_id, **kw))
-    await node.recv_type("node_register_ack")
-    return node
 
 
-async def _client(nursery: trio.Nursery, scheduler: Scheduler) -> tuple[Any, str]:
-    client = memory_peer(nursery, scheduler, "session")
-    await client.send(type="session_init", src_lang="zh", tgt_lang="en", audio_format="pcm16")
-    return client, (await client.recv_type("session_init_ack"))["session_id"]
 
 
 async def _chunk(client: Any, sid: str, ms: int, is_final: bool = False, fill: int = 1) -> None:
@@ -44,8 +35,8 @@ async def _chunk(client: Any, sid: str, ms: int, is_final: bool = False, fill: i
 async def test_h3_speech_after_90_s_of_silence_still_makes_a_job(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, make_config: Callable[..., Config]) -> None:
     scheduler = await _start(nursery, make_config)
-    node = await _node(nursery, scheduler, "node-A")
-    client, sid = await _client(nursery, scheduler)
+    node = await memory_node(nursery, scheduler, "node-A")
+    client, sid = await memory_session(nursery, scheduler)
     await trio.sleep(90)
     await _chunk(client, sid, 200, is_final=True)
     assign = await node.recv_type("job_assign")
@@ -57,8 +48,8 @@ async def test_h4_dispatched_job_is_never_failed_by_the_pending_rule(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, make_config: Callable[..., Config]) -> None:
     scheduler = await _start(nursery, make_config,
                              scheduler={"pending_timeout_seconds": 10, "job_timeout_seconds": 30})
-    node = await _node(nursery, scheduler, "node-A")
-    client, sid = await _client(nursery, scheduler)
+    node = await memory_node(nursery, scheduler, "node-A")
+    client, sid = await memory_session(nursery, scheduler)
     await _chunk(client, sid, 200, is_final=True)
     assign = await node.recv_type("job_assign")
     await trio.sleep(25)  # well past the pending timeout, within the job timeout
@@ -69,8 +60,8 @@ async def test_h4_dispatched_job_is_never_failed_by_the_pending_rule(
 async def test_h6_utterances_one_at_a_time_all_dispatch(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, make_config: Callable[..., Config]) -> None:
     scheduler = await _start(nursery, make_config)
-    node = await _node(nursery, scheduler, "node-A")
-    client, sid = await _client(nursery, scheduler)
+    node = await memory_node(nursery, scheduler, "node-A")
+    client, sid = await memory_session(nursery, scheduler)
     for index in range(3):
         await client.send(type="utterance", session_id=sid, utterance_index=index, audio=b64(pcm(100)),
                           audio_format="pcm16", sample_rate=16000)
@@ -83,8 +74,8 @@ async def test_h6_utterances_one_at_a_time_all_dispatch(
 async def test_h11_tts_playback_restarts_the_pause_clock(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, make_config: Callable[..., Config]) -> None:
     scheduler = await _start(nursery, make_config, segmentation={"pause_ms": 3000})
-    node = await _node(nursery, scheduler, "node-A")
-    client, sid = await _client(nursery, scheduler)
+    node = await memory_node(nursery, scheduler, "node-A")
+    client, sid = await memory_session(nursery, scheduler)
     await _chunk(client, sid, 200)
     start = trio.current_time()
     await trio.sleep(2.5)
@@ -99,13 +90,13 @@ async def test_h11_tts_playback_restarts_the_pause_clock(
 async def test_h12_affinity_moves_when_its_node_dies_and_sticks_to_the_new_one(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, make_config: Callable[..., Config]) -> None:
     scheduler = await _start(nursery, make_config)
-    a = await _node(nursery, scheduler, "node-A")
-    client, sid = await _client(nursery, scheduler)
+    a = await memory_node(nursery, scheduler, "node-A")
+    client, sid = await memory_session(nursery, scheduler)
     await _chunk(client, sid, 100, is_final=True)
     await a.send(**result_for(await a.recv_type("job_assign")))
     await client.recv_type("translation_result")
-    b = await _node(nursery, scheduler, "node-B")
-    c = await _node(nursery, scheduler, "node-C")
+    b = await memory_node(nursery, scheduler, "node-B")
+    c = await memory_node(nursery, scheduler, "node-C")
     await a.ws.aclose()
     await trio.sleep(1)
     await _chunk(client, sid, 100, is_final=True)
@@ -132,8 +123,8 @@ async def test_h12_affinity_moves_when_its_node_dies_and_sticks_to_the_new_one(
 async def test_f3_short_bursts_with_gaps_below_pause_form_one_job(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, make_config: Callable[..., Config]) -> None:
     scheduler = await _start(nursery, make_config, segmentation={"pause_ms": 3000})
-    node = await _node(nursery, scheduler, "node-A")
-    client, sid = await _client(nursery, scheduler)
+    node = await memory_node(nursery, scheduler, "node-A")
+    client, sid = await memory_session(nursery, scheduler)
     for gap in (0.2, 1.0, 2.9, 0.5):  # 260 ms bursts separated by gaps shorter than pause_ms
         await _chunk(client, sid, 260)
         await trio.sleep(gap)
@@ -148,8 +139,8 @@ async def test_f3_short_bursts_with_gaps_below_pause_form_one_job(
 async def test_f4_f5_jobs_of_one_turn_land_on_one_node(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, make_config: Callable[..., Config]) -> None:
     scheduler = await _start(nursery, make_config, segmentation={"max_duration_ms": 1000})
-    nodes = {name: await _node(nursery, scheduler, name) for name in ("node-A", "node-B", "node-C")}
-    client, sid = await _client(nursery, scheduler)
+    nodes = {name: await memory_node(nursery, scheduler, name) for name in ("node-A", "node-B", "node-C")}
+    client, sid = await memory_session(nursery, scheduler)
     received: list[tuple[str, dict[str, Any]]] = []
 
     async def watch(name: str, peer: Any) -> None:
@@ -174,9 +165,9 @@ async def test_f4_f5_jobs_of_one_turn_land_on_one_node(
 async def test_f11_node_failure_result_is_an_error_without_failover_and_node_stays_usable(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, make_config: Callable[..., Config]) -> None:
     scheduler = await _start(nursery, make_config)
-    a = await _node(nursery, scheduler, "node-A")
-    b = await _node(nursery, scheduler, "node-B")
-    client, sid = await _client(nursery, scheduler)
+    a = await memory_node(nursery, scheduler, "node-A")
+    b = await memory_node(nursery, scheduler, "node-B")
+    client, sid = await memory_session(nursery, scheduler)
     await client.send(type="utterance", session_id=sid, utterance_index=0, audio=b64(pcm(100)))
     first: dict[str, Any] = {}
     holder: list[Any] = []
@@ -207,8 +198,8 @@ async def test_jobs_in_the_middle_of_a_live_turn_do_not_time_out(
     the middle of a live turn is not late. Its deadline runs from the newest dispatch in the turn."""
     scheduler = await _start(nursery, make_config, segmentation={"max_duration_ms": 1000},
                              scheduler={"job_timeout_seconds": 2})
-    node = await _node(nursery, scheduler, "node-A")
-    client, sid = await _client(nursery, scheduler)
+    node = await memory_node(nursery, scheduler, "node-A")
+    client, sid = await memory_session(nursery, scheduler)
     assigns = []
     for _ in range(4):  # a turn of 4 MaxDuration cuts over 6 s: longer than the 2 s job timeout
         for _ in range(5):

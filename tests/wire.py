@@ -185,3 +185,19 @@ def memory_peer(nursery: trio.Nursery, scheduler: Scheduler, kind: str) -> Peer:
     handler = scheduler.handle_session if kind == "session" else scheduler.handle_node
     nursery.start_soon(handler, server_side)
     return Peer(client_side)  # type: ignore[arg-type]
+
+
+async def memory_node(nursery: trio.Nursery, scheduler: Scheduler, node_id: str, **kwargs: Any) -> Peer:
+    """A registered raw node over an in-memory transport."""
+    node = memory_peer(nursery, scheduler, "node")
+    await node.send(**node_register(node_id, **kwargs))
+    await node.recv_type("node_register_ack")
+    return node
+
+
+async def memory_session(nursery: trio.Nursery, scheduler: Scheduler, src: str = "zh", tgt: str = "en",
+                         **fields: Any) -> tuple[Peer, str]:
+    """An open raw pcm16 session over an in-memory transport: (peer, session_id)."""
+    client = memory_peer(nursery, scheduler, "session")
+    await client.send(type="session_init", src_lang=src, tgt_lang=tgt, audio_format="pcm16", **fields)
+    return client, (await client.recv_type("session_init_ack"))["session_id"]
