@@ -40,6 +40,8 @@ UTTERANCE_AUDIO_FORMATS = frozenset({"opus", "pcm16", "wav"})
 MODES = frozenset({"one_way", "two_way_auto"})
 #: How far ahead of the next expected index a client-chosen utterance_index may jump.
 MAX_INDEX_AHEAD = 256
+#: Frames kept while a session_close waits; beyond this the socket is simply not read until the close is done.
+MAX_FRAMES_DURING_CLOSE = 64
 
 
 def new_session_id() -> str:
@@ -150,6 +152,10 @@ class SessionConnection:
         self._orderer: ResultOrderer[Any] = ResultOrderer(gap_timeout=config.results.gap_timeout_seconds)
         self._owed: dict[int, float] = {}
         self._writer_send, self._writer_recv = trio.open_memory_channel[Any](math.inf)
+        #: Frames read while a session_close waited for its outcomes, handled once it is done.
+        self._early_frames: collections.deque[str | bytes] = collections.deque()
+        #: Sessions this socket closed: their late outcomes must not reach the next session's orderer.
+        self._closed_sessions: set[str] = set()
 
     def footprint(self) -> dict[str, int]:
         """What this session holds beyond its idle size; all zero once its utterances are settled."""
@@ -189,7 +195,9 @@ class SessionConnection:
         while True:
             state = self._state
             deadline = state.segmenter.pause_deadline() if state is not None else None
-            if deadline is None:
+            if self._early_frames:
+                frame = self._early_frames.popleft()
+            elif deadline is None:
                 try:
                     frame = await transport.get_message()
                 except TransportClosed:
@@ -210,6 +218,8 @@ class SessionConnection:
             try:
                 message = CLIENT_CODEC.decode(frame)
                 await self._handle(message)
+            except TransportClosed:
+                return
             except ProtocolError as exc:
                 self._metrics.counters[f"client_errors_{exc.code}"] += 1
                 self._send_now(m.ErrorMessage(
@@ -458,10 +468,32 @@ class SessionConnection:
             await self._submit_cut(state, cut)
         done = trio.Event()
         self._writer_send.send_nowait(CloseSession(state.session_id, done))
-        await done.wait()
+        await self._wait_watching_socket(done)
         await self._registry.session_ended(state.session_id)
         emit(log, INFO, "session_ended", session_id=state.session_id, reason=message.reason or "session_close")
         self._state = None
+
+    async def _wait_watching_socket(self, done: trio.Event) -> None:
+        """Wait for ``done`` while still reading the socket, so a client that vanishes mid-close has its jobs
+        cancelled at once; frames that arrive meanwhile (a pipelined session_init, say) are kept for later.
+        Raises TransportClosed when the socket went away."""
+        gone = False
+
+        async def read_ahead(cancel_scope: trio.CancelScope) -> None:
+            nonlocal gone
+            try:
+                while len(self._early_frames) < MAX_FRAMES_DURING_CLOSE:
+                    self._early_frames.append(await self._transport.get_message())
+            except TransportClosed:
+                gone = True
+                cancel_scope.cancel()
+
+        async with trio.open_nursery() as race:
+            race.start_soon(read_ahead, race.cancel_scope)
+            await done.wait()
+            race.cancel_scope.cancel()
+        if gone:
+            raise TransportClosed
 
     def _send_now(self, message: Any) -> None:
         self._writer_send.send_nowait(Send(message))
@@ -499,7 +531,14 @@ class SessionConnection:
                 await self._release(released, owed, nursery)
                 if closing is not None and now >= close_deadline:
                     owed.clear()
-            elif type(item) is Outcome:
+            elif type(item) is Outcome or type(item) is Passthrough:
+                if getattr(item.message, "session_id", None) in self._closed_sessions:
+                    # Raced the close: the session already had its outcome for this index and its ack.
+                    self._metrics.counters["outcomes_dropped_after_close"] += 1
+                    continue
+                if type(item) is Passthrough:
+                    await self._transport.send_message(encode(item.message))
+                    continue
                 added = orderer.add(item.utterance_index, item, now)
                 if added is Added.ACCEPTED:
                     await self._release(orderer.ready(), owed, nursery)
@@ -508,7 +547,7 @@ class SessionConnection:
                     emit(log, WARNING, "outcome_dropped", reason=added.value,
                          session_id=getattr(item.message, "session_id", None),
                          utterance_index=item.utterance_index, job_id=item.job_id)
-            elif type(item) is Send or type(item) is Passthrough:
+            elif type(item) is Send:
                 await self._transport.send_message(encode(item.message))
             elif type(item) is Expect:
                 if item.utterance_index >= orderer.next_index:
@@ -527,6 +566,7 @@ class SessionConnection:
             if closing is not None and not owed:
                 await self._release(orderer.drain(), owed, nursery)
                 await self._transport.send_message(encode(m.SessionCloseAck(session_id=closing.session_id)))
+                self._closed_sessions.add(closing.session_id)
                 closing.done.set()
                 closing = None
                 close_deadline = math.inf

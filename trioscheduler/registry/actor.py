@@ -416,7 +416,9 @@ class Registry:
 
     def _check_heartbeat(self, node: NodeRecord, now: float) -> None:
         timeout = self._sched.heartbeat_timeout_seconds
-        if now - node.last_heartbeat >= timeout:
+        # Compare with the deadline exactly as it was scheduled: ``now - last >= timeout`` can round below the
+        # timeout at the very deadline and re-arm the same instant forever.
+        if now >= node.last_heartbeat + timeout:
             emit(log, WARNING, "node_heartbeat_timeout", node_id=node.node_id,
                  silent_ms=round((now - node.last_heartbeat) * 1000.0, 1), in_flight=node.in_flight)
             self._send_to_node(node, rq.CloseLink("heartbeat_timeout"))
