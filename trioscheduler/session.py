@@ -399,6 +399,7 @@ class SessionConnection:
             auto_langs=init.auto_langs,
             **_streaming_asr(init),
             tenant_id=init.tenant_id,
+            audio_b64=message.audio,
         )
         await self._submit(state, spec)
 

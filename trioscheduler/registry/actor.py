@@ -142,23 +142,25 @@ class Registry:
         while timers and timers[0][0] <= now:
             _, _, kind, subject, token = heapq.heappop(timers)
             if kind == "job":
-                job: Job = subject
-                if job.timer_token != token:
-                    continue
+                job = self.jobs_by_id.get(subject)
+                if job is None or job.timer_token != token:
+                    continue  # finished, or re-armed since
                 if job.state is JobState.DISPATCHED:
                     self._job_timed_out(job, now)
                 elif job.state is JobState.WAITING:
                     self._pending_expired(job, now)
             elif kind == "node":
-                node: NodeRecord = subject
-                if node.alive and self.nodes.get(node.node_id) is node:
+                node_id, conn_id = subject
+                node = self.nodes.get(node_id)
+                if node is not None and node.alive and node.link.conn_id == conn_id:
                     self._check_heartbeat(node, now)
             elif kind == "wake":
                 self._capacity_changed(now)
 
     def _arm(self, job: Job, deadline: float) -> None:
+        """Timers name jobs by id, never hold them: a finished job (and its audio) is freed at once."""
         job.timer_token += 1
-        self._schedule(deadline, "job", job, job.timer_token)
+        self._schedule(deadline, "job", job.job_id, job.timer_token)
 
     # ------------------------------------------------------------------------------------------ sessions
 
@@ -424,7 +426,7 @@ class Registry:
             self._send_to_node(node, rq.CloseLink("heartbeat_timeout"))
             self._lose_node(node, "heartbeat_timeout", now)
         else:
-            self._schedule(node.last_heartbeat + timeout, "node", node, 0)
+            self._schedule(node.last_heartbeat + timeout, "node", (node.node_id, node.link.conn_id), 0)
 
     def _lose_node(self, node: NodeRecord, reason: str, now: float) -> None:
         """Out of every pool at once; its in-flight jobs are re-dispatched now, not after their timeout."""
@@ -538,7 +540,7 @@ class Registry:
             self.nodes[node_id] = node
             self._node_by_conn[link.conn_id] = node_id
             self._reindex(node, capability, now)
-            self._schedule(now + self._sched.heartbeat_timeout_seconds, "node", node, 0)
+            self._schedule(now + self._sched.heartbeat_timeout_seconds, "node", (node_id, link.conn_id), 0)
         node = self.nodes[node_id]
         self._send_to_node(node, m.NodeRegisterAck(
             node_id=node_id, heartbeat_interval_seconds=self._sched.heartbeat_interval_seconds))

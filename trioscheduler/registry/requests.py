@@ -83,6 +83,8 @@ class JobSpec:
     enable_streaming_asr: bool = True
     partial_update_interval_ms: int = 1000
     tenant_id: str | None = None
+    #: The client's own base64 of ``audio`` when it sent the whole utterance: forwarded as is, not re-encoded.
+    audio_b64: str | None = None
 
 
 @attrs.frozen

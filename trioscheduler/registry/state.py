@@ -76,5 +76,5 @@ class Job:
     def audio_b64(self) -> str:
         """Base64 once per job, not once per attempt."""
         if self._audio_b64 is None:
-            self._audio_b64 = base64.b64encode(self.spec.audio).decode("ascii")
+            self._audio_b64 = self.spec.audio_b64 or base64.b64encode(self.spec.audio).decode("ascii")
         return self._audio_b64
