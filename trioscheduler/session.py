@@ -152,10 +152,11 @@ class SessionConnection:
         self._orderer: ResultOrderer[Any] = ResultOrderer(gap_timeout=config.results.gap_timeout_seconds)
         self._owed: dict[int, float] = {}
         self._writer_send, self._writer_recv = trio.open_memory_channel[Any](math.inf)
-        #: Frames read while a session_close waited for its outcomes, handled once it is done.
-        self._early_frames: collections.deque[str | bytes] = collections.deque()
+        #: Frames read while a session_close waited for its outcomes, handled once it is done (a list: an idle
+        #: session should not pay for a deque it almost never uses).
+        self._early_frames: list[str | bytes] = []
         #: Sessions this socket closed: their late outcomes must not reach the next session's orderer.
-        self._closed_sessions: set[str] = set()
+        self._closed_sessions: tuple[str, ...] = ()
 
     def footprint(self) -> dict[str, int]:
         """What this session holds beyond its idle size; all zero once its utterances are settled."""
@@ -196,7 +197,7 @@ class SessionConnection:
             state = self._state
             deadline = state.segmenter.pause_deadline() if state is not None else None
             if self._early_frames:
-                frame = self._early_frames.popleft()
+                frame = self._early_frames.pop(0)
             elif deadline is None:
                 try:
                     frame = await transport.get_message()
@@ -567,7 +568,7 @@ class SessionConnection:
             if closing is not None and not owed:
                 await self._release(orderer.drain(), owed, nursery)
                 await self._transport.send_message(encode(m.SessionCloseAck(session_id=closing.session_id)))
-                self._closed_sessions.add(closing.session_id)
+                self._closed_sessions += (closing.session_id,)
                 closing.done.set()
                 closing = None
                 close_deadline = math.inf
