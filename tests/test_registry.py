@@ -15,10 +15,11 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from trioscheduler.config import Config, config_with
@@ -41,6 +42,7 @@ from trioscheduler.registry.requests import (
     JobSpec,
     NodeLink,
     Outcome,
+    Passthrough,
     RegistryClient,
     SubmitReply,
     open_registry_channel,
@@ -53,10 +55,13 @@ STEP = 1.0  # bound for a wait that should finish without the clock moving at al
 
 
 def make_config(**scheduler: Any) -> Config:
+    """Heartbeat silence is only at play where a test asks for it: the fake nodes do not heartbeat."""
+    scheduler.setdefault("heartbeat_interval_seconds", 1000)
+    scheduler.setdefault("heartbeat_timeout_seconds", 3000)
     return config_with(Config(), scheduler=scheduler)
 
 
-def spec_for(session_id: str, index: int, src: str = "zh", tgt: str = "en") -> JobSpec:
+def spec_for(session_id: str, index: int, src: str = "zh", tgt: str = "en", turn_id: str | None = None) -> JobSpec:
     return JobSpec(
         session_id=session_id,
         utterance_index=index,
@@ -68,7 +73,7 @@ def spec_for(session_id: str, index: int, src: str = "zh", tgt: str = "en") -> J
         audio=bytes([index % 256]) * 32,
         audio_format="pcm16",
         sample_rate=16000,
-        turn_id=None,
+        turn_id=turn_id,
         cut_reason="manual",
         finalized_at=trio.current_time(),
         is_manual_cut=True,
@@ -234,7 +239,7 @@ async def test_register_reuses_the_node_id_sent(nursery: trio.Nursery, autojump_
     h = Harness(nursery, make_config())
     node = await h.node("node-gpu-7")
     assert node.ack.node_id == "node-gpu-7"
-    assert node.ack.heartbeat_interval_seconds == 15.0
+    assert node.ack.heartbeat_interval_seconds == 1000
     snapshot = await h.sync()
     assert [n["node_id"] for n in snapshot["nodes"]] == ["node-gpu-7"]
 
@@ -479,7 +484,7 @@ async def test_failover_waits_for_busy_untried_node_never_returns_to_old(nursery
     await x.wait(10)  # job_cancel at t=5: x is free, y is full, so the retry waits
     assert trio.current_time() == pytest.approx(5)
     assert x.poll() == [] and y.poll() == []
-    await trio.sleep(1)
+    await trio.sleep(0.5)  # t's job on y is due at t=6
     await y.result(ok_result(other))
     [retry] = y.assigns()
     assert retry.session_id == "s" and retry.attempt_id == 2 and retry.job_id != first.job_id
@@ -562,7 +567,7 @@ async def test_node_loss_counts_as_an_attempt(nursery: trio.Nursery, autojump_cl
 
 async def test_heartbeat_silence_closes_link_and_redispatches(nursery: trio.Nursery, autojump_clock: Any) -> None:
     h = Harness(nursery, make_config(heartbeat_interval_seconds=2, heartbeat_timeout_seconds=6,
-                                     job_timeout_seconds=30))
+                                     job_timeout_seconds=100))
     silent = await h.node("node-silent")
     s = h.session("s")
     await s.submit(0)
@@ -606,6 +611,77 @@ async def test_heartbeat_silence_without_jobs_removes_node_and_pool(nursery: tri
     assert [type(i) for i in items] == [CloseLink]
     snapshot = await h.sync()
     assert snapshot["nodes"] == [] and snapshot["pools"] == {}
+
+
+@pytest.mark.parametrize("outbox", ["closed", "full"])
+async def test_node_whose_outbox_fails_is_lost_and_job_goes_elsewhere(nursery: trio.Nursery, autojump_clock: Any,
+                                                                      outbox: str) -> None:
+    """F-14: a node whose connection is gone while it is still pooled is never a silent sink for jobs."""
+    h = Harness(nursery, make_config())
+    broken_send, broken_recv = trio.open_memory_channel[Any](1)
+    broken = NodeLink(100, broken_send, "peer")
+    assert await h.client.register(broken, NodeRegister(node_id="node-broken", language_capabilities=ZH_EN)) \
+        == "node-broken"
+    if outbox == "closed":
+        await broken_recv.aclose()  # the writer task is gone
+    # else: the ack fills the one-slot outbox and nobody drains it
+    good = await h.node("node-good", max_jobs=10)
+    sessions = [h.session(f"s{i}") for i in range(4)]
+    for s in sessions:
+        reply = await s.submit(0)
+        assert reply is not None
+    assigns = good.assigns()
+    assert sorted(a.session_id for a in assigns) == ["s0", "s1", "s2", "s3"]
+    snapshot = await h.sync()
+    assert [n["node_id"] for n in snapshot["nodes"]] == ["node-good"]
+    assert snapshot["pools"] == {"en-zh": ["node-good"]}
+    for assign in assigns:
+        await good.result(ok_result(assign))
+    assert all(len(s.poll()) == 1 for s in sessions)
+
+
+async def test_jobs_of_one_turn_land_on_one_node_sharing_a_slot(nursery: trio.Nursery,
+                                                                autojump_clock: Any) -> None:
+    """F-4/F-5: the jobs of a max-duration chain (one turn_id) go to the node that holds the turn, even when it
+    is full, and cost one slot."""
+    h = Harness(nursery, make_config())
+    nodes = [await h.node("node-x", max_jobs=1), await h.node("node-y", max_jobs=1)]
+    sink_send, sink_recv = trio.open_memory_channel[Any](math.inf)
+    replies = []
+    for index in range(3):
+        replies.append(await h.client.submit(spec_for("s", index, turn_id="turn-1"), sink_send,
+                                             trio.current_time() + 5))
+    assert {r.node_id for r in replies if r is not None} == {replies[0].node_id}  # type: ignore[union-attr]
+    holder = next(n for n in nodes if n.node_id == replies[0].node_id)  # type: ignore[union-attr]
+    [other] = [n for n in nodes if n is not holder]
+    assigns = holder.assigns()
+    assert [a.utterance_index for a in assigns] == [0, 1, 2]
+    assert all(a.turn_id == "turn-1" for a in assigns)
+    assert await h.in_flight() == {holder.node_id: 1, other.node_id: 0}
+    # the other node still has its slot for another session
+    reply = await h.session("t").submit(0)
+    assert reply is not None and reply.node_id == other.node_id
+    for assign in assigns:
+        await holder.result(ok_result(assign))
+    assert sorted(o.utterance_index for o in drain(sink_recv)) == [0, 1, 2]
+    assert await h.in_flight() == {holder.node_id: 0, other.node_id: 1}
+
+
+async def test_heartbeat_updates_languages_and_pools(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(pending_timeout_seconds=30))
+    node = await h.node("node-a")
+    s = h.session("s")
+    reply = await s.submit(0, src="ja", tgt="en")
+    assert reply is not None and reply.state == "waiting"
+    await h.client.heartbeat(node.link, NodeHeartbeat(node_id="node-a", language_capabilities=JA_EN),
+                             trio.current_time())
+    snapshot = await h.sync()
+    assert snapshot["pools"] == {"en-ja": ["node-a"]}
+    [assign] = node.assigns()  # the waiting ja→en job goes at once
+    assert (assign.src_lang, assign.tgt_lang) == ("ja", "en")
+    # and zh→en is no longer served by it
+    reply = await s.submit(1)
+    assert reply is not None and reply.state == "waiting"
 
 
 # ============================================================================================ reconnect
@@ -762,6 +838,9 @@ async def test_failed_result_becomes_error_with_node_code_without_failover(nurse
     assert sum((await h.in_flight()).values()) == 0
     await trio.sleep(100)
     assert s.poll() == []
+    # F-11: one failure does not bar the node; the session's next job still goes there
+    reply = await s.submit(10)
+    assert reply is not None and reply.node_id == holder.node_id
 
 
 @pytest.mark.parametrize("reason", ["ASR_EMPTY", "NO_TEXT_ASSIGNED"])
@@ -795,6 +874,27 @@ async def test_duplicate_job_id_reply_is_not_forwarded(nursery: trio.Nursery, au
     await trio.sleep(10)
     await node.result(ok_result(assign))
     assert isinstance((await s.outcome(STEP)).message, m.TranslationResult)
+
+
+async def test_asr_partial_is_relayed_only_from_the_assigned_node(nursery: trio.Nursery,
+                                                                   autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config())
+    nodes = [await h.node("node-a"), await h.node("node-b")]
+    s = h.session("s")
+    await s.submit(4)
+    holder, assign = only_assign(nodes)
+    [stranger] = [n for n in nodes if n is not holder]
+    await h.client.partial(stranger.link, m.AsrPartialIn(job_id=assign.job_id, text="nope"))
+    await h.client.partial(holder.link, m.AsrPartialIn(job_id=assign.job_id, text="ni hao", is_final=False))
+    await h.sync()
+    [item] = s.poll()
+    assert isinstance(item, Passthrough) and isinstance(item.message, m.AsrPartialOut)
+    assert (item.message.text, item.message.utterance_index, item.message.job_id) == ("ni hao", 4, assign.job_id)
+    assert h.registry.counters["partials_dropped_foreign_node"] == 1
+    await holder.result(ok_result(assign))
+    await h.client.partial(holder.link, m.AsrPartialIn(job_id=assign.job_id, text="late"))
+    await h.sync()
+    assert [type(i) for i in s.poll()] == [Outcome]
 
 
 # ============================================================================================ quarantine
@@ -911,6 +1011,48 @@ async def test_session_ended_drops_waiting_jobs_without_outcome(nursery: trio.Nu
     assert (await h.sync())["jobs"] == {"dispatched": 0, "waiting": 0, "total": 0}
 
 
+async def test_session_ended_does_not_hand_a_freed_slot_to_its_own_waiting_job(nursery: trio.Nursery,
+                                                                                autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(pending_timeout_seconds=50))
+    node = await h.node("node-a", max_jobs=1)
+    s = h.session("s")
+    first = await s.submit(0)
+    second = await s.submit(1)
+    assert first is not None and first.state == "dispatched"
+    assert second is not None and second.state == "waiting"
+    [assign] = node.assigns()
+    await h.client.session_ended("s")
+    items = (await h.sync(), node.poll())[1]
+    # only the running job is cancelled; the waiting one is never dispatched just to be cancelled
+    assert [type(i) for i in items] == [JobCancel], items
+    assert items[0].job_id == assign.job_id
+    assert (await h.sync())["jobs"] == {"dispatched": 0, "waiting": 0, "total": 0}
+    assert await h.in_flight() == {"node-a": 0}
+    await trio.sleep(100)
+    assert s.poll() == [] and node.poll() == []
+
+
+async def test_cancel_jobs_of_one_index_leaves_the_others(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(pending_timeout_seconds=50))
+    node = await h.node("node-a", max_jobs=1)
+    s = h.session("s")
+    await s.submit(0)
+    await s.submit(1)
+    await s.submit(2)
+    [a0] = node.assigns()
+    await h.client.cancel_jobs("s", (0, 1), "client_cancel")
+    await h.sync()
+    items = node.poll()
+    # 0 is cancelled on the node, 1 never reaches it, and 2 takes the freed slot
+    assert isinstance(items[0], JobCancel) and items[0].job_id == a0.job_id
+    assert [(i.assign.utterance_index) for i in items[1:] if isinstance(i, Dispatch)] == [2]
+    assert len(items) == 2
+    [a2] = [i.assign for i in items[1:]]
+    await node.result(ok_result(a2))
+    [outcome] = s.poll()
+    assert outcome.utterance_index == 2
+
+
 # ============================================================================================ idempotency
 
 
@@ -949,35 +1091,58 @@ async def test_duplicate_submit_of_waiting_job(nursery: trio.Nursery, autojump_c
 BEHAVIOURS = ("ok", "ok", "fail", "silent", "twice", "duplicate_then_ok", "empty")
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@attrs.frozen
+class NodePlan:
+    capacity: int
+    behaviours: list[str]  # one per job_assign, in turn: how the node answers it
+    delay: float  # how long it takes to answer
+    dies_at: float | None  # its socket closes (node_gone)
+    reconnect_at: float | None  # it registers its node_id again on a new socket
+    heartbeats: bool  # False: silent, so the registry drops it after heartbeat_timeout_seconds
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink])  # no slow "explain" on failure
 @given(
     inbox_size=st.integers(min_value=1, max_value=4),
-    stalls=st.lists(st.tuples(st.floats(0, 6), st.sampled_from([0.05, 0.3, 1.0, 2.5])), max_size=3),
+    stalls=st.lists(st.tuples(st.floats(0, 4), st.sampled_from([0.05, 0.5, 1.5, 3.0])), min_size=1, max_size=3),
     submits=st.lists(
-        st.tuples(st.integers(0, 2), st.floats(0, 6), st.sampled_from([0.0, 0.01, 0.2, 0.5, 1.0, 3.0])),
+        st.tuples(st.integers(0, 2), st.floats(0, 5), st.sampled_from([0.0, 0.05, 0.3, 0.3, 1.0, 1.0, 3.0, 10.0])),
         min_size=1, max_size=14),
     nodes=st.lists(
-        st.tuples(st.integers(1, 3), st.lists(st.sampled_from(BEHAVIOURS), min_size=1, max_size=4),
-                  st.sampled_from([0.0, 0.1, 0.7, 2.0]), st.none() | st.floats(0.5, 8)),
+        st.builds(NodePlan,
+                  capacity=st.integers(1, 3),
+                  behaviours=st.lists(st.sampled_from(BEHAVIOURS), min_size=1, max_size=4),
+                  delay=st.sampled_from([0.0, 0.1, 0.7, 2.0]),
+                  dies_at=st.none() | st.floats(0.5, 8),
+                  reconnect_at=st.one_of(st.none(), st.none(), st.floats(0.5, 8)),  # mostly not
+                  heartbeats=st.sampled_from([True, True, True, False])),
         min_size=1, max_size=3),
     cancels=st.lists(st.tuples(st.floats(0, 8), st.integers(0, 2), st.none() | st.integers(0, 5)), max_size=2),
+    turns=st.sampled_from(["none", "unique", "shared"]),
 )
 def test_submits_racing_deadlines_never_lose_or_duplicate_outcomes(
     inbox_size: int,
     stalls: list[tuple[float, float]],
     submits: list[tuple[int, float, float]],
-    nodes: list[tuple[int, list[str], float, float | None]],
+    nodes: list[NodePlan],
     cancels: list[tuple[float, int, int | None]],
+    turns: str,
 ) -> None:
     """Submits race their deadlines against a registry that stalls behind a bounded inbox, while nodes answer,
-    fail, stay silent, answer twice or die, and sessions cancel. At the end: a submit that got a reply got exactly
-    one outcome (unless its session cancelled it), one that got None got nothing and made no job, and no reserved
-    slot is left behind at any point."""
+    fail, stay silent, answer twice, die, reconnect or stop heartbeating, and sessions cancel. At the end: a submit
+    that got a reply got exactly one outcome (unless its session cancelled it), one that got None got nothing and
+    made no job, and no reserved slot is left behind at any point. ``turns``: no turn_id, one turn per utterance
+    (what the session does for ``utterance`` messages), or turns of three utterances (a max-duration chain, whose
+    jobs share one slot)."""
     config = make_config(job_timeout_seconds=2, pending_timeout_seconds=3, failover_max_attempts=2,
-                         quarantine_failures=3, quarantine_window_seconds=5, quarantine_cooldown_seconds=2)
+                         quarantine_failures=3, quarantine_window_seconds=5, quarantine_cooldown_seconds=2,
+                         heartbeat_interval_seconds=1, heartbeat_timeout_seconds=4)
     per_session = [0, 0, 0]
     plan = []
-    for session, start, patience in submits:
+    # One submit lands in each stall and gives up halfway through it: its request waits in the inbox abandoned.
+    probes = [(0, start + 0.001, length / 2) for start, length in stalls]
+    for session, start, patience in sorted(submits + probes, key=lambda s: s[1]):
         plan.append((session, per_session[session], start, patience))
         per_session[session] += 1
 
@@ -985,6 +1150,7 @@ def test_submits_racing_deadlines_never_lose_or_duplicate_outcomes(
     dispatched_keys: set[tuple[str, int]] = set()
     cancelled: set[tuple[str, int]] = set()
     violations: list[str] = []
+    stats: dict[str, Any] = {}
 
     async def main() -> None:
         front_send, front_recv = open_registry_channel(inbox_size)
@@ -1012,13 +1178,16 @@ def test_submits_racing_deadlines_never_lose_or_duplicate_outcomes(
         def check_slots() -> None:
             now = trio.current_time()
             in_flight = sum(n.in_flight for n in registry.nodes.values())
-            live_dispatched = sum(1 for j in registry.jobs_by_key.values() if j.state is JobState.DISPATCHED)
+            # Without turns every dispatched job holds one slot; the jobs of one turn on one node share a slot.
+            live_dispatched = sum(1 for j in registry.jobs_by_key.values()
+                                  if j.state is JobState.DISPATCHED and getattr(j, "holds_slot", True))
             if in_flight != live_dispatched:
                 violations.append(f"t={now}: in_flight {in_flight} != dispatched {live_dispatched}")
             for n in registry.nodes.values():
-                if not (0 <= n.in_flight <= n.capacity) or n.in_flight != len(n.jobs):
+                holding = sum(1 for j in n.jobs if getattr(j, "holds_slot", True))
+                if not (0 <= n.in_flight <= n.capacity) or n.in_flight != holding:
                     violations.append(f"t={now}: {n.node_id} in_flight={n.in_flight} cap={n.capacity} "
-                                      f"jobs={len(n.jobs)}")
+                                      f"slot holders={holding} jobs={len(n.jobs)}")
 
         async def checker() -> None:
             while True:
@@ -1028,50 +1197,68 @@ def test_submits_racing_deadlines_never_lose_or_duplicate_outcomes(
         async def submit(session: int, index: int, start: float, patience: float) -> None:
             await trio.sleep(start)
             sid = f"s{session}"
+            turn_id = {"none": None, "unique": f"{sid}-{index}", "shared": f"{sid}-t{index // 3}"}[turns]
             replies[(sid, index)] = await client.submit(
-                spec_for(sid, index), sinks[sid][0], trio.current_time() + patience)
+                spec_for(sid, index, turn_id=turn_id), sinks[sid][0], trio.current_time() + patience)
 
-        async def node(number: int, capacity: int, behaviours: list[str], delay: float,
-                       dies_at: float | None) -> None:
-            outbox_send, outbox_recv = trio.open_memory_channel[Any](1000)
-            link = NodeLink(number, outbox_send, "peer")
-            node_id = await client.register(link, NodeRegister(node_id=f"node-{number}", language_capabilities=ZH_EN,
-                                                               max_concurrent_jobs=capacity))
-            assert node_id == f"node-{number}"
-            cycle = itertools.cycle(behaviours)
+        async def node(number: int, plan: NodePlan) -> None:
+            cycle = itertools.cycle(plan.behaviours)
 
-            async def answer(assign: JobAssign, behaviour: str) -> None:
-                await trio.sleep(delay)
-                if behaviour == "ok":
-                    await client.result(link, ok_result(assign))
-                elif behaviour == "fail":
-                    await client.result(link, failed_result(assign, "PROCESSING_ERROR"))
-                elif behaviour == "twice":
-                    await client.result(link, ok_result(assign))
-                    await client.result(link, ok_result(assign))
-                elif behaviour == "duplicate_then_ok":
-                    await client.result(link, failed_result(assign, "DUPLICATE_JOB_ID"))
-                    await trio.sleep(delay)
-                    await client.result(link, ok_result(assign))
-                elif behaviour == "empty":
-                    await client.result(link, ok_result(assign, extra={"reason": "ASR_EMPTY"}))
+            async def connection(conn_id: int, dies_at: float | None) -> None:
+                """One socket of the node: register, heartbeat (unless mute), answer jobs, die at ``dies_at``."""
+                outbox_send, outbox_recv = trio.open_memory_channel[Any](1000)
+                link = NodeLink(conn_id, outbox_send, "peer")
+                node_id = await client.register(link, NodeRegister(
+                    node_id=f"node-{number}", language_capabilities=ZH_EN, max_concurrent_jobs=plan.capacity))
+                assert node_id == f"node-{number}"
 
-            async with trio.open_nursery() as workers:
-                if dies_at is not None:
-                    async def die() -> None:
-                        await trio.sleep_until(dies_at)
-                        await client.node_gone(link, "socket_closed")
-                        workers.cancel_scope.cancel()
-                    workers.start_soon(die)
-                async for item in outbox_recv:
-                    if isinstance(item, CloseLink):
-                        workers.cancel_scope.cancel()
-                        return
-                    if isinstance(item, Dispatch):
-                        dispatched_keys.add((item.assign.session_id, item.assign.utterance_index))
-                        behaviour = next(cycle)
-                        if behaviour != "silent":
-                            workers.start_soon(answer, item.assign, behaviour)
+                async def answer(assign: JobAssign, behaviour: str) -> None:
+                    await trio.sleep(plan.delay)
+                    if behaviour == "ok":
+                        await client.result(link, ok_result(assign))
+                    elif behaviour == "fail":
+                        await client.result(link, failed_result(assign, "PROCESSING_ERROR"))
+                    elif behaviour == "twice":
+                        await client.result(link, ok_result(assign))
+                        await client.result(link, ok_result(assign))
+                    elif behaviour == "duplicate_then_ok":
+                        await client.result(link, failed_result(assign, "DUPLICATE_JOB_ID"))
+                        await trio.sleep(plan.delay)
+                        await client.result(link, ok_result(assign))
+                    elif behaviour == "empty":
+                        await client.result(link, ok_result(assign, extra={"reason": "ASR_EMPTY"}))
+
+                async def heartbeats() -> None:
+                    while True:
+                        await trio.sleep(1)
+                        await client.heartbeat(link, NodeHeartbeat(node_id=node_id), trio.current_time())
+
+                async def die(at: float) -> None:
+                    await trio.sleep_until(at)
+                    await client.node_gone(link, "socket_closed")
+                    workers.cancel_scope.cancel()
+
+                async with trio.open_nursery() as workers:
+                    if dies_at is not None:
+                        workers.start_soon(die, dies_at)
+                    if plan.heartbeats:
+                        workers.start_soon(heartbeats)
+                    async for item in outbox_recv:
+                        if isinstance(item, CloseLink):  # replaced by a reconnect, or heartbeats missed
+                            workers.cancel_scope.cancel()
+                            return
+                        if isinstance(item, Dispatch):
+                            dispatched_keys.add((item.assign.session_id, item.assign.utterance_index))
+                            behaviour = next(cycle)
+                            if behaviour != "silent":
+                                workers.start_soon(answer, item.assign, behaviour)
+
+            async with trio.open_nursery() as sockets:
+                sockets.start_soon(connection, number, plan.dies_at)
+                if plan.reconnect_at is not None:
+                    # the same node_id on a new socket, before or after the old one died
+                    await trio.sleep_until(plan.reconnect_at)
+                    sockets.start_soon(connection, number + 100, None)
 
         async def cancel(at: float, session: int, index: int | None) -> None:
             await trio.sleep_until(at)
@@ -1088,8 +1275,8 @@ def test_submits_racing_deadlines_never_lose_or_duplicate_outcomes(
             outer.start_soon(checker)
             with trio.fail_after(300):
                 async with trio.open_nursery() as actors:
-                    for number, (capacity, behaviours, delay, dies_at) in enumerate(nodes):
-                        actors.start_soon(node, number, capacity, behaviours, delay, dies_at)
+                    for number, node_plan in enumerate(nodes):
+                        actors.start_soon(node, number, node_plan)
                     for session, index, start, patience in plan:
                         actors.start_soon(submit, session, index, start, patience)
                     for at, session, index in cancels:
@@ -1119,10 +1306,24 @@ def test_submits_racing_deadlines_never_lose_or_duplicate_outcomes(
                 violations.append(f"jobs_created {registry.counters['jobs_created']} != answered submits {answered}")
             if snapshot["slots"]["in_flight"] != 0 or snapshot["jobs"]["total"] != 0:
                 violations.append(f"left over at the end: {snapshot['slots']} {snapshot['jobs']}")
+            # and the registry holds nothing for them any more (memory back to its idle size)
+            held = {name: len(getattr(registry, name)) for name in
+                    ("jobs_by_key", "jobs_by_id", "waiting", "turns", "turn_slot") if hasattr(registry, name)}
+            held["session_jobs"] = sum(len(jobs) for jobs in registry.session_jobs.values())
+            if any(held.values()):
+                violations.append(f"registry still holds job state at the end: {held}")
             if registry.counters["registry_internal_errors"]:
                 violations.append(f"registry internal errors: {registry.counters['registry_internal_errors']}")
+            stats["abandoned"] = registry.counters["submits_abandoned"]
+            stats["redispatches"] = registry.counters["redispatches"]
+            stats["lost_reasons"] = {k[len("nodes_lost_"):] for k in registry.counters if k.startswith("nodes_lost_")}
             outer.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    event(f"submits answered None: {'some' if None in replies.values() else 'none'}")
+    event(f"abandoned requests found in the inbox: {'some' if stats['abandoned'] else 'none'}")
+    event(f"redispatches: {'some' if stats['redispatches'] else 'none'}")
+    for reason in sorted(stats["lost_reasons"]):
+        event(f"node lost: {reason}")
     assert len(replies) == len(plan)
     assert not violations, violations
