@@ -7,8 +7,6 @@ registry through the writer's channel with ``send_nowait``; the registry never w
 
 from __future__ import annotations
 
-import base64
-import binascii
 import collections
 import logging
 import math
@@ -27,7 +25,7 @@ from trioscheduler.policy.ordering import Added, Release, ResultOrderer
 from trioscheduler.policy.segmentation import Cut, CutReason, Segmenter, audio_duration_ms
 from trioscheduler.protocol import errors as codes
 from trioscheduler.protocol import messages as m
-from trioscheduler.protocol.codec import CLIENT_CODEC, encode
+from trioscheduler.protocol.codec import CLIENT_CODEC, base64_size, decode_base64, encode
 from trioscheduler.protocol.errors import ProtocolError
 from trioscheduler.registry.requests import JobSpec, Outcome, Passthrough, RegistryClient
 from trioscheduler.transport import Transport, TransportClosed
@@ -331,7 +329,7 @@ class SessionConnection:
         )
 
     async def _on_audio_chunk(self, state: SessionState, message: m.AudioChunk) -> None:
-        payload = _b64decode(message.payload or "", "payload")
+        payload = decode_base64(message.payload or "", "payload")
         try:
             duration = audio_duration_ms(payload, state.audio_format, state.sample_rate)
         except ValueError as exc:
@@ -346,8 +344,7 @@ class SessionConnection:
                  utterance_index=state.next_index, trace_id=state.trace_id)
 
     async def _on_utterance(self, state: SessionState, message: m.Utterance) -> None:
-        audio = _b64decode(message.audio, "audio")
-        if not audio:
+        if not base64_size(message.audio, "audio"):
             raise ProtocolError("utterance: audio is empty", field="audio")
         audio_format = message.audio_format or state.audio_format
         if audio_format not in UTTERANCE_AUDIO_FORMATS:
@@ -383,7 +380,7 @@ class SessionConnection:
             tgt_lang=tgt,
             selection_key=selection_key_for(src, tgt, mode, lang_a, lang_b),
             pipeline=message.pipeline or state.pipeline,
-            audio=audio,
+            audio=b"",  # forwarded as the client's base64 (audio_b64), never decoded here
             audio_format=audio_format,
             sample_rate=sample_rate,
             turn_id=str(uuid.uuid4()),
@@ -621,9 +618,3 @@ def _streaming_asr(init: m.SessionInit) -> dict[str, Any]:
         else init.partial_update_interval_ms,
     }
 
-
-def _b64decode(text: str, field: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ProtocolError(f"{field} is not valid base64", field=field) from None

@@ -189,7 +189,7 @@ class Registry:
         self.session_jobs.setdefault(spec.session_id, set()).add(job)
         self.counters["jobs_created"] += 1
         self._stage(job, "created", now, selection_key=spec.selection_key, cut=spec.cut_reason,
-                    audio_bytes=len(spec.audio))
+                    audio_bytes=spec.audio_size)
         self._place(job, now)
         request.reply.set(rq.SubmitReply(job.job_id, job.state.value, job.node_id))
 

@@ -14,6 +14,7 @@ import attrs
 import trio
 
 from trioscheduler.protocol import messages as m
+from trioscheduler.protocol.codec import base64_decoded_size
 from trioscheduler.protocol.messages import Pipeline
 
 
@@ -83,8 +84,12 @@ class JobSpec:
     enable_streaming_asr: bool = True
     partial_update_interval_ms: int = 1000
     tenant_id: str | None = None
-    #: The client's own base64 of ``audio`` when it sent the whole utterance: forwarded as is, not re-encoded.
+    #: The client's own base64 when it sent the whole utterance (then ``audio`` is empty): forwarded as is.
     audio_b64: str | None = None
+
+    @property
+    def audio_size(self) -> int:
+        return len(self.audio) if self.audio_b64 is None else base64_decoded_size(self.audio_b64)
 
 
 @attrs.frozen
