@@ -8,6 +8,8 @@ import typing
 from typing import Any
 
 import attrs
+import base64
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -408,3 +410,26 @@ def test_inbound_messages_survive_encode_then_decode(msg: Any) -> None:
         if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
             continue
         assert a == b, field.name
+
+
+@given(data=st.binary(max_size=300))
+@settings(max_examples=200, deadline=None)
+def test_base64_size_checks_without_decoding(data: bytes) -> None:
+    from trioscheduler.protocol.codec import base64_size, decode_base64
+
+    text = base64.b64encode(data).decode()
+    assert base64_size(text, "audio") == len(data)
+    assert decode_base64(text, "audio") == data
+
+
+@pytest.mark.parametrize("text", ["abc", "ab=c", "a===", "ab!d", "abc\n", "é" * 4, "ab==cd=="])
+def test_base64_size_rejects_what_strict_decoding_rejects(text: str) -> None:
+    import binascii
+
+    from trioscheduler.protocol.codec import base64_size
+
+    with pytest.raises(ProtocolError) as info:
+        base64_size(text, "audio")
+    assert info.value.field == "audio"
+    with pytest.raises((binascii.Error, ValueError)):
+        binascii.a2b_base64(text, strict_mode=True)
