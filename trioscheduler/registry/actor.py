@@ -418,6 +418,9 @@ class Registry:
 
     def _check_heartbeat(self, node: NodeRecord, now: float) -> None:
         timeout = self._sched.heartbeat_timeout_seconds
+        pending = node.link.latest_heartbeat  # received, not yet applied: the node is not silent
+        if pending is not None and pending[1] > node.last_heartbeat:
+            node.last_heartbeat = pending[1]
         # Compare with the deadline exactly as it was scheduled: ``now - last >= timeout`` can round below the
         # timeout at the very deadline and re-arm the same instant forever.
         if now >= node.last_heartbeat + timeout:
