@@ -4,7 +4,7 @@ Two things are timed for each (nodes, pools) point:
 - `reference`: the power-of-two-choices cycle of perf-anchors.md §c (select + reserve + release of the job started
   K cycles earlier; capacities 2/4/8; steady in-flight load 50 % of capacity; dicts for in-flight and job->node).
   It calibrates the harness against the published numbers on this machine.
-- `scheduler`: the same cycle with trioscheduler's own policy, from bench_selection() below (TODO).
+- `scheduler`: the same cycle with trioscheduler's own policy (choose_node on a MemberList), from bench_selection().
 
     python bench/selection_bench.py [--quick] [--nodes 10,100,1000,10000] [--pools 1,10,100] [--json out.json]
 """
@@ -26,7 +26,7 @@ from _common import percentile  # noqa: E402
 Step = Callable[[], object]
 
 
-# ----------------------------------------------------------------------------------------------- TODO
+# ----------------------------------------------------------------------------------------------- scheduler
 
 
 def bench_selection(n_nodes: int, n_pools: int, seed: int = 1) -> Step:

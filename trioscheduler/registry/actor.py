@@ -35,8 +35,8 @@ log = logging.getLogger("trioscheduler.registry")
 INFO, WARNING, DEBUG = logging.INFO, logging.WARNING, logging.DEBUG
 
 EMPTY_REASONS = frozenset({"ASR_EMPTY", "NO_TEXT_ASSIGNED"})
-FINISHED_MEMORY = 20_000
-DRAIN_BATCH = 512  # requests handled per scheduler trip before yielding  # finished job ids remembered to tell a late result from a foreign one
+FINISHED_MEMORY = 20_000  # finished job ids remembered to tell a late result from a foreign one
+DRAIN_BATCH = 512  # requests handled per scheduler trip before yielding
 
 
 def new_job_id() -> str:
