@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -19,29 +19,31 @@ class ConfigError(ValueError):
     """A bad or unknown configuration key; the message names it."""
 
 
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ConfigError(f"{attribute.name} must be a positive number, got {value!r}")
+Validator = Callable[[object, "attrs.Attribute[Any]", Any], None]
 
 
-def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise ConfigError(f"{attribute.name} must be a number >= 0, got {value!r}")
+def _check(accepts: Callable[[Any], bool], description: str) -> Validator:
+    """An attrs validator whose error names the key and says what it must be."""
+
+    def validate(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not accepts(value):
+            raise ConfigError(f"{attribute.name} must be {description}, got {value!r}")
+
+    return validate
 
 
-def _port(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if not (isinstance(value, int) and 0 <= value <= 65535):
-        raise ConfigError(f"{attribute.name} must be a port number 0..65535, got {value!r}")
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _positive_int(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if not (isinstance(value, int) and value >= 1):
-        raise ConfigError(f"{attribute.name} must be an integer >= 1, got {value!r}")
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _non_negative_int(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if not (isinstance(value, int) and value >= 0):
-        raise ConfigError(f"{attribute.name} must be an integer >= 0, got {value!r}")
+_positive = _check(lambda v: _is_number(v) and v > 0, "a positive number")
+_port = _check(lambda v: _is_int(v) and 0 <= v <= 65535, "a port number 0..65535")
+_positive_int = _check(lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+_non_negative_int = _check(lambda v: _is_int(v) and v >= 0, "an integer >= 0")
 
 
 @attrs.frozen
