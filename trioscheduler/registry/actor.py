@@ -546,7 +546,7 @@ class Registry:
             self._schedule(now + self._sched.heartbeat_timeout_seconds, "node", (node_id, link.conn_id), 0)
         node = self.nodes[node_id]
         self._send_to_node(node, m.NodeRegisterAck(
-            node_id=node_id, heartbeat_interval_seconds=self._sched.heartbeat_interval_seconds))
+            node_id=node_id, heartbeat_interval_seconds=self._sched.advertised_heartbeat_interval))
         self.counters["node_registrations"] += 1
         emit(log, INFO, "node_registered", node_id=node_id, capacity=capacity,
              pools=",".join(sorted(capability.pools())) or "none",
