@@ -140,11 +140,17 @@ async def test_max_duration_chain_shares_turn_id_and_opus_counts_packets(fast: D
     assert third["is_manual_cut"] is True
 
 
-async def test_malformed_opus_framing_is_rejected_with_field(fast: Daemon) -> None:
-    async with session(fast.session_url, audio_format="opus") as (client, sid):
-        await chunk(client, sid, b"\xff\x00abc")
-        error = await client.recv_type("error")
-        assert error["code"] == "INVALID_MESSAGE" and error["details"]["field"] == "payload"
+async def test_unframed_opus_is_kept_with_the_originals_estimate(fast: Daemon) -> None:
+    """Raw opus without the length prefixes: the original never checked, so the audio is kept (bytes / 60 × 20 ms)
+    rather than rejected, and counted."""
+    async with registered_node(fast.node_url) as (node, _), \
+            session(fast.session_url, audio_format="opus") as (client, sid):
+        raw = b"\xff\x00abc" * 600  # 3,000 bytes: not framed; estimated at 1,000 ms = max_duration_ms
+        await chunk(client, sid, raw)
+        assign = await node.recv_type("job_assign")
+        assert assign["audio"] == b64(raw) and assign["is_max_duration_triggered"] is True
+        stats = await fast.scheduler.stats()
+        assert stats is not None and stats["sessions"]["counters"]["opus_payloads_unframed"] == 1
 
 
 async def test_max_buffer_bytes_cut(fast: Daemon) -> None:

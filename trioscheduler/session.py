@@ -22,7 +22,8 @@ from trioscheduler.config import Config
 from trioscheduler.logs import emit
 from trioscheduler.policy.capability import ANY_SOURCE, direction_key, normalise_language, pool_name
 from trioscheduler.policy.ordering import Added, Release, ResultOrderer
-from trioscheduler.policy.segmentation import Cut, CutReason, Segmenter, audio_duration_ms
+from trioscheduler.policy.segmentation import (Cut, CutReason, Segmenter, audio_duration_ms,
+                                               unframed_opus_duration_ms)
 from trioscheduler.protocol import errors as codes
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import CLIENT_CODEC, base64_size, decode_base64, encode
@@ -333,8 +334,12 @@ class SessionConnection:
         try:
             duration = audio_duration_ms(payload, state.audio_format, state.sample_rate)
         except ValueError as exc:
-            raise ProtocolError(f"audio_chunk: payload is not {state.audio_format} audio: {exc}",
-                                field="payload") from None
+            # Not in the length-prefixed framing. The original never checked it, so rejecting would lose the
+            # audio of clients that worked with it: keep the bytes, estimate as the original did, and say so.
+            duration = unframed_opus_duration_ms(payload)
+            self._metrics.counters["opus_payloads_unframed"] += 1
+            emit(log, WARNING, "opus_payload_unframed", session_id=state.session_id, error=str(exc),
+                 bytes=len(payload), estimated_ms=round(duration, 1))
         cut = state.segmenter.push(payload, duration, message.is_final, trio.current_time())
         if cut is not None:
             await self._submit_cut(state, cut)

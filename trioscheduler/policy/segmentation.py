@@ -69,6 +69,12 @@ def opus_packet_count(payload: bytes) -> int:
     return count
 
 
+def unframed_opus_duration_ms(payload: bytes) -> float:
+    """The original scheduler's estimate, bytes / 60 × 20 ms (±40 %): used only for opus payloads that are not in
+    the length-prefixed framing, so a client sending raw packets still gets its cuts instead of losing audio."""
+    return len(payload) / 60.0 * OPUS_FRAME_MS
+
+
 def audio_duration_ms(payload: bytes, audio_format: str, sample_rate: int) -> float:
     """Opus: one 20 ms frame per packet (the web client's VOIP framing); pcm16: exact. Raises ValueError."""
     if audio_format == "opus":
