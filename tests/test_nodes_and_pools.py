@@ -168,3 +168,18 @@ async def test_socket_close_removes_node(daemon: Daemon) -> None:
     async with registered_node(daemon.node_url) as (_, node_id):
         assert await _pools(daemon) == {"en-zh": [node_id]}
     await _wait_for(lambda: _pools_equal(daemon, {}))
+
+
+async def test_top_level_supported_language_pairs_are_accepted(daemon: Daemon) -> None:
+    message = node_register(languages=())
+    message["supported_language_pairs"] = ["zh:en", {"src": "en", "tgt": "zh"}]
+    async with connect(daemon.node_url) as node:
+        await node.send(**message)
+        ack = await node.recv_type("node_register_ack")
+        assert await _pools(daemon) == {"en-zh": [ack["node_id"]]}
+        message["supported_language_pairs"] = [7]
+        message["node_id"] = ack["node_id"]
+        await node.send(**message)
+        error = await node.recv_type("error")
+        assert error["code"] == "INVALID_CAPABILITY_SCHEMA"
+        assert error["field"] == error["details"]["field"] == "supported_language_pairs[0]"

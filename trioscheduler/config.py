@@ -80,7 +80,9 @@ class SchedulerConfig:
     def advertised_heartbeat_interval(self) -> float:
         """The interval node_register_ack asks nodes to keep: the configured one, but never so long that a node
         keeping it would be declared silent (an operator who only shortens heartbeat_timeout_seconds)."""
-        return min(self.heartbeat_interval_seconds, self.heartbeat_timeout_seconds / 3.0)
+        if self.heartbeat_interval_seconds < self.heartbeat_timeout_seconds:
+            return self.heartbeat_interval_seconds
+        return self.heartbeat_timeout_seconds / 3.0
 
 
 @attrs.frozen

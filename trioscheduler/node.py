@@ -17,7 +17,7 @@ from trioscheduler.logs import emit
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import NODE_CODEC, encode
 from trioscheduler.protocol.errors import ProtocolError
-from trioscheduler.registry.actor import Dispatch
+from trioscheduler.registry.actor import CAPABILITY_FIELDS, Dispatch
 from trioscheduler.registry.requests import CloseLink, NodeLink, RegistryClient
 from trioscheduler.transport import Transport, TransportClosed
 
@@ -69,14 +69,13 @@ class NodeConnection:
             except ProtocolError as exc:
                 emit(log, WARNING, "node_message_rejected", node_id=self._node_id, code=exc.code,
                      error=exc.message, peer=self._transport.peer)
-                self._send(m.ErrorMessage(code=exc.code, message=exc.message, details=exc.details()))
+                self._send(exc.to_message())
 
     def _decode(self, frame: str | bytes) -> Any:
         data = NODE_CODEC.parse(frame)
         if data.get("type") != "node_heartbeat":
             return NODE_CODEC.structure_typed(data)
-        capability = (data.get("language_capabilities"), data.get("capability_by_type"),
-                      data.get("installed_services"))
+        capability = tuple(data.get(field) for field in CAPABILITY_FIELDS)
         if capability == self._last_capability and self._node_id is not None:
             usage = data.get("resource_usage")
             return m.NodeHeartbeat(resource_usage=NODE_CODEC.structure(usage, m.ResourceUsage)

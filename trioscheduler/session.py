@@ -222,11 +222,8 @@ class SessionConnection:
                 return
             except ProtocolError as exc:
                 self._metrics.counters[f"client_errors_{exc.code}"] += 1
-                self._send_now(m.ErrorMessage(
-                    code=exc.code, message=exc.message, details=exc.details(),
-                    session_id=self._state.session_id if self._state else None,
-                    utterance_index=exc.utterance_index,
-                ))
+                self._send_now(exc.to_message(session_id=self._state.session_id if self._state else None,
+                                              utterance_index=exc.utterance_index))
 
     async def _handle(self, message: Any) -> None:
         if isinstance(message, m.SessionInit):

@@ -69,10 +69,11 @@ def ready_services(
     return None
 
 
-def _legacy_pairs(raw: Sequence[Any]) -> set[tuple[str, str]]:
+def _legacy_pairs(raw: Sequence[Any], path: str = "language_capabilities.supported_language_pairs",
+                  ) -> set[tuple[str, str]]:
     pairs: set[tuple[str, str]] = set()
     for i, item in enumerate(raw):
-        where = f"language_capabilities.supported_language_pairs[{i}]"
+        where = f"{path}[{i}]"
         if isinstance(item, str) and item.count(":") == 1:
             src, tgt = item.split(":")
         elif isinstance(item, dict) and isinstance(item.get("src"), str) and isinstance(item.get("tgt"), str):
@@ -93,6 +94,7 @@ def derive_capability(
     languages: LanguageCapabilities | None,
     capability_by_type: Sequence[CapabilityByType] | None,
     installed_services: Sequence[InstalledService] | None,
+    extra_pairs: Sequence[Any] | None = None,
 ) -> NodeCapability:
     """Sources are the ASR languages (if ASR is ready); targets are the TTS and semantic languages (each if its
     service is ready), or, when neither gives any, the ASR languages themselves (if NMT is ready). Legacy explicit
@@ -112,4 +114,6 @@ def derive_capability(
     pairs = {(src, tgt) for src in sources for tgt in targets}
     if langs.supported_language_pairs:
         pairs |= _legacy_pairs(langs.supported_language_pairs)
+    if extra_pairs:
+        pairs |= _legacy_pairs(extra_pairs, "supported_language_pairs")
     return NodeCapability(ready_services=ready, pairs=frozenset(pairs))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 INVALID_MESSAGE: Final = "INVALID_MESSAGE"
 INTERNAL_ERROR: Final = "INTERNAL_ERROR"
@@ -31,3 +31,9 @@ class ProtocolError(Exception):
 
     def details(self) -> dict[str, str] | None:
         return {"field": self.field} if self.field else None
+
+    def to_message(self, **ids: Any) -> Any:
+        """The ``error`` message for the peer: code, message, the field (top level and in details), ``ids``."""
+        from trioscheduler.protocol.messages import ErrorMessage
+
+        return ErrorMessage(code=self.code, message=self.message, details=self.details(), field=self.field, **ids)

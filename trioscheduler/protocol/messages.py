@@ -181,6 +181,8 @@ class NodeRegister:
     installed_services: list[InstalledService] | None = None
     capability_by_type: list[CapabilityByType] | None = None
     language_capabilities: LanguageCapabilities | None = None
+    #: Accepted at the top level too (some test nodes sent it there), same forms as in language_capabilities.
+    supported_language_pairs: list[Any] | None = None
     accept_public_jobs: bool | None = None
     max_concurrent_jobs: int | None = None
 
@@ -194,6 +196,7 @@ class NodeHeartbeat:
     installed_services: list[InstalledService] | None = None
     capability_by_type: list[CapabilityByType] | None = None
     language_capabilities: LanguageCapabilities | None = None
+    supported_language_pairs: list[Any] | None = None
 
 
 @attrs.frozen
@@ -357,6 +360,8 @@ class ErrorMessage:
     code: str
     message: str
     details: Any = None
+    #: The field at fault for bad input (also in ``details.field``, where the original kept details).
+    field: str | None = None
     session_id: str | None = None
     utterance_index: int | None = None
     job_id: str | None = None

@@ -37,6 +37,8 @@ INFO, WARNING, DEBUG = logging.INFO, logging.WARNING, logging.DEBUG
 EMPTY_REASONS = frozenset({"ASR_EMPTY", "NO_TEXT_ASSIGNED"})
 FINISHED_MEMORY = 20_000  # finished job ids remembered to tell a late result from a foreign one
 DRAIN_BATCH = 512  # requests handled per scheduler trip before yielding
+#: What a node reports about itself, in derive_capability's argument order; a heartbeat may repeat any of them.
+CAPABILITY_FIELDS = ("language_capabilities", "capability_by_type", "installed_services", "supported_language_pairs")
 
 
 def new_job_id() -> str:
@@ -504,7 +506,7 @@ class Registry:
         message, link = request.message, request.link
         try:
             capability = derive_capability(message.language_capabilities, message.capability_by_type,
-                                           message.installed_services)
+                                           message.installed_services, message.supported_language_pairs)
         except ProtocolError as exc:
             request.reply.set(exc)
             return
@@ -525,11 +527,7 @@ class Registry:
             self._send_to_node(existing, rq.CloseLink("replaced_by_new_connection"))
             self._lose_node(existing, "replaced_by_reconnect", now)
             existing = None
-        reported = {
-            "language_capabilities": message.language_capabilities,
-            "capability_by_type": message.capability_by_type,
-            "installed_services": message.installed_services,
-        }
+        reported = {field: getattr(message, field) for field in CAPABILITY_FIELDS}
         capacity = message.max_concurrent_jobs or self._sched.max_concurrent_jobs_per_node
         if existing is not None:  # the same socket registered again: refresh what it said
             existing.capacity = capacity
@@ -567,19 +565,18 @@ class Registry:
             node.load = message.resource_usage
         self.counters["heartbeats"] += 1
         reported = dict(node.reported)
-        for field in ("language_capabilities", "capability_by_type", "installed_services"):
+        for field in CAPABILITY_FIELDS:
             value = getattr(message, field)
             if value is not None:
                 reported[field] = value
         if reported == node.reported:
             return
         try:
-            capability = derive_capability(reported["language_capabilities"], reported["capability_by_type"],
-                                           reported["installed_services"])
+            capability = derive_capability(*(reported[field] for field in CAPABILITY_FIELDS))
         except ProtocolError as exc:
             self.counters["heartbeats_invalid"] += 1
             emit(log, WARNING, "node_heartbeat_invalid", node_id=node.node_id, error=exc.message)
-            self._send_to_node(node, m.ErrorMessage(code=exc.code, message=exc.message, details=exc.details()))
+            self._send_to_node(node, exc.to_message())
             return
         node.reported = reported
         self._reindex(node, capability, now)
