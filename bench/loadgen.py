@@ -223,7 +223,9 @@ async def run_stream(args, host, port, watch) -> dict:
 
     async def session(i, ws, sid):
         S = max(T["S"], 1)
-        t0 = T["go"] + (i % S) / S * CHUNK_SECONDS  # spread the sessions' chunk phases over 200 ms
+        # Spread the sessions' phases over one whole utterance (K chunks), not just one chunk: with 200 ms of spread
+        # every session finalized in the same fifth of each second, a burst no real population of speakers makes.
+        t0 = T["go"] + (i % S) / S * CHUNK_SECONDS * K
         stop_send = T["stop_send"]
         finals: list[int] = []
         # Outcomes come back in utterance order (the scheduler orders them), so each translation_result,
