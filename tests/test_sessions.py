@@ -312,3 +312,8 @@ async def test_wrong_language_node_never_gets_the_job(fast: Daemon) -> None:
         error = await client.recv_type("error", timeout=5)
         assert error["code"] == "NO_AVAILABLE_NODE"
         await node.nothing_for(0.1)
+
+
+async def test_audio_format_names_are_case_insensitive(daemon: Daemon) -> None:
+    async with session(daemon.session_url, audio_format="PCM16") as (client, _):
+        assert client.received[-1]["negotiated_audio_format"] == "pcm16"

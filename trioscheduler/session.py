@@ -299,7 +299,8 @@ class SessionConnection:
         for name in ("src_lang", "tgt_lang"):
             if not getattr(init, name).strip():
                 raise ProtocolError(f"session_init: {name} must not be empty", field=name)
-        if init.audio_format not in AUDIO_FORMATS:
+        audio_format = init.audio_format.strip().lower()
+        if audio_format not in AUDIO_FORMATS:
             raise ProtocolError(f"session_init: audio_format must be one of {sorted(AUDIO_FORMATS)}",
                                 field="audio_format")
         if not 8000 <= init.sample_rate <= 192000:
@@ -316,7 +317,7 @@ class SessionConnection:
             src_lang=init.src_lang,
             tgt_lang=init.tgt_lang,
             selection_key=selection_key_for(init.src_lang, init.tgt_lang, init.mode, init.lang_a, init.lang_b),
-            audio_format=init.audio_format,
+            audio_format=audio_format,
             sample_rate=init.sample_rate,
             pipeline=init.pipeline or m.DEFAULT_PIPELINE,
             segmenter=Segmenter(
@@ -348,7 +349,7 @@ class SessionConnection:
     async def _on_utterance(self, state: SessionState, message: m.Utterance) -> None:
         if not base64_size(message.audio, "audio"):
             raise ProtocolError("utterance: audio is empty", field="audio")
-        audio_format = message.audio_format or state.audio_format
+        audio_format = (message.audio_format or state.audio_format).strip().lower()
         if audio_format not in UTTERANCE_AUDIO_FORMATS:
             raise ProtocolError(f"utterance: audio_format must be one of {sorted(UTTERANCE_AUDIO_FORMATS)}",
                                 field="audio_format")
