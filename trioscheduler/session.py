@@ -81,10 +81,13 @@ class SessionMetrics:
     """Counters across all sessions, read by /api/v1/stats and /metrics."""
 
     def __init__(self) -> None:
-        self.active = 0
         self.counters: collections.Counter[str] = collections.Counter()
         #: Open session connections, for footprint checks in tests and fault-injection runs.
         self.live: set[SessionConnection] = set()
+
+    @property
+    def active(self) -> int:
+        return len(self.live)
 
 
 class IndexSet:
@@ -148,7 +151,7 @@ class SessionConnection:
         self._metrics = metrics
         self._state: SessionState | None = None
         #: Writer-owned: outcomes waiting for lower indices, and index -> finalized_at for each outcome still owed.
-        self._orderer: ResultOrderer[Any] = ResultOrderer(gap_timeout=config.results.gap_timeout_seconds)
+        self._orderer = self._new_orderer()
         self._owed: dict[int, float] = {}
         self._writer_send, self._writer_recv = trio.open_memory_channel[Any](math.inf)
         #: Frames read while a session_close waited for its outcomes, handled once it is done (a list: an idle
@@ -156,6 +159,9 @@ class SessionConnection:
         self._early_frames: list[str | bytes] = []
         #: Sessions this socket closed: their late outcomes must not reach the next session's orderer.
         self._closed_sessions: tuple[str, ...] = ()
+
+    def _new_orderer(self) -> ResultOrderer[Any]:
+        return ResultOrderer(gap_timeout=self._config.results.gap_timeout_seconds)
 
     def footprint(self) -> dict[str, int]:
         """What this session holds beyond its idle size; all zero once its utterances are settled."""
@@ -169,7 +175,6 @@ class SessionConnection:
         }
 
     async def run(self) -> None:
-        self._metrics.active += 1
         self._metrics.live.add(self)
         try:
             async with trio.open_nursery() as nursery:
@@ -179,7 +184,6 @@ class SessionConnection:
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
-            self._metrics.active -= 1
             self._metrics.live.discard(self)
             self._writer_send.close()
             self._writer_recv.close()
@@ -303,10 +307,7 @@ class SessionConnection:
         if audio_format not in AUDIO_FORMATS:
             raise ProtocolError(f"session_init: audio_format must be one of {sorted(AUDIO_FORMATS)}",
                                 field="audio_format")
-        if not 8000 <= init.sample_rate <= 192000:
-            raise ProtocolError("session_init: sample_rate must be within 8000..192000", field="sample_rate")
-        if init.mode is not None and init.mode not in MODES:
-            raise ProtocolError(f"session_init: mode must be one of {sorted(MODES)}", field="mode")
+        _check_rate_and_mode("session_init", init.sample_rate, init.mode)
         if init.mode == "two_way_auto" and not (init.lang_a and init.lang_b):
             raise ProtocolError("session_init: two_way_auto needs lang_a and lang_b",
                                 field="lang_a" if not init.lang_a else "lang_b")
@@ -354,10 +355,7 @@ class SessionConnection:
             raise ProtocolError(f"utterance: audio_format must be one of {sorted(UTTERANCE_AUDIO_FORMATS)}",
                                 field="audio_format")
         sample_rate = message.sample_rate or state.sample_rate
-        if not 8000 <= sample_rate <= 192000:
-            raise ProtocolError("utterance: sample_rate must be within 8000..192000", field="sample_rate")
-        if message.mode is not None and message.mode not in MODES:
-            raise ProtocolError(f"utterance: mode must be one of {sorted(MODES)}", field="mode")
+        _check_rate_and_mode("utterance", sample_rate, message.mode)
         index = message.utterance_index
         if index is None:
             index = state.next_index
@@ -527,11 +525,12 @@ class SessionConnection:
             now = trio.current_time()
             if item is None:
                 released = orderer.expire(now)
-                if closing is not None and now >= close_deadline:
+                give_up = closing is not None and now >= close_deadline
+                if give_up:
                     released += orderer.drain()
                     released += [Release(index, None) for index in sorted(owed) if index >= orderer.next_index]
                 await self._release(released, owed, nursery)
-                if closing is not None and now >= close_deadline:
+                if give_up:
                     owed.clear()
             elif type(item) is Outcome or type(item) is Passthrough:
                 if getattr(item.message, "session_id", None) in self._closed_sessions:
@@ -572,7 +571,7 @@ class SessionConnection:
                 closing.done.set()
                 closing = None
                 close_deadline = math.inf
-                orderer = self._orderer = ResultOrderer(gap_timeout=self._config.results.gap_timeout_seconds)
+                orderer = self._orderer = self._new_orderer()
 
     async def _release(self, released: list[Any], owed: dict[int, float], nursery: trio.Nursery) -> None:
         state = self._state
@@ -611,6 +610,13 @@ class SessionConnection:
         sched = self._config.scheduler
         attempts = sched.failover_max_attempts + 1
         return attempts * (sched.pending_timeout_seconds + sched.job_timeout_seconds) + 5.0
+
+
+def _check_rate_and_mode(kind: str, sample_rate: int, mode: str | None) -> None:
+    if not 8000 <= sample_rate <= 192000:
+        raise ProtocolError(f"{kind}: sample_rate must be within 8000..192000", field="sample_rate")
+    if mode is not None and mode not in MODES:
+        raise ProtocolError(f"{kind}: mode must be one of {sorted(MODES)}", field="mode")
 
 
 def _streaming_asr(init: m.SessionInit) -> dict[str, Any]:

@@ -184,11 +184,15 @@ def base64_size(text: str, field: str) -> int:
     if (len(text) % 4 or len(text) - len(body) > 2 or not body.isascii()
             or body.encode("ascii").translate(None, _BASE64_ALPHABET)):
         raise ProtocolError(f"{field} is not valid base64", field=field)
-    return base64_decoded_size(text)
+    return _decoded_size(len(text), len(text) - len(body))
 
 
 def base64_decoded_size(text: str) -> int:
-    return len(text) // 4 * 3 - (len(text) - len(text.rstrip("=")))
+    return _decoded_size(len(text), len(text) - len(text.rstrip("=")))
+
+
+def _decoded_size(length: int, padding: int) -> int:
+    return length // 4 * 3 - padding
 
 
 def to_wire(message: Any) -> dict[str, Any]:
