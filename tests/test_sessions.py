@@ -203,13 +203,18 @@ async def test_waiting_job_goes_to_node_that_registers_late(fast: Daemon) -> Non
             await client.recv_type("translation_result")
 
 
+async def utterances_dispatched(client: Any, node: Any, sid: str, count: int) -> dict[int, dict[str, Any]]:
+    """Send utterances 0..count-1 and return their job_assigns by utterance_index."""
+    for i in range(count):
+        await client.send(type="utterance", session_id=sid, utterance_index=i, audio=b64(pcm(100)),
+                          audio_format="pcm16", sample_rate=16000)
+    return {a["utterance_index"]: a for a in [await node.recv_type("job_assign") for _ in range(count)]}
+
+
 async def test_results_are_released_in_index_order(fast: Daemon) -> None:
     async with registered_node(fast.node_url) as (node, _), \
             session(fast.session_url, audio_format="pcm16") as (client, sid):
-        for i in range(3):
-            await client.send(type="utterance", session_id=sid, utterance_index=i, audio=b64(pcm(100)),
-                              audio_format="pcm16", sample_rate=16000)
-        assigns = {a["utterance_index"]: a for a in [await node.recv_type("job_assign") for _ in range(3)]}
+        assigns = await utterances_dispatched(client, node, sid, 3)
         for i in (2, 1, 0):
             await node.send(**result_for(assigns[i]))
         indices = [(await client.recv_type("translation_result"))["utterance_index"] for _ in range(3)]
@@ -247,10 +252,7 @@ async def test_utterance_on_fresh_socket_without_init_works(fast: Daemon) -> Non
 async def test_failed_empty_and_partial_results(fast: Daemon) -> None:
     async with registered_node(fast.node_url) as (node, node_id), \
             session(fast.session_url, audio_format="pcm16") as (client, sid):
-        for i in range(3):
-            await client.send(type="utterance", session_id=sid, utterance_index=i, audio=b64(pcm(100)),
-                              audio_format="pcm16", sample_rate=16000)
-        assigns = {a["utterance_index"]: a for a in [await node.recv_type("job_assign") for _ in range(3)]}
+        assigns = await utterances_dispatched(client, node, sid, 3)
         await node.send(type="asr_partial", job_id=assigns[0]["job_id"], node_id=node_id, session_id=sid,
                         utterance_index=0, text="hel", is_final=False, trace_id="t")
         partial = await client.recv_type("asr_partial")
