@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable
 
+import httpx
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
-from tests.wire import b64, memory_peer, node_register, pcm, result_for
+from tests.wire import Daemon, b64, memory_peer, node_register, pcm, registered_node, result_for, session
 from trioscheduler.app import Scheduler
 from trioscheduler.config import Config
+from trioscheduler.latency import DISPATCH_BUCKETS, LatencyHistogram
 
 IDS = ("session_id=", "utterance_index=", "job_id=", "node_id=", "trace_id=", "elapsed_ms=")
 
@@ -72,3 +77,53 @@ async def test_missed_pending_deadline_logs_candidates_and_why(
     missed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("job_deadline_missed")]
     assert missed and re.search(r"why=\"no node could take the job within pending_timeout_seconds", missed[0])
     assert "rejected=node-FULL0001:full(1/1)" in missed[0] and "utterance_index=1" in missed[0]
+
+
+# ------------------------------------------------------------------------------------------ latency histograms
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=60.0, allow_nan=False), max_size=200))
+def test_latency_histogram_counts_every_observation_in_its_bucket(values: list[float]) -> None:
+    hist = LatencyHistogram(DISPATCH_BUCKETS)
+    for value in values:
+        hist.observe(value)
+    snap = hist.snapshot()
+    assert snap["count"] == len(values) and snap["sum"] == pytest.approx(sum(values))
+    bounds = [bound for bound, _ in snap["buckets"]]
+    assert bounds == [*DISPATCH_BUCKETS, "+Inf"]
+    for bound, cumulative in snap["buckets"]:
+        assert cumulative == sum(1 for v in values if bound == "+Inf" or v <= bound)
+    for q in (0.5, 0.99):
+        bound = hist.quantile_bound(q)
+        if not values:
+            assert bound is None
+            continue
+        # The bound holds at least q of the observations, and the bucket below it does not.
+        ordered = sorted(values)
+        kth = ordered[max(0, math.ceil(q * len(values)) - 1)]
+        assert kth <= bound
+        below = [b for b in DISPATCH_BUCKETS if b < bound]
+        if below:
+            assert kth > below[-1]
+
+
+async def test_metrics_export_selection_and_dispatch_latency(daemon: Daemon) -> None:
+    """Over real sockets: one dispatched job shows up in both histograms on /metrics and in /api/v1/stats."""
+    http_url = daemon.listening.http_url
+    async with registered_node(daemon.node_url, "node-HIST1") as (node, _), \
+            session(daemon.session_url) as (client, session_id), httpx.AsyncClient() as http:
+        before = (await http.get(f"{http_url}/api/v1/stats")).json()["latency"]
+        assert before["selection_seconds"]["count"] == 0 and before["dispatch_delay_seconds"]["count"] == 0
+        await client.send(type="audio_chunk", session_id=session_id, payload=b64(pcm(200)), is_final=True)
+        assign = await node.recv_type("job_assign", skip=("node_heartbeat_ack",))
+        await node.send(**result_for(assign, node_id="node-HIST1"))
+        await client.recv_type("translation_result")
+        stats = (await http.get(f"{http_url}/api/v1/stats")).json()["latency"]
+        assert stats["selection_seconds"]["count"] == 1 and stats["dispatch_delay_seconds"]["count"] == 1
+        assert stats["selection_seconds"]["buckets"][-1] == ["+Inf", 1]
+        metrics = (await http.get(f"{http_url}/metrics")).text
+    assert "# TYPE scheduler_selection_seconds histogram" in metrics
+    assert 'scheduler_selection_seconds_bucket{le="+Inf"} 1.0' in metrics
+    assert "scheduler_selection_seconds_count 1.0" in metrics
+    assert "scheduler_dispatch_delay_seconds_count 1.0" in metrics
+    assert 'scheduler_dispatch_delay_seconds_bucket{le="0.00025"}' in metrics

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from trioscheduler.app import Scheduler
@@ -22,6 +22,10 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_HISTOGRAMS = (
+    ("selection_seconds", "Time to choose a node for one dispatch attempt (inside the registry)"),
+    ("dispatch_delay_seconds", "Finalize of an utterance to its job_assign queued for the node, per dispatch"),
+)
 
 
 class SnapshotCollector(Collector):
@@ -52,6 +56,11 @@ class SnapshotCollector(Collector):
         for name, value in sorted({**snap["counters"], **snap["sessions"]["counters"]}.items()):
             events.add_metric([name], value)
         yield events
+        for name, doc in LATENCY_HISTOGRAMS:
+            hist = snap["latency"][name]
+            yield HistogramMetricFamily(
+                f"scheduler_{name}", doc, sum_value=hist["sum"],
+                buckets=[(bound if isinstance(bound, str) else repr(bound), n) for bound, n in hist["buckets"]])
 
 
 def make_app(scheduler: Scheduler, *, websockets: bool = False) -> Callable[[Scope, Receive, Send], Awaitable[None]]:

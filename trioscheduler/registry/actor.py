@@ -22,6 +22,7 @@ from typing import Any, Callable
 import trio
 
 from trioscheduler.config import Config
+from trioscheduler.latency import DISPATCH_BUCKETS, SELECTION_BUCKETS, LatencyHistogram
 from trioscheduler.logs import emit
 from trioscheduler.policy.capability import NodeCapability, derive_capability
 from trioscheduler.policy.selection import MemberList, choose_node, rejection_reasons
@@ -81,6 +82,9 @@ class Registry:
         self.waiting: dict[Job, None] = {}
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.counters: collections.Counter[str] = collections.Counter()
+        #: Time inside choose_node per selection, and finalize → job_assign queued for the node, per dispatch.
+        self.selection_latency = LatencyHistogram(SELECTION_BUCKETS)
+        self.dispatch_delay = LatencyHistogram(DISPATCH_BUCKETS)
         self._timers: list[tuple[float, int, str, Any, int]] = []
         self._timer_seq = itertools.count()
         self._handlers: dict[type, Callable[[Any, float], None]] = {
@@ -236,6 +240,7 @@ class Registry:
         if members is None:
             return None
         holder = self.turn_slot.get(job.spec.turn_id or "")
+        started = time.perf_counter()
         node_id = choose_node(
             members,
             self.nodes,  # type: ignore[arg-type]
@@ -246,6 +251,7 @@ class Registry:
             now=now,
             rand=self._rand,
         )
+        self.selection_latency.observe(time.perf_counter() - started)
         return None if node_id is None else self.nodes[node_id]
 
     def _dispatch(self, job: Job, node: NodeRecord, now: float) -> None:
@@ -300,6 +306,7 @@ class Registry:
             is_max_duration_triggered=spec.is_max_duration_triggered or None,
         )
         self.counters["dispatches"] += 1
+        self.dispatch_delay.observe(now - spec.finalized_at)
         if job.attempt > 1:
             self.counters["redispatches"] += 1
         self._arm(job, now + self._sched.job_timeout_seconds)
@@ -753,6 +760,8 @@ class Registry:
             "sessions_with_jobs": sum(1 for jobs in self.session_jobs.values() if jobs),
             "inbox_pending": self._inbox.statistics().current_buffer_used,
             "counters": dict(self.counters),
+            "latency": {"selection_seconds": self.selection_latency.snapshot(),
+                        "dispatch_delay_seconds": self.dispatch_delay.snapshot()},
         }
 
     def _stage(self, job: Job, stage: str, now: float, *, level: int = INFO, **fields: Any) -> None:
