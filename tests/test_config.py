@@ -164,6 +164,9 @@ BAD_FILES = [
     ("[results]\ngap_timeout_seconds = {a = 1}\n", "results.gap_timeout_seconds"),
     ("[logging]\nlevel = \"loud\"\n", "logging.level"),
     ("scheduler = 5\n", "scheduler"),
+    ("[server]\ngc_freeze_after_start = \"maybe\"\n", "server.gc_freeze_after_start"),
+    ("[server]\ngc_freeze_after_start = 1\n", "server.gc_freeze_after_start"),
+    ("[server]\ngc_gen0_threshold = 0\n", "gc_gen0_threshold"),
 ]
 
 
@@ -192,6 +195,7 @@ BAD_ENV = [
     ({"TRIOSCHEDULER_SERVER_PORT": "50.5"}, "server.port"),
     ({"TRIOSCHEDULER_SERVER_PORT": "-1"}, "server.port"),
     ({"TRIOSCHEDULER_LOGGING_LEVEL": "verbose"}, "logging.level"),
+    ({"TRIOSCHEDULER_SERVER_GC_FREEZE_AFTER_START": "perhaps"}, "server.gc_freeze_after_start"),
 ]
 
 
@@ -308,3 +312,16 @@ def test_heartbeat_timeout_shorter_than_interval_is_accepted_and_the_advertised_
     assert config.scheduler.heartbeat_interval_seconds == 15
     assert config.scheduler.advertised_heartbeat_interval == 1.0
     assert Config().scheduler.advertised_heartbeat_interval == 15.0
+
+
+@pytest.mark.parametrize(("text", "expected"), [("false", False), ("0", False), ("Off", False), ("no", False),
+                                                 ("true", True), ("1", True), (" yes ", True), ("ON", True)])
+def test_bool_keys_accept_the_usual_environment_words(text: str, expected: bool) -> None:
+    config = load_config(environ={"TRIOSCHEDULER_SERVER_GC_FREEZE_AFTER_START": text})
+    assert config.server.gc_freeze_after_start is expected
+
+
+def test_bool_keys_take_toml_booleans(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[server]\ngc_freeze_after_start = false\ngc_gen0_threshold = 5000\n"),
+                         environ={})
+    assert config.server.gc_freeze_after_start is False and config.server.gc_gen0_threshold == 5000

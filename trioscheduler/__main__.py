@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 from typing import Any
@@ -10,7 +11,10 @@ from typing import Any
 import trio
 
 from trioscheduler.config import Config, ConfigError, load_config
-from trioscheduler.logs import configure_logging
+from trioscheduler.logs import configure_logging, emit
+from trioscheduler.runtime import tune_garbage_collector
+
+log = logging.getLogger("trioscheduler")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,8 +46,10 @@ async def run_until_signal(config: Config) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             listening = await nursery.start(serve, config)
+            tuning = tune_garbage_collector(config.server)
             print(f"trioscheduler listening: sessions {listening.session_url} nodes {listening.node_url} "
                   f"http {listening.http_url}", flush=True)
+            emit(log, logging.INFO, "runtime_tuned", **tuning)
             async for signum in signals:
                 print(f"trioscheduler: {signal.Signals(signum).name} received, shutting down", flush=True)
                 nursery.cancel_scope.cancel()

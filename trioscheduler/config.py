@@ -44,6 +44,7 @@ _positive = _check(lambda v: _is_number(v) and v > 0, "a positive number")
 _port = _check(lambda v: _is_int(v) and 0 <= v <= 65535, "a port number 0..65535")
 _positive_int = _check(lambda v: _is_int(v) and v >= 1, "an integer >= 1")
 _non_negative_int = _check(lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+_bool = _check(lambda v: isinstance(v, bool), "true or false")
 
 
 @attrs.frozen
@@ -55,6 +56,11 @@ class ServerConfig:
     #: trio-websocket's 4 KiB default costs 1.3x in throughput (perf-anchors.md).
     receive_buffer_size: int = attrs.field(default=65536, validator=_positive_int)
     max_message_bytes: int = attrs.field(default=8 * 2**20, validator=_positive_int)
+    #: Once listening, move everything allocated at start-up out of the cyclic collector's sight (gc.freeze), so
+    #: its full collections only walk what traffic created.
+    gc_freeze_after_start: bool = attrs.field(default=True, validator=_bool)
+    #: Net new container objects between young collections (CPython's default is 700); see docs/configuration.md.
+    gc_gen0_threshold: int = attrs.field(default=700, validator=_positive_int)
 
 
 @attrs.frozen
@@ -133,6 +139,9 @@ def _field_types(cls: type) -> dict[str, type]:
     return {field.name: field.type for field in attrs.fields(cls)}  # type: ignore[misc]
 
 
+BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
 def _coerce(section: str, key: str, value: Any, wanted: Any) -> Any:
     """Accept what TOML and environment strings naturally give; name the key when it does not fit."""
     name = f"{section}.{key}"
@@ -159,6 +168,12 @@ def _coerce(section: str, key: str, value: Any, wanted: Any) -> Any:
         if wanted_name == "str":
             if isinstance(value, str):
                 return value
+            raise ValueError
+        if wanted_name == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
+                return BOOL_WORDS[value.strip().lower()]
             raise ValueError
     except ValueError:
         raise ConfigError(f"config key {name}: expected {wanted_name}, got {value!r}") from None
