@@ -10,15 +10,14 @@ from __future__ import annotations
 import collections
 import logging
 import math
-import secrets
 import time
-import uuid
 from typing import Any
 
 import attrs
 import trio
 
 from trioscheduler.config import Config
+from trioscheduler.ids import new_session_id, random_uuid
 from trioscheduler.logs import emit
 from trioscheduler.policy.capability import ANY_SOURCE, direction_key, normalise_language, pool_name
 from trioscheduler.policy.ordering import Added, Release, ResultOrderer
@@ -26,7 +25,7 @@ from trioscheduler.policy.segmentation import (Cut, CutReason, Segmenter, audio_
                                                unframed_opus_duration_ms)
 from trioscheduler.protocol import errors as codes
 from trioscheduler.protocol import messages as m
-from trioscheduler.protocol.codec import CLIENT_CODEC, base64_size, decode_base64, encode
+from trioscheduler.protocol.codec import CLIENT_CODEC, base64_size, decode_base64, encode, encode_wire, to_wire
 from trioscheduler.protocol.errors import ProtocolError
 from trioscheduler.registry.requests import JobSpec, Outcome, Passthrough, RegistryClient
 from trioscheduler.transport import Transport, TransportClosed
@@ -41,10 +40,6 @@ MODES = frozenset({"one_way", "two_way_auto"})
 MAX_INDEX_AHEAD = 256
 #: Frames kept while a session_close waits; beyond this the socket is simply not read until the close is done.
 MAX_FRAMES_DURING_CLOSE = 64
-
-
-def new_session_id() -> str:
-    return f"s-{secrets.token_hex(4).upper()}"
 
 
 def wall_ms() -> int:
@@ -268,7 +263,7 @@ class SessionConnection:
         if self._state is not None:
             raise ProtocolError("session already initialised on this connection; send session_close first",
                                 field="type")
-        state = self._new_state(message, new_session_id(), message.trace_id or str(uuid.uuid4()))
+        state = self._new_state(message, new_session_id(), message.trace_id or random_uuid())
         self._state = state
         self._metrics.counters["sessions_started"] += 1
         emit(log, INFO, "session_started", session_id=state.session_id, trace_id=state.trace_id,
@@ -293,7 +288,7 @@ class SessionConnection:
             sample_rate=message.sample_rate or 16000, pipeline=message.pipeline,
         )
         session_id = message.session_id or new_session_id()
-        state = self._new_state(init, session_id, message.trace_id or str(uuid.uuid4()))
+        state = self._new_state(init, session_id, message.trace_id or random_uuid())
         self._state = state
         self._metrics.counters["sessions_implicit"] += 1
         emit(log, INFO, "session_started", session_id=session_id, implicit=True, peer=self._transport.peer)
@@ -323,7 +318,7 @@ class SessionConnection:
             pipeline=init.pipeline or m.DEFAULT_PIPELINE,
             segmenter=Segmenter(
                 pause_ms=seg.pause_ms, max_duration_ms=seg.max_duration_ms,
-                max_buffer_bytes=seg.max_buffer_bytes, new_turn_id=lambda: str(uuid.uuid4()),
+                max_buffer_bytes=seg.max_buffer_bytes, new_turn_id=random_uuid,
             ),
             init=init,
         )
@@ -384,7 +379,7 @@ class SessionConnection:
             audio=b"",  # forwarded as the client's base64 (audio_b64), never decoded here
             audio_format=audio_format,
             sample_rate=sample_rate,
-            turn_id=str(uuid.uuid4()),
+            turn_id=random_uuid(),
             cut_reason="utterance",
             finalized_at=trio.current_time(),
             padding_ms=self._config.segmentation.padding_manual_ms if manual
@@ -596,14 +591,18 @@ class SessionConnection:
             else:
                 message = release.outcome.message
                 job_id = release.outcome.job_id
-                if type(message) is m.TranslationResult:
-                    message = attrs.evolve(message, scheduler_sent_at_ms=wall_ms())
-            await self._transport.send_message(encode(message))
+            if type(message) is m.TranslationResult:
+                wire = to_wire(message)
+                wire["scheduler_sent_at_ms"] = wall_ms()  # when it leaves, not when the registry built it
+                await self._transport.send_message(encode_wire(wire))
+            else:
+                await self._transport.send_message(encode(message))
             self._metrics.counters[f"delivered_{message.TYPE}"] += 1
-            emit(log, INFO, "job_delivered", session_id=getattr(message, "session_id", None),
-                 utterance_index=index, job_id=job_id, node_id=getattr(message, "node_id", None),
-                 trace_id=getattr(message, "trace_id", None), kind=message.TYPE,
-                 elapsed_ms=None if finalized_at is None else round((now - finalized_at) * 1000.0, 3))
+            if log.isEnabledFor(INFO):
+                emit(log, INFO, "job_delivered", session_id=getattr(message, "session_id", None),
+                     utterance_index=index, job_id=job_id, node_id=getattr(message, "node_id", None),
+                     trace_id=getattr(message, "trace_id", None), kind=message.TYPE,
+                     elapsed_ms=None if finalized_at is None else round((now - finalized_at) * 1000.0, 3))
 
     def _max_job_lifetime(self) -> float:
         """The longest a job can take in the registry (waits, then every attempt times out), plus slack."""

@@ -194,19 +194,29 @@ def _decoded_size(length: int, padding: int) -> int:
     return length // 4 * 3 - padding
 
 
+_PLAIN_TYPES = (str, int, float, bool)
+
+
 @functools.cache
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(field.name for field in attrs.fields(cls))
+def _wire_plan(cls: type) -> tuple[tuple[str, bool], ...]:
+    """(field name, whether its value may be an attrs instance to flatten): only fields not typed as a JSON
+    scalar, list or dict are looked at per message."""
+    plan = []
+    for field in attrs.fields(attrs.resolve_types(cls)):
+        tp = _strip_optional(field.type)
+        plain = tp in _PLAIN_TYPES or typing.get_origin(tp) in (list, dict)
+        plan.append((field.name, not plain))
+    return tuple(plan)
 
 
 def to_wire(message: Any) -> dict[str, Any]:
     """The message as a JSON-ready dict with its ``type``; None fields are omitted, as the original does."""
     data: dict[str, Any] = {"type": message.TYPE}
-    for name in _field_names(type(message)):
+    for name, maybe_attrs in _wire_plan(type(message)):
         value = getattr(message, name)
         if value is None:
             continue
-        if hasattr(type(value), "__attrs_attrs__"):
+        if maybe_attrs and hasattr(type(value), "__attrs_attrs__"):
             value = attrs.asdict(value)
         data[name] = value
     return data
@@ -217,6 +227,11 @@ def encode(message: Any) -> str:
     json.dumps' ~70 µs on this box, and its parser refuses NaN, Infinity and lone surrogates, which the stdlib
     would let through to the nodes."""
     return orjson.dumps(to_wire(message)).decode()
+
+
+def encode_wire(data: dict[str, Any]) -> str:
+    """A ``to_wire`` dict, possibly amended, as JSON text."""
+    return orjson.dumps(data).decode()
 
 
 CLIENT_CODEC = Codec(m.CLIENT_MESSAGES, m.UNSUPPORTED_CLIENT_TYPES)

@@ -14,14 +14,13 @@ import itertools
 import logging
 import math
 import random
-import secrets
 import time
-import uuid
 from typing import Any, Callable
 
 import trio
 
 from trioscheduler.config import Config
+from trioscheduler.ids import new_job_id, new_node_id
 from trioscheduler.latency import DISPATCH_BUCKETS, SELECTION_BUCKETS, LatencyHistogram
 from trioscheduler.logs import emit
 from trioscheduler.policy.capability import NodeCapability, derive_capability
@@ -40,14 +39,6 @@ FINISHED_MEMORY = 20_000  # finished job ids remembered to tell a late result fr
 DRAIN_BATCH = 512  # requests handled per scheduler trip before yielding
 #: What a node reports about itself, in derive_capability's argument order; a heartbeat may repeat any of them.
 CAPABILITY_FIELDS = ("language_capabilities", "capability_by_type", "installed_services", "supported_language_pairs")
-
-
-def new_job_id() -> str:
-    return f"job-{uuid.uuid4()}"
-
-
-def new_node_id() -> str:
-    return f"node-{secrets.token_hex(4).upper()}"
 
 
 def wall_ms() -> int:
