@@ -191,10 +191,14 @@ class System:
         return self.procs[0].pid
 
 
-def start_relay(procs: Procs) -> System:
-    s = System("relay")
+def start_relay(procs: Procs, name: str = "relay") -> System:
+    """``relay`` uses the stdlib's json (as perf-anchors.md's relay); ``relay-orjson`` the scheduler's orjson."""
+    s = System(name)
     port = free_port()
-    p = procs.start("relay", [PY, os.path.join(BENCH, "relay.py"), "--port", str(port), "--max-seconds", "3600"])
+    argv = [PY, os.path.join(BENCH, "relay.py"), "--port", str(port), "--max-seconds", "3600"]
+    if name == "relay-orjson":
+        argv += ["--json", "orjson"]
+    p = procs.start(name, argv)
     s.procs.append(p)
     wait_port(p, port)
     s.url = f"ws://{HOST}:{port}"
@@ -238,8 +242,8 @@ def start_celery(procs: Procs) -> System:
 
 
 def start_system(procs: Procs, name: str, config: str | None) -> System:
-    if name == "relay":
-        return start_relay(procs)
+    if name in ("relay", "relay-orjson"):
+        return start_relay(procs, name)
     if name == "scheduler":
         return start_scheduler(procs, config)
     if name == "celery":

@@ -30,6 +30,18 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _common import HOST, MAX_MESSAGE, RECEIVE_BUFFER  # noqa: E402
 
 dumps = partial(json.dumps, separators=(",", ":"))
+loads = json.loads
+
+
+def use_orjson() -> None:
+    """--json orjson: the same JSON library as the scheduler, to show how much of a difference is the library's."""
+    global dumps, loads
+    import orjson
+
+    def dumps(obj) -> str:  # noqa: F811
+        return orjson.dumps(obj).decode()
+
+    loads = orjson.loads
 
 
 class Relay:
@@ -94,7 +106,7 @@ class Relay:
             while True:
                 raw = await ws.get_message()
                 try:
-                    msg = json.loads(raw)
+                    msg = loads(raw)
                     mtype = msg["type"]
                 except (ValueError, KeyError, TypeError):
                     await ws.send_message(dumps({"type": "error", "code": "INVALID_MESSAGE", "message": "bad"}))
@@ -142,7 +154,7 @@ class Relay:
         entry = None
         try:
             raw = await ws.get_message()
-            msg = json.loads(raw)
+            msg = loads(raw)
             if msg.get("type") != "node_register":
                 await ws.aclose(1008, "node_register expected")
                 return
@@ -153,7 +165,7 @@ class Relay:
             self.nodes.append(entry)
             while True:
                 raw = await ws.get_message()
-                msg = json.loads(raw)
+                msg = loads(raw)
                 mtype = msg.get("type")
                 if mtype == "job_result":
                     owner = self.jobs.pop(msg.get("job_id"), None)
@@ -204,5 +216,9 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--max-seconds", type=float, default=3600.0, help="exit by itself after this long")
+    ap.add_argument("--json", choices=("stdlib", "orjson"), default="stdlib",
+                    help="JSON library (stdlib, as perf-anchors.md's relay; orjson, as the scheduler)")
     a = ap.parse_args()
+    if a.json == "orjson":
+        use_orjson()
     trio.run(main, a.port, a.max_seconds)

@@ -43,6 +43,8 @@ from _procs import (  # noqa: E402
 )
 
 LOADGEN = os.path.join(BENCH, "loadgen.py")
+#: Every system run.py knows, in report order; relay-orjson only runs when asked for with --systems.
+SYSTEMS = ("scheduler", "relay", "relay-orjson", "celery")
 
 
 # ----------------------------------------------------------------------------------------------- parameters
@@ -427,7 +429,7 @@ def report_throughput(rows: list[dict]) -> str:
     ok = [r for r in rows if "failed" not in r]
     if not ok:
         return "_throughput: no successful run_\n"
-    systems = [s for s in ("scheduler", "relay", "celery") if any(r["system"] == s for r in ok)]
+    systems = [s for s in SYSTEMS if any(r["system"] == s for r in ok)]
     concs = sorted({r["c"] for r in ok})
     out = ["### Throughput: closed-loop 33 KB `utterance` (median [min–max] over repeats)", "",
            "| system | c | round trips/s | p50 ms | p99 ms | p99.9 ms | errors | CPU % of one core (median) | "
@@ -443,7 +445,8 @@ def report_throughput(rows: list[dict]) -> str:
                        f"{med(_vals(g, 'p99_ms'))} | {med(_vals(g, 'p999_ms'))} | {errs} | {cpu_cell(g)} | "
                        f"{med([x for x in map(server_cpu_per_rt, g) if x])} | "
                        f"{med([x for x in map(cpu_per_rt, g) if x])} |")
-    pairs = [("scheduler", "relay"), ("scheduler", "celery"), ("relay", "celery")]
+    pairs = [("scheduler", "relay"), ("scheduler", "relay-orjson"), ("relay-orjson", "relay"),
+             ("scheduler", "celery"), ("relay", "celery")]
     ratio_lines = []
     for a, b in pairs:
         if a not in systems or b not in systems:
@@ -624,7 +627,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="< 2 minutes: 1 repeat, short windows, small storm")
     ap.add_argument("--repeats", type=int, default=0)
-    ap.add_argument("--systems", default="", help="comma list of scheduler,relay,celery (default: all available; "
+    ap.add_argument("--systems", default="", help="comma list of scheduler,relay,relay-orjson,celery (default: "
+                                                  "scheduler,relay,celery where available; "
                                                   "celery only in full mode or with --with-celery)")
     ap.add_argument("--with-celery", action="store_true", help="include celery in --quick")
     ap.add_argument("--only", default="", help="comma list of throughput,stream,storm,selection,scale")
