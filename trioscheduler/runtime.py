@@ -14,8 +14,7 @@ from trioscheduler.config import ServerConfig
 
 def tune_garbage_collector(server: ServerConfig) -> dict[str, object]:
     """Apply the ``gc_*`` settings; returns what is now in force (for the start-up log)."""
-    gen0, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(server.gc_gen0_threshold, gen1, gen2)
+    gc.set_threshold(server.gc_gen0_threshold, server.gc_gen1_threshold, server.gc_gen2_threshold)
     if server.gc_freeze_after_start:
         gc.collect()  # start-up garbage is freed now rather than kept forever by the freeze
         gc.freeze()
