@@ -280,8 +280,9 @@ def test_deeply_nested_json_is_a_protocol_error(codec) -> None:
 # ------------------------------------------------------------------------------------------ fuzzing decode
 
 
-json_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.floats(allow_nan=False) | st.text(
-    max_size=8)
+# JSON has no NaN or Infinity (the codec refuses them: test_non_json_numbers_are_refused).
+json_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.floats(
+    allow_nan=False, allow_infinity=False) | st.text(max_size=8)
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=12)
 
@@ -298,6 +299,14 @@ def _decode_only_protocol_errors(frame: str) -> None:
         except ProtocolError as exc:
             assert exc.code in (INVALID_MESSAGE, UNSUPPORTED_FEATURE)
             assert isinstance(exc.message, str) and exc.message
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_json_numbers_are_refused(number: str) -> None:
+    """json.loads would accept these; a node could never parse them back, so they stop at the door."""
+    frame = '{"type":"job_result","job_id":"j","success":true,"quality_score":' + number + "}"
+    with pytest.raises(ProtocolError, match="not valid JSON"):
+        NODE_CODEC.decode(frame)
 
 
 @given(value=json_values)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import collections
 import enum
 import math
 from typing import Any
 
 import attrs
+import pybase64
 import trio
 
 from trioscheduler.policy.capability import NodeCapability
@@ -76,5 +76,5 @@ class Job:
     def audio_b64(self) -> str:
         """Base64 once per job, not once per attempt."""
         if self._audio_b64 is None:
-            self._audio_b64 = self.spec.audio_b64 or base64.b64encode(self.spec.audio).decode("ascii")
+            self._audio_b64 = self.spec.audio_b64 or pybase64.b64encode(self.spec.audio).decode("ascii")
         return self._audio_b64
