@@ -192,12 +192,13 @@ class System:
 
 
 def start_relay(procs: Procs, name: str = "relay") -> System:
-    """``relay`` uses the stdlib's json (as perf-anchors.md's relay); ``relay-orjson`` the scheduler's orjson."""
+    """``relay`` uses the stdlib's json and base64 (as perf-anchors.md's relay); ``relay-fast`` the scheduler's
+    orjson and pybase64."""
     s = System(name)
     port = free_port()
     argv = [PY, os.path.join(BENCH, "relay.py"), "--port", str(port), "--max-seconds", "3600"]
-    if name == "relay-orjson":
-        argv += ["--json", "orjson"]
+    if name == "relay-fast":
+        argv += ["--libs", "fast"]
     p = procs.start(name, argv)
     s.procs.append(p)
     wait_port(p, port)
@@ -242,7 +243,7 @@ def start_celery(procs: Procs) -> System:
 
 
 def start_system(procs: Procs, name: str, config: str | None) -> System:
-    if name in ("relay", "relay-orjson"):
+    if name in ("relay", "relay-fast"):
         return start_relay(procs, name)
     if name == "scheduler":
         return start_scheduler(procs, config)

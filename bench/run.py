@@ -43,8 +43,8 @@ from _procs import (  # noqa: E402
 )
 
 LOADGEN = os.path.join(BENCH, "loadgen.py")
-#: Every system run.py knows, in report order; relay-orjson only runs when asked for with --systems.
-SYSTEMS = ("scheduler", "relay", "relay-orjson", "celery")
+#: Every system run.py knows, in report order; relay-fast only runs when asked for with --systems.
+SYSTEMS = ("scheduler", "relay", "relay-fast", "celery")
 
 
 # ----------------------------------------------------------------------------------------------- parameters
@@ -445,7 +445,7 @@ def report_throughput(rows: list[dict]) -> str:
                        f"{med(_vals(g, 'p99_ms'))} | {med(_vals(g, 'p999_ms'))} | {errs} | {cpu_cell(g)} | "
                        f"{med([x for x in map(server_cpu_per_rt, g) if x])} | "
                        f"{med([x for x in map(cpu_per_rt, g) if x])} |")
-    pairs = [("scheduler", "relay"), ("scheduler", "relay-orjson"), ("relay-orjson", "relay"),
+    pairs = [("scheduler", "relay"), ("scheduler", "relay-fast"), ("relay-fast", "relay"),
              ("scheduler", "celery"), ("relay", "celery")]
     ratio_lines = []
     for a, b in pairs:
@@ -627,7 +627,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="< 2 minutes: 1 repeat, short windows, small storm")
     ap.add_argument("--repeats", type=int, default=0)
-    ap.add_argument("--systems", default="", help="comma list of scheduler,relay,relay-orjson,celery (default: "
+    ap.add_argument("--systems", default="", help="comma list of scheduler,relay,relay-fast,celery (default: "
                                                   "scheduler,relay,celery where available; "
                                                   "celery only in full mode or with --with-celery)")
     ap.add_argument("--with-celery", action="store_true", help="include celery in --quick")
