@@ -37,16 +37,18 @@ class LatencyHistogram:
         for bound, n in zip((*self.bounds, "+Inf"), self.counts):
             running += n
             cumulative.append((bound, running))
-        return {"buckets": cumulative, "sum": self.total, "count": self.count}
+        return {"buckets": cumulative, "sum": self.total, "count": self.count,
+                "p50_le": self.quantile_bound(0.5), "p99_le": self.quantile_bound(0.99)}
 
-    def quantile_bound(self, q: float) -> float | None:
-        """The smallest bucket bound that holds at least a fraction ``q`` of the observations."""
+    def quantile_bound(self, q: float) -> float | str | None:
+        """The smallest bucket bound that holds at least a fraction ``q`` of the observations ("+Inf" past the
+        last bound, None before any)."""
         if not self.count:
             return None
         need = q * self.count
         running = 0
-        for bound, n in zip((*self.bounds, float("inf")), self.counts):
+        for bound, n in zip((*self.bounds, "+Inf"), self.counts):
             running += n
             if running >= need:
                 return bound
-        return float("inf")
+        return "+Inf"
