@@ -221,6 +221,37 @@ async def test_results_are_released_in_index_order(fast: Daemon) -> None:
         assert indices == [0, 1, 2]
 
 
+async def writer_ends(connection: Any) -> None:
+    with trio.fail_after(2):
+        while connection.writer_running:
+            await trio.sleep(0.01)
+
+
+async def test_idle_session_has_no_writer_task_and_a_restarted_writer_keeps_order(fast: Daemon) -> None:
+    """The writer runs only while it has work: idle sessions cost one task, and each busy spell starts a writer
+    that still releases in index order, exactly once."""
+    async with registered_node(fast.node_url) as (node, _), \
+            session(fast.session_url, audio_format="pcm16") as (client, sid):
+        (connection,) = fast.scheduler.sessions.live
+        await writer_ends(connection)
+        for first in (0, 3):
+            for i in range(first, first + 3):
+                await client.send(type="utterance", session_id=sid, utterance_index=i, audio=b64(pcm(100)),
+                                  audio_format="pcm16", sample_rate=16000)
+            assigns = {a["utterance_index"]: a for a in [await node.recv_type("job_assign") for _ in range(3)]}
+            await node.nothing_for(0.05)
+            assert connection.writer_running  # outcomes are owed: the writer waits for them
+            for i in (first + 2, first, first + 1):
+                await node.send(**result_for(assigns[i]))
+            indices = [(await client.recv_type("translation_result"))["utterance_index"] for _ in range(3)]
+            assert indices == [first, first + 1, first + 2]
+            await writer_ends(connection)
+            assert connection.footprint() == dict.fromkeys(connection.footprint(), 0)
+        await client.send(type="client_heartbeat", session_id=sid, timestamp=1)
+        await client.recv_type("server_heartbeat")
+        await client.nothing_for(0.2)
+
+
 async def test_utterance_out_of_order_pair_and_idempotency(fast: Daemon) -> None:
     """H-6: utterances 1 then 0 both dispatch; a repeated index makes no second job."""
     async with registered_node(fast.node_url) as (node, _), \

@@ -2,7 +2,10 @@
 
 The reader cuts utterances and hands each to the registry under ``selection_deadline_ms``; the writer is the only
 task that writes to the socket, so acks, partials and in-order outcomes never interleave. Outcomes come from the
-registry through the writer's channel with ``send_nowait``; the registry never waits on a client.
+registry into the writer's inbox with ``send_nowait``; the registry never waits on a client.
+
+The writer runs only while it has work: the first item queued starts it, and it ends once nothing is queued, owed
+or timed. An idle session (most of them, at scale) is then its reader alone, without a second task and a channel.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ MODES = frozenset({"one_way", "two_way_auto"})
 MAX_INDEX_AHEAD = 256
 #: Frames kept while a session_close waits; beyond this the socket is simply not read until the close is done.
 MAX_FRAMES_DURING_CLOSE = 64
+
+
+#: What the writer's inbox returns when the writer has nothing left to do (it ends; the next item starts one).
+_SETTLED = object()
 
 
 def new_session_id() -> str:
@@ -138,6 +145,10 @@ def selection_key_for(src: str, tgt: str, mode: str | None, lang_a: str | None, 
 
 
 class SessionConnection:
+    __slots__ = ("_transport", "_registry", "_config", "_metrics", "_state", "_orderer", "_owed", "_queue",
+                 "_wakeup", "_writer_running", "_closed", "_nursery", "_closing", "_close_deadline",
+                 "_early_frames", "_closed_sessions")
+
     def __init__(
         self,
         transport: Transport,
@@ -150,10 +161,19 @@ class SessionConnection:
         self._config = config
         self._metrics = metrics
         self._state: SessionState | None = None
-        #: Writer-owned: outcomes waiting for lower indices, and index -> finalized_at for each outcome still owed.
-        self._orderer = self._new_orderer()
+        #: Writer-owned: outcomes waiting for lower indices (made with the session's first utterance), index ->
+        #: finalized_at for each outcome still owed, and the session_close being completed.
+        self._orderer: ResultOrderer[Any] | None = None
         self._owed: dict[int, float] = {}
-        self._writer_send, self._writer_recv = trio.open_memory_channel[Any](math.inf)
+        self._closing: CloseSession | None = None
+        self._close_deadline = math.inf
+        #: The writer's inbox (see send_nowait): items in arrival order, the Event it parks on when it has nothing
+        #: to do but wait for an item or a deadline, and whether a writer task is running.
+        self._queue: list[Any] = []
+        self._wakeup: trio.Event | None = None
+        self._writer_running = False
+        self._closed = False
+        self._nursery: trio.Nursery | None = None
         #: Frames read while a session_close waited for its outcomes, handled once it is done (a list: an idle
         #: session should not pay for a deque it almost never uses).
         self._early_frames: list[str | bytes] = []
@@ -169,24 +189,31 @@ class SessionConnection:
         return {
             "buffered_bytes": state.segmenter.buffered_bytes if state else 0,
             "indices_above_low_water": len(state.used.above) if state else 0,
-            "outcomes_held": self._orderer.pending_count,
+            "outcomes_held": self._orderer.pending_count if self._orderer is not None else 0,
             "outcomes_owed": len(self._owed),
-            "writer_queue": self._writer_recv.statistics().current_buffer_used,
+            "writer_queue": len(self._queue),
         }
+
+    @property
+    def writer_running(self) -> bool:
+        """Whether the writer task exists now; false for an idle session (see the module docstring)."""
+        return self._writer_running
 
     async def run(self) -> None:
         self._metrics.live.add(self)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer, nursery)
+                self._nursery = nursery
                 try:
                     await self._reader()
                 finally:
+                    self._closed = True  # before the nursery closes: no writer may be started after this
                     nursery.cancel_scope.cancel()
         finally:
             self._metrics.live.discard(self)
-            self._writer_send.close()
-            self._writer_recv.close()
+            self._closed = True
+            self._nursery = None
+            self._queue.clear()
             if self._state is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     await self._registry.session_ended(self._state.session_id)
@@ -445,9 +472,9 @@ class SessionConnection:
         state.used.add(index)
         state.next_index = max(state.next_index, index + 1)
         self._metrics.counters["utterances_finalized"] += 1
-        self._writer_send.send_nowait(Expect(index, spec.finalized_at))
+        self.send_nowait(Expect(index, spec.finalized_at))
         deadline_ms = self._config.scheduler.selection_deadline_ms
-        reply = await self._registry.submit(spec, self._writer_send, spec.finalized_at + deadline_ms / 1000.0)
+        reply = await self._registry.submit(spec, self, spec.finalized_at + deadline_ms / 1000.0)
         if reply is not None:
             return
         self._metrics.counters["scheduler_busy"] += 1
@@ -455,7 +482,7 @@ class SessionConnection:
              trace_id=spec.trace_id, stage="registry_submit",
              why=f"registry did not answer within selection_deadline_ms ({deadline_ms:g} ms)",
              elapsed_ms=round((trio.current_time() - spec.finalized_at) * 1000.0, 3))
-        self._writer_send.send_nowait(Outcome(index, m.ErrorMessage(
+        self.send_nowait(Outcome(index, m.ErrorMessage(
             code=codes.SCHEDULER_BUSY,
             message=f"scheduler busy: no answer within {deadline_ms:g} ms; utterance not scheduled",
             session_id=spec.session_id, utterance_index=index, trace_id=spec.trace_id,
@@ -467,7 +494,7 @@ class SessionConnection:
         if cut is not None:
             await self._submit_cut(state, cut)
         done = trio.Event()
-        self._writer_send.send_nowait(CloseSession(state.session_id, done))
+        self.send_nowait(CloseSession(state.session_id, done))
         await self._wait_watching_socket(done)
         await self._registry.session_ended(state.session_id)
         emit(log, INFO, "session_ended", session_id=state.session_id, reason=message.reason or "session_close")
@@ -496,40 +523,73 @@ class SessionConnection:
             raise TransportClosed
 
     def _send_now(self, message: Any) -> None:
-        self._writer_send.send_nowait(Send(message))
+        self.send_nowait(Send(message))
 
     # ------------------------------------------------------------------------------------------ writer
 
-    async def _writer(self, nursery: trio.Nursery) -> None:
+    def send_nowait(self, item: Any) -> None:
+        """The writer's inbox, for the reader and the registry (this is the sink of the session's jobs): queue the
+        item and wake the writer, or start one. Never blocks; raises trio.ClosedResourceError once the connection
+        is ending (the registry counts the item undeliverable)."""
+        if self._closed or self._nursery is None:
+            raise trio.ClosedResourceError("session connection is closed")
+        self._queue.append(item)
+        if self._wakeup is not None:
+            self._wakeup.set()
+        elif not self._writer_running:
+            self._writer_running = True
+            self._nursery.start_soon(self._writer)
+
+    async def _writer(self) -> None:
         """Sole writer of the socket; when the socket is gone, the whole connection ends."""
         try:
-            await self._write_loop(nursery)
+            await self._write_loop()
         except TransportClosed:
-            nursery.cancel_scope.cancel()
+            assert self._nursery is not None
+            self._nursery.cancel_scope.cancel()
+        finally:
+            self._writer_running = False
 
-    async def _write_loop(self, nursery: trio.Nursery) -> None:
+    async def _next_item(self) -> Any:
+        """The next queued item, None when the gap or close deadline came first, or ``_SETTLED`` when there is
+        nothing left to wait for (nothing queued, owed or timed): then the writer ends, and the next item starts
+        another. The check and the end are one step (no checkpoint between), so no item is ever left unseen."""
+        queue = self._queue
+        if not queue:
+            orderer = self._orderer
+            gap = orderer.gap_deadline() if orderer is not None else None
+            deadline = self._close_deadline if gap is None else min(gap, self._close_deadline)
+            if deadline == math.inf and not self._owed:
+                return _SETTLED
+            wakeup = self._wakeup = trio.Event()
+            try:
+                if deadline == math.inf:
+                    await wakeup.wait()
+                else:
+                    with trio.move_on_at(deadline):
+                        await wakeup.wait()
+            finally:
+                self._wakeup = None
+            if not queue:
+                return None
+        return queue.pop(0)
+
+    async def _write_loop(self) -> None:
         """Releases outcomes strictly in utterance_index order, each exactly once."""
-        orderer = self._orderer
         owed = self._owed
-        closing: CloseSession | None = None
-        close_deadline = math.inf
-        receive = self._writer_recv
         while True:
-            deadline = min(orderer.gap_deadline() or math.inf, close_deadline)
-            item: Any = None
-            if deadline == math.inf:
-                item = await receive.receive()
-            else:
-                with trio.move_on_at(deadline):
-                    item = await receive.receive()
+            item = await self._next_item()
+            if item is _SETTLED:
+                return
+            orderer = self._orderer
             now = trio.current_time()
             if item is None:
-                released = orderer.expire(now)
-                give_up = closing is not None and now >= close_deadline
-                if give_up:
+                released = orderer.expire(now) if orderer is not None else []
+                give_up = self._closing is not None and now >= self._close_deadline
+                if give_up and orderer is not None:
                     released += orderer.drain()
                     released += [Release(index, None) for index in sorted(owed) if index >= orderer.next_index]
-                await self._release(released, owed, nursery)
+                await self._release(released, owed)
                 if give_up:
                     owed.clear()
             elif type(item) is Outcome or type(item) is Passthrough:
@@ -540,9 +600,11 @@ class SessionConnection:
                 if type(item) is Passthrough:
                     await self._transport.send_message(encode(item.message))
                     continue
+                if orderer is None:
+                    orderer = self._orderer = self._new_orderer()
                 added = orderer.add(item.utterance_index, item, now)
                 if added is Added.ACCEPTED:
-                    await self._release(orderer.ready(), owed, nursery)
+                    await self._release(orderer.ready(), owed)
                 else:
                     self._metrics.counters[f"outcomes_dropped_{added.value}"] += 1
                     emit(log, WARNING, "outcome_dropped", reason=added.value,
@@ -551,6 +613,8 @@ class SessionConnection:
             elif type(item) is Send:
                 await self._transport.send_message(encode(item.message))
             elif type(item) is Expect:
+                if orderer is None:
+                    orderer = self._orderer = self._new_orderer()
                 if item.utterance_index >= orderer.next_index:
                     owed[item.utterance_index] = item.finalized_at
                 else:
@@ -559,21 +623,27 @@ class SessionConnection:
                     self._metrics.counters["utterances_already_released"] += 1
                     state = self._state
                     if state is not None:
-                        nursery.start_soon(self._registry.cancel_jobs, state.session_id,
-                                           (item.utterance_index,), "already_released")
+                        self._start_soon(self._registry.cancel_jobs, state.session_id,
+                                         (item.utterance_index,), "already_released")
             elif type(item) is CloseSession:
-                closing = item
-                close_deadline = now + self._max_job_lifetime()
+                self._closing = item
+                self._close_deadline = now + self._max_job_lifetime()
+            closing = self._closing
             if closing is not None and not owed:
-                await self._release(orderer.drain(), owed, nursery)
+                if orderer is not None:
+                    await self._release(orderer.drain(), owed)
                 await self._transport.send_message(encode(m.SessionCloseAck(session_id=closing.session_id)))
                 self._closed_sessions += (closing.session_id,)
                 closing.done.set()
-                closing = None
-                close_deadline = math.inf
-                orderer = self._orderer = self._new_orderer()
+                self._closing = None
+                self._close_deadline = math.inf
+                self._orderer = None  # the next session on this socket starts from index 0
 
-    async def _release(self, released: list[Any], owed: dict[int, float], nursery: trio.Nursery) -> None:
+    def _start_soon(self, fn: Any, *args: Any) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)
+
+    async def _release(self, released: list[Any], owed: dict[int, float]) -> None:
         state = self._state
         now = trio.current_time()
         for release in released:
@@ -588,7 +658,7 @@ class SessionConnection:
                                                trace_id=state.trace_id)
                 if finalized_at is not None:
                     # Still running somewhere: stop it, its result could only be dropped now.
-                    nursery.start_soon(self._registry.cancel_jobs, state.session_id, (index,), "gap_timeout")
+                    self._start_soon(self._registry.cancel_jobs, state.session_id, (index,), "gap_timeout")
                 emit(log, WARNING, "job_deadline_missed", session_id=state.session_id, utterance_index=index,
                      trace_id=state.trace_id, stage="result_gap",
                      why="no outcome within gap_timeout_seconds of a later index's outcome")
