@@ -11,6 +11,7 @@ import trio
 from tests.wire import (Daemon, b64, connect, node_register, opus_packets, pcm, registered_node, result_for,
                         session, start_daemon)
 from trioscheduler.config import Config
+from trioscheduler.transport import release_spent_handshake
 
 FAST = {"pause_ms": 300, "max_duration_ms": 1000, "max_buffer_bytes": 64000}
 
@@ -250,6 +251,21 @@ async def test_idle_session_has_no_writer_task_and_a_restarted_writer_keeps_orde
         await client.send(type="client_heartbeat", session_id=sid, timestamp=1)
         await client.recv_type("server_heartbeat")
         await client.nothing_for(0.2)
+
+
+async def test_spent_handshake_is_released_and_the_connection_still_works(daemon: Daemon) -> None:
+    """The server drops wsproto's upgrade state once a socket is open (every WebSocket test runs that way); this
+    checks that the installed wsproto is one it applies to, on the client end too, and that the socket still
+    carries messages, pings and a clean close afterwards."""
+    async with session(daemon.session_url) as (client, sid):
+        assert release_spent_handshake(client.ws)
+        assert not release_spent_handshake(client.ws)
+        for _ in range(2):
+            await client.send(type="client_heartbeat", session_id=sid, timestamp=1)
+            assert (await client.recv_type("server_heartbeat"))["session_id"] == sid
+        with trio.fail_after(5):
+            await client.ws.ping(b"p")
+    assert client.ws.closed is not None and client.ws.closed.code == 1000
 
 
 async def test_utterance_out_of_order_pair_and_idempotency(fast: Daemon) -> None:
