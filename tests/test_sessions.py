@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 import trio
+import trio_websocket
 
 from tests.wire import (Daemon, b64, connect, node_register, opus_packets, pcm, registered_node, result_for,
                         session, start_daemon)
 from trioscheduler.config import Config
-from trioscheduler.transport import release_spent_handshake
+from trioscheduler.transport import release_accepted_request, release_spent_handshake
 
 FAST = {"pause_ms": 300, "max_duration_ms": 1000, "max_buffer_bytes": 64000}
 
@@ -266,6 +267,26 @@ async def test_spent_handshake_is_released_and_the_connection_still_works(daemon
         with trio.fail_after(5):
             await client.ws.ping(b"p")
     assert client.ws.closed is not None and client.ws.closed.code == 1000
+
+
+async def test_accepted_request_is_released_and_the_connection_still_works(nursery: trio.Nursery) -> None:
+    """What the server does after accept() (release_accepted_request, release_spent_handshake), on a bare
+    trio-websocket server: both apply to the installed versions and the socket still echoes and closes."""
+    released: list[bool] = []
+
+    async def echo(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        released.extend([release_accepted_request(request), release_spent_handshake(ws)])
+        while True:
+            await ws.send_message(await ws.get_message())
+
+    server = await nursery.start(trio_websocket.serve_websocket, echo, "127.0.0.1", 0, None)
+    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{server.port}/x") as client:
+        for text in ("a", "b"):
+            await client.send_message(text)
+            with trio.fail_after(5):
+                assert await client.get_message() == text
+    assert released == [True, True]
 
 
 async def test_utterance_out_of_order_pair_and_idempotency(fast: Daemon) -> None:
