@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 import trio
 import trio_websocket
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.wire import (Daemon, b64, connect, node_register, opus_packets, pcm, registered_node, result_for,
                         session, start_daemon)
 from trioscheduler.config import Config
-from trioscheduler.transport import release_accepted_request, release_spent_handshake
+from trioscheduler.session import IndexSet
+from trioscheduler.transport import MemoryTransport, release_accepted_request, release_spent_handshake
 
 FAST = {"pause_ms": 300, "max_duration_ms": 1000, "max_buffer_bytes": 64000}
 
@@ -387,3 +391,38 @@ async def test_wrong_language_node_never_gets_the_job(fast: Daemon) -> None:
 async def test_audio_format_names_are_case_insensitive(daemon: Daemon) -> None:
     async with session(daemon.session_url, audio_format="PCM16") as (client, _):
         assert client.received[-1]["negotiated_audio_format"] == "pcm16"
+
+
+@given(st.lists(st.integers(min_value=0, max_value=40), max_size=60))
+def test_index_set_is_a_set_of_used_indices(indices: list[int]) -> None:
+    used, model = IndexSet(), set()
+    for index in indices:
+        used.add(index)
+        model.add(index)
+        assert all((i in used) == (i in model) for i in range(45))
+        low = next(i for i in range(len(model) + 1) if i not in model)
+        assert used.low == low and len(used) == len({i for i in model if i > low})
+        assert used.above is None or used.above  # no empty set is kept
+
+
+async def test_a_crashing_session_is_logged_counted_and_closed_alone(
+        daemon: Daemon, caplog: pytest.LogCaptureFixture) -> None:
+    """Crash isolation: an unexpected exception in one session's writer ends that session only."""
+
+    class Exploding(MemoryTransport):
+        async def send_message(self, message: str) -> None:
+            raise RuntimeError("boom")
+
+    scheduler = daemon.scheduler
+    async with session(daemon.session_url) as (client, sid):
+        inbound_send, inbound = trio.open_memory_channel[Any](math.inf)
+        outbound, _ = trio.open_memory_channel[Any](math.inf)
+        broken = Exploding(inbound, outbound, "exploding")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(scheduler.handle_session, broken)
+            await inbound_send.send('{"type": "session_init", "src_lang": "zh", "tgt_lang": "en"}')
+        assert scheduler.connections_crashed == 1 and broken.closed
+        assert "session connection from exploding crashed" in caplog.text and "RuntimeError: boom" in caplog.text
+        assert len(scheduler.sessions.live) == 1  # the other session is still there, and works
+        await client.send(type="client_heartbeat", session_id=sid, timestamp=1)
+        assert (await client.recv_type("server_heartbeat"))["session_id"] == sid
