@@ -5,7 +5,9 @@ task that writes to the socket, so acks, partials and in-order outcomes never in
 registry into the writer's inbox with ``send_nowait``; the registry never waits on a client.
 
 The writer runs only while it has work: the first item queued starts it, and it ends once nothing is queued, owed
-or timed. An idle session (most of them, at scale) is then its reader alone, without a second task and a channel.
+or timed. An idle session (most of them, at scale) is then its reader alone, without a second task, a channel or a
+nursery: writers run in the scheduler's nursery for session tasks, which they never fail (a writer's crash is raised
+by its session's handler, which logs it and closes that socket only).
 """
 
 from __future__ import annotations
@@ -165,7 +167,7 @@ def selection_key_for(src: str, tgt: str, mode: str | None, lang_a: str | None, 
 
 class SessionConnection:
     __slots__ = ("_transport", "_registry", "_config", "_metrics", "_state", "_orderer", "_owed", "_queue",
-                 "_wakeup", "_writer_running", "_closed", "_nursery", "_closing", "_close_deadline",
+                 "_wakeup", "_writer_running", "_closed", "_tasks", "_crash", "_closing", "_close_deadline",
                  "_early_frames", "_closed_sessions")
 
     def __init__(
@@ -174,6 +176,7 @@ class SessionConnection:
         registry: RegistryClient,
         config: Config,
         metrics: SessionMetrics,
+        tasks: trio.Nursery,
     ) -> None:
         self._transport = transport
         self._registry = registry
@@ -192,7 +195,9 @@ class SessionConnection:
         self._wakeup: trio.Event | None = None
         self._writer_running = False
         self._closed = False
-        self._nursery: trio.Nursery | None = None
+        #: Where the writer (and the job cancellations it asks for) run: the scheduler's, not one per session.
+        self._tasks = tasks
+        self._crash: Exception | None = None
         #: Frames read while a session_close waited for its outcomes, handled once it is done (a list made on first
         #: use: an idle session should not pay for a container it almost never uses).
         self._early_frames: list[str | bytes] | None = None
@@ -219,20 +224,18 @@ class SessionConnection:
         return self._writer_running
 
     async def run(self) -> None:
+        """The reader, in the connection's handler task; returns when the socket is gone, raises what crashed."""
         self._metrics.live.add(self)
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                try:
-                    await self._reader()
-                finally:
-                    self._closed = True  # before the nursery closes: no writer may be started after this
-                    nursery.cancel_scope.cancel()
+            await self._reader()
+            if self._crash is not None:
+                raise self._crash
         finally:
             self._metrics.live.discard(self)
-            self._closed = True
-            self._nursery = None
+            self._closed = True  # no writer starts after this, and a waiting one ends
             self._queue.clear()
+            if self._wakeup is not None:
+                self._wakeup.set()
             if self._state is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     await self._registry.session_ended(self._state.session_id)
@@ -554,30 +557,39 @@ class SessionConnection:
         """The writer's inbox, for the reader and the registry (this is the sink of the session's jobs): queue the
         item and wake the writer, or start one. Never blocks; raises trio.ClosedResourceError once the connection
         is ending (the registry counts the item undeliverable)."""
-        if self._closed or self._nursery is None:
+        if self._closed:
             raise trio.ClosedResourceError("session connection is closed")
         self._queue.append(item)
         if self._wakeup is not None:
             self._wakeup.set()
         elif not self._writer_running:
             self._writer_running = True
-            self._nursery.start_soon(self._writer)
+            self._tasks.start_soon(self._writer)
 
     async def _writer(self) -> None:
-        """Sole writer of the socket; when the socket is gone, the whole connection ends."""
+        """Sole writer of the socket. It runs in a nursery shared by all sessions, so it never raises: when the
+        socket is gone, or on a crash (kept for run() to raise), it closes the socket, which ends the reader."""
         try:
             await self._write_loop()
         except TransportClosed:
-            assert self._nursery is not None
-            self._nursery.cancel_scope.cancel()
+            await self._end_reader()
+        except Exception as exc:
+            self._crash = exc
+            await self._end_reader()
         finally:
             self._writer_running = False
+
+    async def _end_reader(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            await self._transport.aclose()
 
     async def _next_item(self) -> Any:
         """The next queued item, None when the gap or close deadline came first, or ``_SETTLED`` when there is
         nothing left to wait for (nothing queued, owed or timed): then the writer ends, and the next item starts
         another. The check and the end are one step (no checkpoint between), so no item is ever left unseen."""
         queue = self._queue
+        if self._closed:
+            return _SETTLED
         if not queue:
             orderer = self._orderer
             gap = orderer.gap_deadline() if orderer is not None else None
@@ -593,6 +605,8 @@ class SessionConnection:
                         await wakeup.wait()
             finally:
                 self._wakeup = None
+            if self._closed:
+                return _SETTLED
             if not queue:
                 return None
         return queue.pop(0)
@@ -646,8 +660,7 @@ class SessionConnection:
                     self._metrics.counters["utterances_already_released"] += 1
                     state = self._state
                     if state is not None:
-                        self._start_soon(self._registry.cancel_jobs, state.session_id,
-                                         (item.utterance_index,), "already_released")
+                        self._cancel_jobs(state.session_id, (item.utterance_index,), "already_released")
             elif type(item) is CloseSession:
                 self._closing = item
                 self._close_deadline = now + self._max_job_lifetime()
@@ -662,9 +675,15 @@ class SessionConnection:
                 self._close_deadline = math.inf
                 self._orderer = None  # the next session on this socket starts from index 0
 
-    def _start_soon(self, fn: Any, *args: Any) -> None:
-        assert self._nursery is not None
-        self._nursery.start_soon(fn, *args)
+    def _cancel_jobs(self, session_id: str, indices: tuple[int, ...], why: str) -> None:
+        """Tell the registry without waiting for it (the writer must not block on the registry's inbox)."""
+        self._tasks.start_soon(self._cancel_jobs_task, session_id, indices, why)
+
+    async def _cancel_jobs_task(self, session_id: str, indices: tuple[int, ...], why: str) -> None:
+        try:
+            await self._registry.cancel_jobs(session_id, indices, why)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the registry is gone: the scheduler is stopping
 
     async def _release(self, released: list[Any], owed: dict[int, float]) -> None:
         state = self._state
@@ -681,7 +700,7 @@ class SessionConnection:
                                                trace_id=state.trace_id)
                 if finalized_at is not None:
                     # Still running somewhere: stop it, its result could only be dropped now.
-                    self._start_soon(self._registry.cancel_jobs, state.session_id, (index,), "gap_timeout")
+                    self._cancel_jobs(state.session_id, (index,), "gap_timeout")
                 emit(log, WARNING, "job_deadline_missed", session_id=state.session_id, utterance_index=index,
                      trace_id=state.trace_id, stage="result_gap",
                      why="no outcome within gap_timeout_seconds of a later index's outcome")
