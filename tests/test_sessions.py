@@ -228,7 +228,7 @@ async def test_results_are_released_in_index_order(fast: Daemon) -> None:
 
 
 async def writer_ends(connection: Any) -> None:
-    with trio.fail_after(2):
+    with trio.fail_after(3):
         while connection.writer_running:
             await trio.sleep(0.01)
 
