@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 import trio
+import trio_websocket
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.wire import (Daemon, b64, connect, node_register, opus_packets, pcm, registered_node, result_for,
                         session, start_daemon)
 from trioscheduler.config import Config
+from trioscheduler.session import IndexSet
+from trioscheduler.transport import MemoryTransport, release_accepted_request, release_spent_handshake
 
 FAST = {"pause_ms": 300, "max_duration_ms": 1000, "max_buffer_bytes": 64000}
 
@@ -221,6 +227,72 @@ async def test_results_are_released_in_index_order(fast: Daemon) -> None:
         assert indices == [0, 1, 2]
 
 
+async def writer_ends(connection: Any) -> None:
+    with trio.fail_after(3):
+        while connection.writer_running:
+            await trio.sleep(0.01)
+
+
+async def test_idle_session_has_no_writer_task_and_a_restarted_writer_keeps_order(fast: Daemon) -> None:
+    """The writer runs only while it has work: idle sessions cost one task, and each busy spell starts a writer
+    that still releases in index order, exactly once."""
+    async with registered_node(fast.node_url) as (node, _), \
+            session(fast.session_url, audio_format="pcm16") as (client, sid):
+        (connection,) = fast.scheduler.sessions.live
+        await writer_ends(connection)
+        for first in (0, 3):
+            for i in range(first, first + 3):
+                await client.send(type="utterance", session_id=sid, utterance_index=i, audio=b64(pcm(100)),
+                                  audio_format="pcm16", sample_rate=16000)
+            assigns = {a["utterance_index"]: a for a in [await node.recv_type("job_assign") for _ in range(3)]}
+            await node.nothing_for(0.05)
+            assert connection.writer_running  # outcomes are owed: the writer waits for them
+            for i in (first + 2, first, first + 1):
+                await node.send(**result_for(assigns[i]))
+            indices = [(await client.recv_type("translation_result"))["utterance_index"] for _ in range(3)]
+            assert indices == [first, first + 1, first + 2]
+            await writer_ends(connection)
+            assert connection.footprint() == dict.fromkeys(connection.footprint(), 0)
+        await client.send(type="client_heartbeat", session_id=sid, timestamp=1)
+        await client.recv_type("server_heartbeat")
+        await client.nothing_for(0.2)
+
+
+async def test_spent_handshake_is_released_and_the_connection_still_works(daemon: Daemon) -> None:
+    """The server drops wsproto's upgrade state once a socket is open (every WebSocket test runs that way); this
+    checks that the installed wsproto is one it applies to, on the client end too, and that the socket still
+    carries messages, pings and a clean close afterwards."""
+    async with session(daemon.session_url) as (client, sid):
+        assert release_spent_handshake(client.ws)
+        assert not release_spent_handshake(client.ws)
+        for _ in range(2):
+            await client.send(type="client_heartbeat", session_id=sid, timestamp=1)
+            assert (await client.recv_type("server_heartbeat"))["session_id"] == sid
+        with trio.fail_after(5):
+            await client.ws.ping(b"p")
+    assert client.ws.closed is not None and client.ws.closed.code == 1000
+
+
+async def test_accepted_request_is_released_and_the_connection_still_works(nursery: trio.Nursery) -> None:
+    """What the server does after accept() (release_accepted_request, release_spent_handshake), on a bare
+    trio-websocket server: both apply to the installed versions and the socket still echoes and closes."""
+    released: list[bool] = []
+
+    async def echo(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        released.extend([release_accepted_request(request), release_spent_handshake(ws)])
+        while True:
+            await ws.send_message(await ws.get_message())
+
+    server = await nursery.start(trio_websocket.serve_websocket, echo, "127.0.0.1", 0, None)
+    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{server.port}/x") as client:
+        for text in ("a", "b"):
+            await client.send_message(text)
+            with trio.fail_after(5):
+                assert await client.get_message() == text
+    assert released == [True, True]
+
+
 async def test_utterance_out_of_order_pair_and_idempotency(fast: Daemon) -> None:
     """H-6: utterances 1 then 0 both dispatch; a repeated index makes no second job."""
     async with registered_node(fast.node_url) as (node, _), \
@@ -319,3 +391,38 @@ async def test_wrong_language_node_never_gets_the_job(fast: Daemon) -> None:
 async def test_audio_format_names_are_case_insensitive(daemon: Daemon) -> None:
     async with session(daemon.session_url, audio_format="PCM16") as (client, _):
         assert client.received[-1]["negotiated_audio_format"] == "pcm16"
+
+
+@given(st.lists(st.integers(min_value=0, max_value=40), max_size=60))
+def test_index_set_is_a_set_of_used_indices(indices: list[int]) -> None:
+    used, model = IndexSet(), set()
+    for index in indices:
+        used.add(index)
+        model.add(index)
+        assert all((i in used) == (i in model) for i in range(45))
+        low = next(i for i in range(len(model) + 1) if i not in model)
+        assert used.low == low and len(used) == len({i for i in model if i > low})
+        assert used.above is None or used.above  # no empty set is kept
+
+
+async def test_a_crashing_session_is_logged_counted_and_closed_alone(
+        daemon: Daemon, caplog: pytest.LogCaptureFixture) -> None:
+    """Crash isolation: an unexpected exception in one session's writer ends that session only."""
+
+    class Exploding(MemoryTransport):
+        async def send_message(self, message: str) -> None:
+            raise RuntimeError("boom")
+
+    scheduler = daemon.scheduler
+    async with session(daemon.session_url) as (client, sid):
+        inbound_send, inbound = trio.open_memory_channel[Any](math.inf)
+        outbound, _ = trio.open_memory_channel[Any](math.inf)
+        broken = Exploding(inbound, outbound, "exploding")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(scheduler.handle_session, broken)
+            await inbound_send.send('{"type": "session_init", "src_lang": "zh", "tgt_lang": "en"}')
+        assert scheduler.connections_crashed == 1 and broken.closed
+        assert "session connection from exploding crashed" in caplog.text and "RuntimeError: boom" in caplog.text
+        assert len(scheduler.sessions.live) == 1  # the other session is still there, and works
+        await client.send(type="client_heartbeat", session_id=sid, timestamp=1)
+        assert (await client.recv_type("server_heartbeat"))["session_id"] == sid

@@ -1,7 +1,8 @@
 """The scheduler without its listeners: the registry task plus one handler per connection kind.
 
-Any transport can feed it (trio-websocket, hypercorn, in-memory pairs for tests). Each connection runs in its own
-nursery; an unexpected exception in one is logged and counted and ends that connection only.
+Any transport can feed it (trio-websocket, hypercorn, in-memory pairs for tests). An unexpected exception in a
+connection is logged and counted and ends that connection only. A node runs in its own nursery; a session is its
+handler task plus, while it has something to write, a writer in the one nursery ``run`` holds for all sessions.
 """
 
 from __future__ import annotations
@@ -34,31 +35,47 @@ class Scheduler:
         self.connections_crashed = 0
         self._conn_ids = itertools.count(1)
         self.nodes_connected = 0
+        self._session_tasks: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The registry task; everything else talks to it through ``self.client``."""
-        await self.registry.run(task_status=task_status)
+        """The registry task; everything else talks to it through ``self.client``. Also the nursery the sessions'
+        writers run in while they have work (one nursery, not one per session: an idle session costs less)."""
+        async with trio.open_nursery() as session_tasks:
+            self._session_tasks = session_tasks
+            try:
+                await self.registry.run(task_status=task_status)
+            finally:
+                self._session_tasks = None
 
     async def handle_session(self, transport: Transport) -> None:
-        await self._isolated("session", SessionConnection(transport, self.client, self.config, self.sessions).run,
-                             transport)
+        # The try is here rather than in a shared wrapper coroutine: a suspended coroutine frame is ~250 bytes
+        # for every idle session, for as long as its socket is open.
+        try:
+            tasks = self._session_tasks
+            if tasks is not None:
+                await SessionConnection(transport, self.client, self.config, self.sessions, tasks).run()
+                return
+            async with trio.open_nursery() as tasks:  # before run() (tests that hold the registry back)
+                await SessionConnection(transport, self.client, self.config, self.sessions, tasks).run()
+                tasks.cancel_scope.cancel()
+        except Exception:
+            await self._crashed("session", transport)
 
     async def handle_node(self, transport: Transport) -> None:
         self.nodes_connected += 1
         try:
-            connection = NodeConnection(transport, self.client, self.config, next(self._conn_ids))
-            await self._isolated("node", connection.run, transport)
+            await NodeConnection(transport, self.client, self.config, next(self._conn_ids)).run()
+        except Exception:
+            await self._crashed("node", transport)
         finally:
             self.nodes_connected -= 1
 
-    async def _isolated(self, kind: str, run: Any, transport: Transport) -> None:
-        try:
-            await run()
-        except Exception:
-            self.connections_crashed += 1
-            log.exception("%s connection from %s crashed; closing it", kind, transport.peer)
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await transport.aclose()
+    async def _crashed(self, kind: str, transport: Transport) -> None:
+        """Called in the ``except`` of a handler: log and count the crash, close that connection only."""
+        self.connections_crashed += 1
+        log.exception("%s connection from %s crashed; closing it", kind, transport.peer)
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            await transport.aclose()
 
     async def stats(self, timeout: float = 5.0) -> dict[str, Any] | None:
         snapshot = await self.client.snapshot(timeout)

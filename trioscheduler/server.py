@@ -14,7 +14,7 @@ from trio_websocket import WebSocketRequest, serve_websocket
 from trioscheduler.app import Scheduler, log_listening
 from trioscheduler.config import Config
 from trioscheduler.http import make_app
-from trioscheduler.transport import WebSocketTransport
+from trioscheduler.transport import WebSocketTransport, release_accepted_request
 
 log = logging.getLogger("trioscheduler.server")
 
@@ -77,6 +77,7 @@ async def serve(
                     await request.reject(404, body=b"unknown path; use /ws/session or /ws/node")
                     return
                 transport = WebSocketTransport(await request.accept())
+                release_accepted_request(request)
                 if path == SESSION_PATH:
                     await scheduler.handle_session(transport)
                 else:

@@ -6,11 +6,16 @@ where real sockets would race the mocked clock) all look the same from the sched
 
 from __future__ import annotations
 
+import collections
 import math
-from typing import Protocol
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import trio
 import trio_websocket
+import wsproto
+import wsproto.events
+from wsproto.handshake import H11Handshake
 
 
 class TransportClosed(Exception):
@@ -27,11 +32,55 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
+class _SpentHandshake:
+    """Stands in for wsproto's H11Handshake once the connection is open. wsproto's WSConnection then only calls
+    ``handshake.events()`` (to drain what the handshake still held, nothing once it is done)."""
+
+    __slots__ = ()
+
+    def events(self) -> Iterator[Any]:
+        return iter(())
+
+
+_SPENT_HANDSHAKE = _SpentHandshake()  # stateless, shared
+
+
+def release_spent_handshake(ws: trio_websocket.WebSocketConnection) -> bool:
+    """Drop the HTTP/1.1 upgrade state (an h11 connection, its buffers, an empty 760-byte deque: ~2.5 KB) that
+    wsproto keeps for the life of an open connection, although it never uses it again. Applied only when
+    everything is as in the wsproto version this was checked against (1.3.2): the connection is open and the
+    handshake has no events left; otherwise nothing changes. Returns whether it was released."""
+    ws_connection = getattr(ws, "_wsproto", None)
+    if not isinstance(ws_connection, wsproto.WSConnection) or ws_connection.connection is None:
+        return False
+    handshake = getattr(ws_connection, "handshake", None)
+    if type(handshake) is not H11Handshake:
+        return False
+    pending = getattr(handshake, "_events", None)
+    if type(pending) is not collections.deque or pending:
+        return False
+    ws_connection.handshake = _SPENT_HANDSHAKE  # type: ignore[assignment]
+    return True
+
+
+def release_accepted_request(request: trio_websocket.WebSocketRequest) -> bool:
+    """Drop the upgrade request's headers once the socket is accepted. trio-websocket's per-connection handler
+    keeps the WebSocketRequest (and with it every request header: a browser sends a kilobyte or more) alive for
+    the whole connection, although nothing reads it after accept(); its ``path``, ``headers`` and
+    ``proposed_subprotocols`` are unusable afterwards. Only when the attribute is the wsproto Request this was
+    checked against (trio-websocket 0.12.2); otherwise a no-op. Returns whether it was released."""
+    if not isinstance(getattr(request, "_event", None), wsproto.events.Request):
+        return False
+    request._event = None  # type: ignore[assignment]
+    return True
+
+
 class WebSocketTransport:
     __slots__ = ("_ws", "peer")
 
     def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
         self._ws = ws
+        release_spent_handshake(ws)
         remote = ws.remote
         self.peer = f"{remote.address}:{remote.port}" if hasattr(remote, "address") else str(remote)
 

@@ -8,7 +8,7 @@ doing anything, and the waiter checks ``done`` after its deadline, so a reservat
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -16,6 +16,13 @@ import trio
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import base64_decoded_size
 from trioscheduler.protocol.messages import Pipeline
+
+
+class Sink(Protocol):
+    """Where a job's outcome and partials go: a session's writer inbox (or, in tests, a memory channel). It must
+    not block; it raises trio.ClosedResourceError (or BrokenResourceError, WouldBlock) when it cannot take more."""
+
+    def send_nowait(self, value: Any) -> None: ...
 
 
 @attrs.define(eq=False)
@@ -121,7 +128,7 @@ class SubmitReply:
 @attrs.define(eq=False)
 class Submit:
     spec: JobSpec
-    sink: trio.MemorySendChannel[Any]
+    sink: Sink
     reply: Reply
 
 
@@ -183,7 +190,7 @@ class RegistryClient:
         self._inbox = inbox
 
     async def submit(
-        self, spec: JobSpec, sink: trio.MemorySendChannel[Any], deadline: float
+        self, spec: JobSpec, sink: Sink, deadline: float
     ) -> SubmitReply | None:
         """None when the registry did not answer by ``deadline`` (the caller reports SCHEDULER_BUSY); then the
         request is abandoned and the registry will not create the job."""

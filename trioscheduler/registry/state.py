@@ -9,11 +9,10 @@ from typing import Any
 
 import attrs
 import pybase64
-import trio
 
 from trioscheduler.policy.capability import NodeCapability
 from trioscheduler.protocol import messages as m
-from trioscheduler.registry.requests import JobSpec, NodeLink
+from trioscheduler.registry.requests import JobSpec, NodeLink, Sink
 
 
 class JobState(enum.Enum):
@@ -51,7 +50,7 @@ class Job:
     """One utterance's journey; each dispatch is an attempt with its own job_id (nodes refuse a seen job_id)."""
 
     spec: JobSpec
-    sink: trio.MemorySendChannel[Any]
+    sink: Sink
     job_id: str
     services: frozenset[str]
     created_at: float
