@@ -524,9 +524,13 @@ def report_stream(rows: list[dict], title: str, key: str) -> str:
         out += ["", "Scheduler selection metrics over each run (from /metrics, histograms with 'select' in the name):"]
         for s, n_st, hz, m in sel:
             for name, e in m.items():
-                out.append(f"- {s} storm={n_st}@{hz:g}Hz `{name}`: count {e['count']:.0f}, mean {e['mean']}, "
-                           f"p50 ≤ {e.get('p50_le')}, p99 ≤ {e.get('p99_le')}")
+                out.append(f"- {s} storm={n_st}@{hz:g}Hz `{name}`: count {e['count']:.0f}, mean {_us(e['mean'])}, "
+                           f"p50 ≤ {_us(e.get('p50_le'))}, p99 ≤ {_us(e.get('p99_le'))}")
     return "\n".join(out) + "\n"
+
+
+def _us(seconds: float | None) -> str:
+    return "–" if seconds is None else "+Inf" if seconds == float("inf") else f"{seconds * 1e6:,.1f} µs"
 
 
 def report_targets(res: dict) -> str:
