@@ -678,10 +678,13 @@ class SessionConnection:
         self._tasks.start_soon(self._cancel_jobs_task, session_id, indices, why)
 
     async def _cancel_jobs_task(self, session_id: str, indices: tuple[int, ...], why: str) -> None:
+        """Runs in the nursery shared by all sessions, so nothing may escape it."""
         try:
             await self._registry.cancel_jobs(session_id, indices, why)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the registry is gone: the scheduler is stopping
+        except Exception:
+            log.exception("cancelling jobs of session %s failed", session_id)
 
     async def _release(self, released: list[Any], owed: dict[int, float]) -> None:
         state = self._state
