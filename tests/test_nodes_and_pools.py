@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import trio
 
 from tests.wire import Daemon, b64, connect, heartbeat, node_register, pcm, registered_node, result_for, session, start_daemon
@@ -183,3 +184,22 @@ async def test_top_level_supported_language_pairs_are_accepted(daemon: Daemon) -
         error = await node.recv_type("error")
         assert error["code"] == "INVALID_CAPABILITY_SCHEMA"
         assert error["field"] == error["details"]["field"] == "supported_language_pairs[0]"
+
+
+@pytest.mark.parametrize(("usage", "field"), [({"cpu_percent": "high"}, "resource_usage.cpu_percent"),
+                                              ({"running_jobs": 1.5}, "resource_usage.running_jobs"),
+                                              ({"mem_percent": True}, "resource_usage.mem_percent"),
+                                              ([1, 2], "resource_usage")])
+async def test_bad_load_in_a_repeated_heartbeat_is_an_error_and_the_node_stays(
+        daemon: Daemon, usage: Any, field: str) -> None:
+    """A heartbeat that repeats the last capability skips the full decode; its resource_usage is still checked
+    like any other field, and a bad one is answered with an error naming it, the socket kept open."""
+    async with registered_node(daemon.node_url) as (node, node_id):
+        await node.send(**heartbeat(node_id))
+        await node.send(**{**heartbeat(node_id), "resource_usage": usage})
+        error = await node.recv_type("error", skip=("node_heartbeat_ack",))
+        assert error["code"] == "INVALID_MESSAGE" and error["details"]["field"] == field
+        await node.send(**heartbeat(node_id))  # still registered and heard
+        await _wait_for(lambda: _pools_equal(daemon, {"en-zh": [node_id]}))
+        stats = await daemon.scheduler.stats()
+        assert stats is not None and stats["connections_crashed"] == 0

@@ -75,11 +75,11 @@ class NodeConnection:
         data = NODE_CODEC.parse(frame)
         if data.get("type") != "node_heartbeat":
             return NODE_CODEC.structure_typed(data)
-        capability = tuple(data.get(field) for field in CAPABILITY_FIELDS)
+        capability = tuple(map(data.get, CAPABILITY_FIELDS))
         if capability == self._last_capability and self._node_id is not None:
-            usage = data.get("resource_usage")
-            return m.NodeHeartbeat(resource_usage=NODE_CODEC.structure(usage, m.ResourceUsage)
-                                   if isinstance(usage, dict) else None)
+            # Only liveness and load changed: the rest is decoded as strictly as any message (a bad
+            # resource_usage is an error naming its field), just without the capability lists.
+            return NODE_CODEC.structure_typed({k: v for k, v in data.items() if k not in CAPABILITY_FIELDS})
         message = NODE_CODEC.structure_typed(data)
         self._last_capability = capability
         return message

@@ -162,8 +162,8 @@ class Codec:
             first = problems[0] if problems else "invalid message"
             text, _, path = first.partition(" @ $")
             field = path.lstrip(".") or None
-            raise ProtocolError(f"{cls.TYPE}: {text}" + (f" (field '{field}')" if field else ""),  # type: ignore[attr-defined]
-                                field=field) from None
+            kind = getattr(cls, "TYPE", cls.__name__)
+            raise ProtocolError(f"{kind}: {text}" + (f" (field '{field}')" if field else ""), field=field) from None
 
 
 def decode_base64(text: str, field: str) -> bytes:
