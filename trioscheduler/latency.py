@@ -7,6 +7,7 @@ counts is enough, and /metrics exports a copy of it taken inside the registry's 
 from __future__ import annotations
 
 import bisect
+import itertools
 from typing import Any
 
 #: Selection is a few microseconds at 1,000 nodes; the top buckets are there to show a regression, not the norm.
@@ -31,24 +32,21 @@ class LatencyHistogram:
 
     def snapshot(self) -> dict[str, Any]:
         """Cumulative buckets as Prometheus wants them: [(upper bound, observations ≤ it)], "+Inf" last (a string,
-        so /api/v1/stats stays valid JSON)."""
-        cumulative: list[tuple[float | str, int]] = []
-        running = 0
-        for bound, n in zip((*self.bounds, "+Inf"), self.counts):
-            running += n
-            cumulative.append((bound, running))
+        so /api/v1/stats stays valid JSON), with the bounds that hold p50 and p99."""
+        cumulative = self._cumulative()
         return {"buckets": cumulative, "sum": self.total, "count": self.count,
-                "p50_le": self.quantile_bound(0.5), "p99_le": self.quantile_bound(0.99)}
+                "p50_le": self._bound_holding(cumulative, 0.5), "p99_le": self._bound_holding(cumulative, 0.99)}
 
     def quantile_bound(self, q: float) -> float | str | None:
         """The smallest bucket bound that holds at least a fraction ``q`` of the observations ("+Inf" past the
         last bound, None before any)."""
+        return self._bound_holding(self._cumulative(), q)
+
+    def _cumulative(self) -> list[tuple[float | str, int]]:
+        return list(zip((*self.bounds, "+Inf"), itertools.accumulate(self.counts)))
+
+    def _bound_holding(self, cumulative: list[tuple[float | str, int]], q: float) -> float | str | None:
         if not self.count:
             return None
         need = q * self.count
-        running = 0
-        for bound, n in zip((*self.bounds, "+Inf"), self.counts):
-            running += n
-            if running >= need:
-                return bound
-        return "+Inf"
+        return next(bound for bound, running in cumulative if running >= need)
