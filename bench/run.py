@@ -38,7 +38,7 @@ import timeit
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import audio_b64, utterance_dict  # noqa: E402
 from _procs import (  # noqa: E402
-    BENCH, PY, REPO, Procs, StartError, celery_available, histogram_delta, install_signal_handlers, metrics_text,
+    BENCH, PY, Procs, StartError, celery_available, histogram_delta, install_signal_handlers, metrics_text,
     parse_metrics, read_json, scheduler_available, start_nodes, start_system, stop_system,
 )
 

@@ -935,7 +935,7 @@ async def test_quarantine_routes_new_jobs_to_other_nodes(nursery: trio.Nursery, 
     for index in range(1, 6):  # affinity points at node-bad, but it is cooling down
         reply = await s.submit(index)
         assert reply is not None and reply.node_id == "node-good"
-    assert bad.assigns() == []
+    assert bad.assigns() == [] and len(good.assigns()) == 5
     states = {n["node_id"]: n["quarantined"] for n in (await h.sync())["nodes"]}
     assert states == {"node-bad": True, "node-good": False}
 

@@ -12,7 +12,7 @@ import trio_websocket
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.wire import (Daemon, b64, connect, node_register, opus_packets, pcm, registered_node, result_for,
+from tests.wire import (Daemon, b64, connect, opus_packets, pcm, registered_node, result_for,
                         session, start_daemon)
 from trioscheduler.config import Config
 from trioscheduler.session import IndexSet
