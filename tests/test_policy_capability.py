@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from trioscheduler.policy.capability import NodeCapability, derive_capability, direction_key, pool_name
 from trioscheduler.protocol.codec import NODE_CODEC
-from trioscheduler.protocol.errors import INVALID_CAPABILITY_SCHEMA, ProtocolError
+from trioscheduler.protocol.errors import ErrorCode, ProtocolError
 from trioscheduler.protocol.messages import CapabilityByType, InstalledService, LanguageCapabilities
 
 ALL = ("asr", "nmt", "tts", "semantic")
@@ -166,7 +166,7 @@ def test_malformed_legacy_pairs_raise_naming_the_field(bad: object) -> None:
     lc = LanguageCapabilities(supported_language_pairs=["zh:en", bad])
     with pytest.raises(ProtocolError) as info:
         derive_capability(lc, None, None)
-    assert info.value.code == INVALID_CAPABILITY_SCHEMA
+    assert info.value.code == ErrorCode.INVALID_CAPABILITY_SCHEMA
     assert info.value.field == "language_capabilities.supported_language_pairs[1]"
     assert info.value.details() == {"field": "language_capabilities.supported_language_pairs[1]"}
 

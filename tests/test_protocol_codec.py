@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import CLIENT_CODEC, NODE_CODEC, encode, to_wire
-from trioscheduler.protocol.errors import INVALID_MESSAGE, UNSUPPORTED_FEATURE, ProtocolError
+from trioscheduler.protocol.errors import ErrorCode, ProtocolError
 
 PIPELINE = {"use_asr": True, "use_nmt": True, "use_tts": False, "use_semantic": True, "use_tone": False}
 FEATURES = {"emotion_detection": True, "speech_rate_detection": False}
@@ -190,7 +190,7 @@ FIELD_ERRORS = [
 def test_missing_or_mistyped_fields_name_the_field(codec, data: dict[str, Any], field: str) -> None:
     with pytest.raises(ProtocolError) as info:
         codec.decode(json.dumps(data))
-    assert info.value.code == INVALID_MESSAGE
+    assert info.value.code == ErrorCode.INVALID_MESSAGE
     assert info.value.field == field
     assert info.value.details() == {"field": field}
     assert field in info.value.message
@@ -221,7 +221,7 @@ def test_wrong_container_types_are_rejected(codec, data: dict[str, Any], field: 
     with pytest.raises(ProtocolError) as info:
         decoded = codec.decode(json.dumps(data))
         pytest.fail(f"accepted as {decoded!r}")
-    assert info.value.code == INVALID_MESSAGE
+    assert info.value.code == ErrorCode.INVALID_MESSAGE
     assert info.value.field == field
 
 
@@ -237,7 +237,7 @@ def test_wrong_container_types_are_rejected(codec, data: dict[str, Any], field: 
 def test_frame_level_errors_are_invalid_message(codec, frame: str | bytes) -> None:
     with pytest.raises(ProtocolError) as info:
         codec.decode(frame)
-    assert info.value.code == INVALID_MESSAGE
+    assert info.value.code == ErrorCode.INVALID_MESSAGE
 
 
 def test_missing_or_non_string_type_names_the_type_field() -> None:
@@ -251,19 +251,19 @@ def test_missing_or_non_string_type_names_the_type_field() -> None:
 def test_room_and_webrtc_types_are_unsupported_feature(kind: str) -> None:
     with pytest.raises(ProtocolError) as info:
         CLIENT_CODEC.decode(json.dumps({"type": kind, "room_code": "123456"}))
-    assert info.value.code == UNSUPPORTED_FEATURE
+    assert info.value.code == ErrorCode.UNSUPPORTED_FEATURE
     with pytest.raises(ProtocolError) as info:
         NODE_CODEC.decode(json.dumps({"type": kind}))
-    assert info.value.code == INVALID_MESSAGE
+    assert info.value.code == ErrorCode.INVALID_MESSAGE
 
 
 def test_node_types_are_unknown_to_the_client_codec_and_vice_versa() -> None:
     with pytest.raises(ProtocolError) as info:
         CLIENT_CODEC.decode('{"type": "job_result", "job_id": "j", "success": true}')
-    assert info.value.code == INVALID_MESSAGE
+    assert info.value.code == ErrorCode.INVALID_MESSAGE
     with pytest.raises(ProtocolError) as info:
         NODE_CODEC.decode('{"type": "audio_chunk"}')
-    assert info.value.code == INVALID_MESSAGE
+    assert info.value.code == ErrorCode.INVALID_MESSAGE
 
 
 @pytest.mark.parametrize("codec", [CLIENT_CODEC, NODE_CODEC], ids=["client", "node"])
@@ -272,7 +272,7 @@ def test_deeply_nested_json_is_a_protocol_error(codec) -> None:
     depth = 100_000
     with pytest.raises(ProtocolError) as info:
         codec.decode("[" * depth + "]" * depth)
-    assert info.value.code == INVALID_MESSAGE
+    assert info.value.code == ErrorCode.INVALID_MESSAGE
     with pytest.raises(ProtocolError):
         codec.decode('{"type": "audio_chunk", "x": ' + "[" * depth + "]" * depth + "}")
 
@@ -297,7 +297,7 @@ def _decode_only_protocol_errors(frame: str) -> None:
         try:
             codec.decode(frame)
         except ProtocolError as exc:
-            assert exc.code in (INVALID_MESSAGE, UNSUPPORTED_FEATURE)
+            assert exc.code in (ErrorCode.INVALID_MESSAGE, ErrorCode.UNSUPPORTED_FEATURE)
             assert isinstance(exc.message, str) and exc.message
 
 

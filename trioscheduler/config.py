@@ -14,8 +14,10 @@ from typing import Any
 
 import attrs
 
+from trioscheduler.errors import TrioschedulerError
 
-class ConfigError(ValueError):
+
+class ConfigError(TrioschedulerError, ValueError):
     """A bad or unknown configuration key; the message names it."""
 
 
@@ -55,7 +57,6 @@ class ServerConfig:
     http_port: int = attrs.field(default=5011, validator=_port)
     #: trio-websocket's 4 KiB default costs 1.3x in throughput (perf-anchors.md).
     receive_buffer_size: int = attrs.field(default=65536, validator=_positive_int)
-    max_message_bytes: int = attrs.field(default=8 * 2**20, validator=_positive_int)
     #: Once listening, move everything allocated at start-up out of the cyclic collector's sight (gc.freeze), so
     #: its full collections only walk what traffic created.
     gc_freeze_after_start: bool = attrs.field(default=True, validator=_bool)
@@ -120,11 +121,37 @@ class LoggingConfig:
 
 
 @attrs.frozen
+class LimitsConfig:
+    """What one connection may cost the process: every bound here is enforced with an error code or a close code
+    (docs/configuration.md names each)."""
+
+    #: Largest WebSocket message, in bytes (UTF-8 for text frames), in both listener modes.
+    max_message_bytes: int = attrs.field(default=8 * 2**20, validator=_positive_int)
+    #: Deepest nesting of arrays and objects accepted in a message (orjson re-encodes at most 255 levels).
+    max_json_depth: int = attrs.field(default=32, validator=_positive_int)
+    #: Languages a node may claim (per list), language pairs it may derive, services it may list.
+    max_node_languages: int = attrs.field(default=64, validator=_positive_int)
+    max_node_pairs: int = attrs.field(default=1024, validator=_positive_int)
+    max_node_services: int = attrs.field(default=32, validator=_positive_int)
+    #: Audio one session may hold in jobs that wait or run, in bytes.
+    max_session_audio_bytes: int = attrs.field(default=16 * 2**20, validator=_positive_int)
+    #: Utterances one session may have finalized without an outcome yet.
+    max_session_outstanding: int = attrs.field(default=64, validator=_positive_int)
+    #: Messages queued for one peer that does not read them; beyond it the socket is closed (4009).
+    max_send_queue: int = attrs.field(default=256, validator=_positive_int)
+    #: A new connection must send session_init / node_register (or an utterance) within this.
+    handshake_timeout_seconds: float = attrs.field(default=10.0, validator=_positive)
+    #: Open WebSocket connections (sessions and nodes together); beyond it new ones are refused at the door.
+    max_connections: int = attrs.field(default=20_000, validator=_positive_int)
+
+
+@attrs.frozen
 class Config:
     server: ServerConfig = ServerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     segmentation: SegmentationConfig = SegmentationConfig()
     results: ResultsConfig = ResultsConfig()
+    limits: LimitsConfig = LimitsConfig()
     logging: LoggingConfig = LoggingConfig()
 
 
@@ -133,6 +160,7 @@ SECTIONS: dict[str, type] = {
     "scheduler": SchedulerConfig,
     "segmentation": SegmentationConfig,
     "results": ResultsConfig,
+    "limits": LimitsConfig,
     "logging": LoggingConfig,
 }
 ENV_PREFIX = "TRIOSCHEDULER_"

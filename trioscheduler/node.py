@@ -16,7 +16,7 @@ from trioscheduler.config import Config
 from trioscheduler.logs import emit
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import NODE_CODEC, encode
-from trioscheduler.protocol.errors import ProtocolError
+from trioscheduler.protocol.errors import ErrorCode, ProtocolError
 from trioscheduler.registry.actor import CAPABILITY_FIELDS, Dispatch
 from trioscheduler.registry.requests import CloseLink, NodeLink, RegistryClient
 from trioscheduler.transport import Transport, TransportClosed
@@ -90,7 +90,7 @@ class NodeConnection:
             if isinstance(answer, ProtocolError):
                 raise answer
             if answer is None:
-                raise ProtocolError("registration failed inside the scheduler", code="INTERNAL_ERROR")
+                raise ProtocolError("registration failed inside the scheduler", code=ErrorCode.INTERNAL_ERROR)
             self._node_id = answer
             return
         if self._node_id is None:

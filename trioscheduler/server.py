@@ -46,7 +46,7 @@ def _hypercorn_config(host: str, port: int, config: Config) -> HypercornConfig:
     hc.bind = [f"{host}:{port}"]
     hc.accesslog = None
     hc.loglevel = "WARNING"
-    hc.websocket_max_message_size = config.server.max_message_bytes
+    hc.websocket_max_message_size = config.limits.max_message_bytes
     return hc
 
 
@@ -86,7 +86,7 @@ async def serve(
             ws_server = await nursery.start(functools.partial(
                 serve_websocket, handle, server.host, server.port, None,
                 message_queue_size=8,
-                max_message_size=server.max_message_bytes,
+                max_message_size=config.limits.max_message_bytes,
                 receive_buffer_size=server.receive_buffer_size,
             ))
             port = ws_server.port

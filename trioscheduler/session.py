@@ -29,10 +29,9 @@ from trioscheduler.policy.capability import ANY_SOURCE, direction_key, normalise
 from trioscheduler.policy.ordering import Added, Release, ResultOrderer
 from trioscheduler.policy.segmentation import (Cut, CutReason, Segmenter, audio_duration_ms,
                                                unframed_opus_duration_ms)
-from trioscheduler.protocol import errors as codes
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import CLIENT_CODEC, base64_size, decode_base64, encode, encode_wire, to_wire
-from trioscheduler.protocol.errors import ProtocolError
+from trioscheduler.protocol.errors import ErrorCode, ProtocolError
 from trioscheduler.registry.requests import JobSpec, Outcome, Passthrough, RegistryClient
 from trioscheduler.transport import Transport, TransportClosed
 
@@ -291,7 +290,7 @@ class SessionConnection:
             return
         if state is None:
             raise ProtocolError(f"{message.TYPE} before session_init: no session on this connection",
-                                field="session_id", code=codes.INVALID_SESSION)
+                                field="session_id", code=ErrorCode.INVALID_SESSION)
         self._check_session_id(state, message)
         if isinstance(message, m.AudioChunk):
             await self._on_audio_chunk(state, message)
@@ -307,7 +306,7 @@ class SessionConnection:
         session_id = getattr(message, "session_id", None)
         if session_id and session_id != state.session_id:
             raise ProtocolError(f"session_id {session_id!r} is not this connection's session",
-                                field="session_id", code=codes.INVALID_SESSION)
+                                field="session_id", code=ErrorCode.INVALID_SESSION)
 
     def _on_init(self, message: m.SessionInit) -> None:
         if self._state is not None:
@@ -331,7 +330,7 @@ class SessionConnection:
         if not message.src_lang or not message.tgt_lang:
             raise ProtocolError("utterance without session_init must carry src_lang and tgt_lang",
                                 field="src_lang" if not message.src_lang else "tgt_lang",
-                                code=codes.INVALID_SESSION)
+                                code=ErrorCode.INVALID_SESSION)
         init = m.SessionInit(
             src_lang=message.src_lang, tgt_lang=message.tgt_lang, mode=message.mode, lang_a=message.lang_a,
             lang_b=message.lang_b, trace_id=message.trace_id, audio_format="pcm16",
@@ -502,7 +501,7 @@ class SessionConnection:
              why=f"registry did not answer within selection_deadline_ms ({deadline_ms:g} ms)",
              elapsed_ms=round((trio.current_time() - spec.finalized_at) * 1000.0, 3))
         self.send_nowait(Outcome(index, m.ErrorMessage(
-            code=codes.SCHEDULER_BUSY,
+            code=ErrorCode.SCHEDULER_BUSY,
             message=f"scheduler busy: no answer within {deadline_ms:g} ms; utterance not scheduled",
             session_id=spec.session_id, utterance_index=index, trace_id=spec.trace_id,
         ), ""))

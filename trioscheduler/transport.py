@@ -17,8 +17,10 @@ import wsproto
 import wsproto.events
 from wsproto.handshake import H11Handshake
 
+from trioscheduler.errors import TrioschedulerError
 
-class TransportClosed(Exception):
+
+class TransportClosed(TrioschedulerError):
     """The peer went away (or we closed): the connection's tasks end, cleanly."""
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from trioscheduler.protocol.errors import INVALID_CAPABILITY_SCHEMA, ProtocolError
+from trioscheduler.protocol.errors import ErrorCode, ProtocolError
 from trioscheduler.protocol.messages import CapabilityByType, InstalledService, LanguageCapabilities
 
 ANY_SOURCE = ""
@@ -81,11 +81,11 @@ def _legacy_pairs(raw: Sequence[Any], path: str = "language_capabilities.support
         else:
             raise ProtocolError(
                 f"{where} must be \"src:tgt\" or {{\"src\": ..., \"tgt\": ...}}, got {item!r}",
-                field=where, code=INVALID_CAPABILITY_SCHEMA,
+                field=where, code=ErrorCode.INVALID_CAPABILITY_SCHEMA,
             )
         src, tgt = normalise_language(src), normalise_language(tgt)
         if not src or not tgt:
-            raise ProtocolError(f"{where} has an empty language", field=where, code=INVALID_CAPABILITY_SCHEMA)
+            raise ProtocolError(f"{where} has an empty language", field=where, code=ErrorCode.INVALID_CAPABILITY_SCHEMA)
         pairs.add((src, tgt))
     return pairs
 

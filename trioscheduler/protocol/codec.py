@@ -19,7 +19,7 @@ import pybase64
 from cattrs.preconf.json import make_converter
 
 from trioscheduler.protocol import messages as m
-from trioscheduler.protocol.errors import ProtocolError
+from trioscheduler.protocol.errors import ErrorCode, ProtocolError
 
 
 def _strict_str(value: Any, _: type) -> str:
@@ -149,7 +149,7 @@ class Codec:
         if cls is None:
             if kind in self._unsupported:
                 raise ProtocolError(f"message type '{kind}' is not supported here", field="type",
-                                    code="UNSUPPORTED_FEATURE")
+                                    code=ErrorCode.UNSUPPORTED_FEATURE)
             raise ProtocolError(f"unknown message type '{kind}'", field="type")
         return self.structure(data, cls)
 

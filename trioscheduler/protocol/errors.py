@@ -1,27 +1,63 @@
-"""Error codes on the wire (SCREAMING_SNAKE, the original's set plus SCHEDULER_BUSY) and the protocol error type."""
+"""Error codes on the wire, WebSocket close codes, and the protocol error type.
+
+``ErrorCode`` is the one set of ``error.code`` values the scheduler sends (the original's set plus the codes of
+this scheduler's bounds); ``CloseCode`` the close codes it closes a socket with. docs/protocol.md lists both.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Final
+import enum
+from typing import Any
 
-INVALID_MESSAGE: Final = "INVALID_MESSAGE"
-INTERNAL_ERROR: Final = "INTERNAL_ERROR"
-INVALID_SESSION: Final = "INVALID_SESSION"
-UNSUPPORTED_FEATURE: Final = "UNSUPPORTED_FEATURE"
-NO_AVAILABLE_NODE: Final = "NO_AVAILABLE_NODE"
-NODE_UNAVAILABLE: Final = "NODE_UNAVAILABLE"
-JOB_TIMEOUT: Final = "JOB_TIMEOUT"
-SCHEDULER_BUSY: Final = "SCHEDULER_BUSY"
-SESSION_CLOSED: Final = "SESSION_CLOSED"
-INVALID_CAPABILITY_SCHEMA: Final = "INVALID_CAPABILITY_SCHEMA"
-NODE_ID_CONFLICT: Final = "NODE_ID_CONFLICT"
-PROCESSING_ERROR: Final = "PROCESSING_ERROR"
+from trioscheduler.errors import TrioschedulerError
 
 
-class ProtocolError(Exception):
+class ErrorCode(enum.StrEnum):
+    INVALID_MESSAGE = "INVALID_MESSAGE"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+    INVALID_SESSION = "INVALID_SESSION"
+    UNSUPPORTED_FEATURE = "UNSUPPORTED_FEATURE"
+    NO_AVAILABLE_NODE = "NO_AVAILABLE_NODE"
+    NODE_UNAVAILABLE = "NODE_UNAVAILABLE"
+    JOB_TIMEOUT = "JOB_TIMEOUT"
+    SCHEDULER_BUSY = "SCHEDULER_BUSY"
+    INVALID_CAPABILITY_SCHEMA = "INVALID_CAPABILITY_SCHEMA"
+    PROCESSING_ERROR = "PROCESSING_ERROR"
+    #: A frame larger than ``limits.max_message_bytes`` (the socket is then closed with MESSAGE_TOO_BIG).
+    MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
+    #: A node claimed more than ``limits.max_node_languages`` / ``max_node_pairs`` / ``max_node_services``.
+    CAPABILITY_LIMIT_EXCEEDED = "CAPABILITY_LIMIT_EXCEEDED"
+    #: The session's audio in waiting and running jobs would exceed ``limits.max_session_audio_bytes``.
+    SESSION_AUDIO_LIMIT_EXCEEDED = "SESSION_AUDIO_LIMIT_EXCEEDED"
+    #: The session has ``limits.max_session_outstanding`` utterances without an outcome already.
+    SESSION_OUTSTANDING_LIMIT_EXCEEDED = "SESSION_OUTSTANDING_LIMIT_EXCEEDED"
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes (RFC 6455 §7.4, and private-use 4000-4999 for this scheduler's own reasons)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    #: A text frame that is not valid UTF-8.
+    INVALID_PAYLOAD = 1007
+    #: The peer broke a bound the connection cannot survive.
+    POLICY_VIOLATION = 1008
+    #: A frame over ``limits.max_message_bytes``.
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    #: ``limits.max_connections`` reached (for a connection already upgraded).
+    TRY_AGAIN_LATER = 1013
+    #: No ``session_init`` / ``node_register`` (or ``utterance``) within ``limits.handshake_timeout_seconds``.
+    HANDSHAKE_TIMEOUT = 4008
+    #: The peer does not read what it is sent: its outbound queue reached ``limits.max_send_queue``.
+    SLOW_CONSUMER = 4009
+
+
+class ProtocolError(TrioschedulerError):
     """Bad input from a peer: answered with ``error{code, message, details.field}``; the connection stays open."""
 
-    def __init__(self, message: str, *, field: str | None = None, code: str = INVALID_MESSAGE) -> None:
+    def __init__(self, message: str, *, field: str | None = None,
+                 code: ErrorCode = ErrorCode.INVALID_MESSAGE) -> None:
         super().__init__(message)
         self.message = message
         self.field = field

@@ -25,9 +25,8 @@ from trioscheduler.latency import DISPATCH_BUCKETS, SELECTION_BUCKETS, LatencyHi
 from trioscheduler.logs import emit
 from trioscheduler.policy.capability import NodeCapability, derive_capability
 from trioscheduler.policy.selection import MemberList, choose_node, rejection_reasons
-from trioscheduler.protocol import errors as codes
 from trioscheduler.protocol import messages as m
-from trioscheduler.protocol.errors import ProtocolError
+from trioscheduler.protocol.errors import ErrorCode, ProtocolError
 from trioscheduler.registry import requests as rq
 from trioscheduler.registry.state import Job, JobState, NodeRecord
 
@@ -365,7 +364,7 @@ class Registry:
         if node is not None:
             node.jobs_failed += 1
             self._record_failure(node, now)
-        job.last_failure = codes.JOB_TIMEOUT
+        job.last_failure = ErrorCode.JOB_TIMEOUT
         self._retry(job, now)
 
     def _pending_expired(self, job: Job, now: float) -> None:
@@ -377,7 +376,7 @@ class Registry:
                     why=f"no node could take the job within pending_timeout_seconds ({waited:g} s)",
                     selection_key=job.spec.selection_key, candidates=len(members),
                     rejected=",".join(f"{k}:{v}" for k, v in reasons.items()) or "none")
-        if job.last_failure == codes.NO_AVAILABLE_NODE:
+        if job.last_failure == ErrorCode.NO_AVAILABLE_NODE:
             message = (f"no node available for {job.spec.src_lang}->{job.spec.tgt_lang} "
                        f"within {waited:g} s")
         else:
@@ -449,7 +448,7 @@ class Registry:
         emit(log, WARNING, "node_lost", node_id=node.node_id, reason=reason, in_flight_jobs=len(orphans))
         for job in orphans:
             self._stage(job, "node_lost", now, level=WARNING, reason=reason)
-            job.last_failure = codes.NODE_UNAVAILABLE
+            job.last_failure = ErrorCode.NODE_UNAVAILABLE
             self._retry(job, now)
 
     # ------------------------------------------------------------------------------------------ outcomes

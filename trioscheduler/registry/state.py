@@ -12,6 +12,7 @@ import pybase64
 
 from trioscheduler.policy.capability import NodeCapability
 from trioscheduler.protocol import messages as m
+from trioscheduler.protocol.errors import ErrorCode
 from trioscheduler.registry.requests import JobSpec, NodeLink, Sink
 
 
@@ -65,7 +66,7 @@ class Job:
     #: Bumped on every state change so stale timer entries are recognised and skipped.
     timer_token: int = 0
     #: The error code the client gets if the job is given up: why it last failed.
-    last_failure: str = "NO_AVAILABLE_NODE"
+    last_failure: ErrorCode = ErrorCode.NO_AVAILABLE_NODE
     _audio_b64: str | None = None
 
     @property

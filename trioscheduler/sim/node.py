@@ -32,6 +32,7 @@ import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed
 
+from trioscheduler.errors import TrioschedulerError
 from trioscheduler.transport import TransportClosed
 
 __all__ = [
@@ -221,7 +222,7 @@ class SimNodeStats:
     crashes: int = 0
 
 
-class SimNodeError(Exception):
+class SimNodeError(TrioschedulerError):
     """Registration failed: the scheduler refused us or hung up before ``node_register_ack``."""
 
 
