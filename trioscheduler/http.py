@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from trioscheduler.app import Scheduler
+from trioscheduler.protocol.errors import CloseCode
 from trioscheduler.transport import TransportClosed
 
 Scope = dict[str, Any]
@@ -155,10 +156,10 @@ class AsgiWebSocketTransport:
             self._closed = True
             raise TransportClosed from None
 
-    async def aclose(self) -> None:
+    async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         if not self._closed:
             self._closed = True
             try:
-                await self._send({"type": "websocket.close", "code": 1000})
+                await self._send({"type": "websocket.close", "code": int(code), "reason": reason})
             except Exception:
                 pass

@@ -18,6 +18,7 @@ import wsproto.events
 from wsproto.handshake import H11Handshake
 
 from trioscheduler.errors import TrioschedulerError
+from trioscheduler.protocol.errors import CloseCode
 
 
 class TransportClosed(TrioschedulerError):
@@ -31,7 +32,8 @@ class Transport(Protocol):
 
     async def send_message(self, message: str) -> None: ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Close with ``code`` (a CloseCode) and ``reason``; idempotent, and never raises for a peer gone."""
 
 
 class _SpentHandshake:
@@ -98,8 +100,8 @@ class WebSocketTransport:
         except trio_websocket.ConnectionClosed:
             raise TransportClosed from None
 
-    async def aclose(self) -> None:
-        await self._ws.aclose()
+    async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        await self._ws.aclose(code, reason or None)
 
 
 class MemoryTransport:
@@ -115,6 +117,9 @@ class MemoryTransport:
         self._outbound = outbound
         self.peer = peer
         self.closed = False
+        #: The code and reason of the first aclose() on this end, for tests.
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
 
     async def get_message(self) -> str | bytes:
         try:
@@ -128,7 +133,9 @@ class MemoryTransport:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise TransportClosed from None
 
-    async def aclose(self) -> None:
+    async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        if not self.closed:
+            self.close_code, self.close_reason = code, reason
         self.closed = True
         await self._outbound.aclose()
         await self._inbound.aclose()
