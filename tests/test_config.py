@@ -226,8 +226,8 @@ def test_build_config_errors_name_the_key(values, key: str) -> None:
 # ------------------------------------------------------------------------------------------ properties
 
 
-FLOAT_KEYS = [(s, f.name) for s, cls in SECTIONS.items() for f in attrs.fields(cls) if f.type == "float"]
-INT_KEYS = [(s, f.name) for s, cls in SECTIONS.items() for f in attrs.fields(cls) if f.type == "int"]
+FLOAT_KEYS = [(s, f.name) for s, cls in SECTIONS.items() for f in attrs.fields(cls) if f.type is float]
+INT_KEYS = [(s, f.name) for s, cls in SECTIONS.items() for f in attrs.fields(cls) if f.type is int]
 
 
 def _bounds(key: str) -> tuple[float, float]:
@@ -288,6 +288,7 @@ def _cli_env() -> dict[str, str]:
 @pytest.mark.parametrize(("text", "key"), [
     ("[scheduler]\nbogus_key = 1\n", "scheduler.bogus_key"),
     ("[scheduler]\njob_timeout_seconds = -3\n", "scheduler.job_timeout_seconds"),
+    ("[scheduler]\njob_timeout_seconds = 1" + "0" * 400 + "\n", "scheduler.job_timeout_seconds"),
 ])
 def test_cli_exits_2_naming_the_key(tmp_path: Path, text: str, key: str) -> None:
     path = write(tmp_path, text, "BAD.toml")
@@ -325,3 +326,173 @@ def test_bool_keys_take_toml_booleans(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "[server]\ngc_freeze_after_start = false\ngc_gen0_threshold = 5000\n"),
                          environ={})
     assert config.server.gc_freeze_after_start is False and config.server.gc_gen0_threshold == 5000
+
+
+# ------------------------------------------------------------------------------------------ strict types (cattrs)
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("[server]\nport = \"5010\"\n", "server.port"),
+    ("[scheduler]\njob_timeout_seconds = \"2.5\"\n", "scheduler.job_timeout_seconds"),
+    ("[scheduler]\nmax_concurrent_jobs_per_node = 4.0\n", "scheduler.max_concurrent_jobs_per_node"),
+    ("[server]\ngc_freeze_after_start = \"true\"\n", "server.gc_freeze_after_start"),
+    ("[logging]\nlevel = 1\n", "logging.level"),
+])
+def test_toml_values_must_have_the_keys_type(tmp_path: Path, text: str, key: str) -> None:
+    """Only environment variables are text; in TOML a quoted number is a mistake worth reporting."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), environ={})
+    assert key in str(info.value) and "scheduler.toml" in str(info.value)
+
+
+def test_a_number_too_large_for_a_float_is_a_config_error_not_a_crash(tmp_path: Path) -> None:
+    path = write(tmp_path, "[scheduler]\njob_timeout_seconds = 1" + "0" * 400 + "\n")
+    with pytest.raises(ConfigError, match=r"scheduler\.job_timeout_seconds") as info:
+        load_config(path, environ={})
+    assert len(str(info.value)) < 300  # the value is quoted, cut short
+    with pytest.raises(ConfigError, match=r"scheduler\.job_timeout_seconds"):
+        load_config(environ={}, overrides={"scheduler": {"job_timeout_seconds": 10**400}})
+
+
+@pytest.mark.parametrize("call", [
+    lambda: build_config({"scheduler": 5}),  # type: ignore[dict-item]
+    lambda: build_config({"scheduler": [1, 2]}),  # type: ignore[dict-item]
+    lambda: config_with(Config(), scheduler=5),  # type: ignore[arg-type]
+])
+def test_a_section_that_is_not_a_table_is_a_config_error_naming_it(call) -> None:
+    with pytest.raises(ConfigError, match=r"\[scheduler\] must be a table"):
+        call()
+
+
+def test_every_fault_is_named_in_one_message(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[server]
+host = 1
+[scheduler]
+job_timeout_seconds = "x"
+bogus = 1
+[limits]
+max_send_queue = 0
+[nope]
+""")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    message = str(info.value)
+    for key in ("server.host", "scheduler.job_timeout_seconds", "unknown config key scheduler.bogus",
+                "limits.max_send_queue", "unknown config section [nope]"):
+        assert key in message
+
+
+def test_errors_say_where_the_value_came_from(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"server\.port.*\(in environment\)"):
+        load_config(environ={"TRIOSCHEDULER_SERVER_PORT": "x"})
+    with pytest.raises(ConfigError, match=r"server\.port.*\(in command line\)"):
+        load_config(environ={}, overrides={"server": {"port": "6000"}})
+    with pytest.raises(ConfigError, match=r"unknown config key limits\.max_frames \(in .*scheduler\.toml\)"):
+        load_config(write(tmp_path, "[limits]\nmax_frames = 1\n"), environ={})
+
+
+def test_validators_still_guard_direct_construction() -> None:
+    from trioscheduler.config import LimitsConfig, ServerConfig
+
+    with pytest.raises(ConfigError, match="port must be a port number"):
+        ServerConfig(port=70000)
+    with pytest.raises(ConfigError, match="max_connections must be an integer >= 1"):
+        LimitsConfig(max_connections=0)
+
+
+def test_limits_section_keys_load_from_file_and_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "[limits]\nmax_message_bytes = 1024\nhandshake_timeout_seconds = 0.5\n")
+    config = load_config(path, environ={"TRIOSCHEDULER_LIMITS_MAX_CONNECTIONS": "7"})
+    assert config.limits.max_message_bytes == 1024 and config.limits.handshake_timeout_seconds == 0.5
+    assert config.limits.max_connections == 7
+    with pytest.raises(ConfigError, match=r"unknown config key server\.max_message_bytes"):
+        load_config(write(tmp_path, "[server]\nmax_message_bytes = 1024\n", "old.toml"), environ={})
+
+
+# ------------------------------------------------------------------------------------------ round trips
+
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _value_strategy(section: str, field: attrs.Attribute) -> st.SearchStrategy:  # type: ignore[type-arg]
+    if field.name == "level":
+        return st.sampled_from(LEVELS).flatmap(lambda level: st.sampled_from([level, level.upper()]))
+    if field.type is bool:
+        return st.booleans()
+    if field.type is str:
+        return st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20)
+    if field.type is float:
+        return st.floats(min_value=1e-9, max_value=1e12, allow_nan=False, allow_infinity=False)
+    if field.type is int:
+        return st.integers(INT_MINIMUM.get(field.name, 1), 65535 if field.name in ("port", "http_port") else 2**40)
+    raise AssertionError(f"no strategy for {section}.{field.name}: {field.type!r}")
+
+
+@st.composite
+def partial_configs(draw: st.DrawFn) -> dict[str, dict[str, object]]:
+    """Some keys of some sections, each with a valid value."""
+    values: dict[str, dict[str, object]] = {}
+    for section, cls in SECTIONS.items():
+        for field in attrs.fields(cls):
+            if draw(st.booleans()):
+                values.setdefault(section, {})[field.name] = draw(_value_strategy(section, field))
+    return values
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):  # a TOML basic string: control characters, quote and backslash as \uXXXX
+        return '"' + "".join(f"\\u{ord(c):04x}" if ord(c) < 0x20 or c in '\x7f"\\' else c for c in value) + '"'
+    return repr(value)
+
+
+def to_toml(values: dict[str, dict[str, object]]) -> str:
+    return "".join(
+        f"[{section}]\n" + "".join(f"{key} = {_toml_value(value)}\n" for key, value in keys.items())
+        for section, keys in values.items()
+    )
+
+
+def to_environ(values: dict[str, dict[str, object]]) -> dict[str, str]:
+    return {f"TRIOSCHEDULER_{section.upper()}_{key.upper()}": (str(value).lower() if isinstance(value, bool)
+                                                              else value if isinstance(value, str) else repr(value))
+            for section, keys in values.items() for key, value in keys.items()}
+
+
+def _expected(values: dict[str, dict[str, object]]) -> Config:
+    sections = {name: attrs.evolve(getattr(Config(), name), **values.get(name, {})) for name in SECTIONS}
+    return Config(**sections)
+
+
+@given(values=partial_configs())
+@settings(max_examples=60, deadline=None)
+def test_a_valid_config_round_trips_through_toml(tmp_path_factory: pytest.TempPathFactory,
+                                                 values: dict[str, dict[str, object]]) -> None:
+    path = tmp_path_factory.mktemp("roundtrip") / "c.toml"
+    path.write_text(to_toml(values), encoding="utf-8")
+    config = load_config(str(path), environ={})
+    assert config == _expected(values)
+    assert build_config(attrs.asdict(config)) == config
+
+
+@given(values=partial_configs())
+@settings(max_examples=60, deadline=None)
+def test_a_valid_config_round_trips_through_the_environment(values: dict[str, dict[str, object]]) -> None:
+    assert load_config(environ=to_environ(values)) == _expected(values)
+
+
+@given(file_values=partial_configs(), env_values=partial_configs(), flag_values=partial_configs())
+@settings(max_examples=40, deadline=None)
+def test_precedence_is_file_then_environment_then_flags(tmp_path_factory: pytest.TempPathFactory, file_values,
+                                                        env_values, flag_values) -> None:
+    path = tmp_path_factory.mktemp("precedence") / "c.toml"
+    path.write_text(to_toml(file_values), encoding="utf-8")
+    merged: dict[str, dict[str, object]] = {}
+    for layer in (file_values, env_values, flag_values):
+        for section, keys in layer.items():
+            merged.setdefault(section, {}).update(keys)
+    config = load_config(str(path), environ=to_environ(env_values), overrides=flag_values)
+    assert config == _expected(merged)

@@ -1,7 +1,9 @@
 """The configuration tree: embedded defaults < TOML file < TRIOSCHEDULER_* environment < command-line flags.
 
 Every knob lives in exactly one frozen attrs class below, with its default; docs/configuration.md mirrors them.
-Validation happens once, at start-up, and every error names the key at fault so an operator can fix it.
+cattrs builds the tree, strictly: an unknown section or key, a value of the wrong type (a TOML string for a number,
+a boolean for a number) or one out of range is a :class:`ConfigError` whose message names each fault by its key
+path (``scheduler.job_timeout_seconds``). Only environment variables are text, parsed as the key's type.
 """
 
 from __future__ import annotations
@@ -9,27 +11,53 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from collections.abc import Callable, Mapping
-from typing import Any
+import types
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import attrs
+import cattrs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
+from cattrs.gen import make_dict_structure_fn
 
 from trioscheduler.errors import TrioschedulerError
+
+T = TypeVar("T")
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut short: an error message quotes the value, not a megabyte of it."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 class ConfigError(TrioschedulerError, ValueError):
     """A bad or unknown configuration key; the message names it."""
 
 
+class InvalidValue(ConfigError):
+    """A value of the right type but out of range (raised by the validators; ``key`` is the attribute name)."""
+
+    def __init__(self, key: str, requirement: str, value: Any) -> None:
+        super().__init__(f"{key} must be {requirement}, got {_shown(value)}")
+        self.key = key
+        self.requirement = requirement
+        self.value = value
+
+
+class NotATable(ConfigError):
+    """A section given as something other than a table of keys."""
+
+
 Validator = Callable[[object, "attrs.Attribute[Any]", Any], None]
 
 
-def _check(accepts: Callable[[Any], bool], description: str) -> Validator:
+def _check(accepts: Callable[[Any], bool], requirement: str) -> Validator:
     """An attrs validator whose error names the key and says what it must be."""
 
     def validate(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
         if not accepts(value):
-            raise ConfigError(f"{attribute.name} must be {description}, got {value!r}")
+            raise InvalidValue(attribute.name, requirement, value)
 
     return validate
 
@@ -42,11 +70,14 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
 _positive = _check(lambda v: _is_number(v) and v > 0, "a positive number")
 _port = _check(lambda v: _is_int(v) and 0 <= v <= 65535, "a port number 0..65535")
 _positive_int = _check(lambda v: _is_int(v) and v >= 1, "an integer >= 1")
 _non_negative_int = _check(lambda v: _is_int(v) and v >= 0, "an integer >= 0")
 _bool = _check(lambda v: isinstance(v, bool), "true or false")
+_level = _check(lambda v: isinstance(v, str) and v.lower() in LOG_LEVELS, "one of " + ", ".join(LOG_LEVELS))
 
 
 @attrs.frozen
@@ -55,7 +86,7 @@ class ServerConfig:
     port: int = attrs.field(default=5010, validator=_port)
     #: HTTP (/health, /api/v1/stats, /metrics). Equal to ``port``: one server carries WebSockets and HTTP.
     http_port: int = attrs.field(default=5011, validator=_port)
-    #: trio-websocket's 4 KiB default costs 1.3x in throughput (perf-anchors.md).
+    #: trio-websocket's receive buffer; its 4 KiB default slows bulk audio down (bench/README.md).
     receive_buffer_size: int = attrs.field(default=65536, validator=_positive_int)
     #: Once listening, move everything allocated at start-up out of the cyclic collector's sight (gc.freeze), so
     #: its full collections only walk what traffic created.
@@ -112,12 +143,8 @@ class ResultsConfig:
 
 @attrs.frozen
 class LoggingConfig:
-    level: str = attrs.field(default="info")
-
-    @level.validator
-    def _check_level(self, attribute: attrs.Attribute[Any], value: str) -> None:
-        if value.lower() not in {"debug", "info", "warning", "error", "critical"}:
-            raise ConfigError(f"level must be one of debug, info, warning, error, critical, got {value!r}")
+    #: debug, info, warning, error or critical, in any case.
+    level: str = attrs.field(default="info", validator=_level)
 
 
 @attrs.frozen
@@ -155,83 +182,157 @@ class Config:
     logging: LoggingConfig = LoggingConfig()
 
 
-SECTIONS: dict[str, type] = {
-    "server": ServerConfig,
-    "scheduler": SchedulerConfig,
-    "segmentation": SegmentationConfig,
-    "results": ResultsConfig,
-    "limits": LimitsConfig,
-    "logging": LoggingConfig,
-}
+#: Section name -> its class, in file order (annotations resolved, so ``attrs.fields(cls)[i].type`` is a type).
+SECTIONS: Mapping[str, type] = types.MappingProxyType(
+    {field.name: attrs.resolve_types(field.type) for field in attrs.fields(attrs.resolve_types(Config))})
 ENV_PREFIX = "TRIOSCHEDULER_"
+#: What an environment variable may say for a bool key (compared after strip() and lower()).
+BOOL_WORDS: Mapping[str, bool] = types.MappingProxyType(
+    {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False})
 
 
-def _field_types(cls: type) -> dict[str, type]:
-    return {field.name: field.type for field in attrs.fields(cls)}  # type: ignore[misc]
+# ------------------------------------------------------------------------------------------ structuring hooks
 
 
-BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+def _strict_str(value: Any, _: type) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {_shown(value)}")
+    return value
 
 
-def _coerce(section: str, key: str, value: Any, wanted: Any) -> Any:
-    """Accept what TOML and environment strings naturally give; name the key when it does not fit."""
-    name = f"{section}.{key}"
-    wanted_name = wanted if isinstance(wanted, str) else getattr(wanted, "__name__", str(wanted))
+def _strict_int(value: Any, _: type) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {_shown(value)}")
+    return value
+
+
+def _strict_float(value: Any, _: type) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {_shown(value)}")
     try:
-        if wanted_name == "int":
-            if isinstance(value, bool):
-                raise ValueError
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            if isinstance(value, str):
-                return int(value.strip())
-            if isinstance(value, int):
-                return value
-            raise ValueError
-        if wanted_name == "float":
-            if isinstance(value, bool):
-                raise ValueError
-            if isinstance(value, str):
-                return float(value.strip())
-            if isinstance(value, (int, float)):
-                return float(value)
-            raise ValueError
-        if wanted_name == "str":
-            if isinstance(value, str):
-                return value
-            raise ValueError
-        if wanted_name == "bool":
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
-                return BOOL_WORDS[value.strip().lower()]
-            raise ValueError
-    except ValueError:
-        raise ConfigError(f"config key {name}: expected {wanted_name}, got {value!r}") from None
-    raise ConfigError(f"config key {name}: unsupported type {wanted_name}")
+        return float(value)
+    except OverflowError:
+        raise TypeError(f"expected a number within the range of a float, got {_shown(value)}") from None
 
 
-def _merge(base: dict[str, dict[str, Any]], overrides: Mapping[str, Mapping[str, Any]], origin: str) -> None:
-    for section, values in overrides.items():
-        if section not in SECTIONS:
-            raise ConfigError(f"unknown config section [{section}] in {origin}")
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"config section [{section}] in {origin} must be a table")
-        types = _field_types(SECTIONS[section])
-        for key, value in values.items():
-            if key not in types:
-                raise ConfigError(f"unknown config key {section}.{key} in {origin}")
-            base.setdefault(section, {})[key] = _coerce(section, key, value, types[key])
+def _strict_bool(value: Any, _: type) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {_shown(value)}")
+    return value
 
 
-def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    """TRIOSCHEDULER_<SECTION>_<KEY>; an unknown TRIOSCHEDULER_* variable is an error, not a silent no-op."""
+def _int_from_text(value: Any, tp: type) -> int:
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise TypeError(f"expected an integer, got {_shown(value)}") from None
+    return _strict_int(value, tp)
+
+
+def _float_from_text(value: Any, tp: type) -> float:
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            raise TypeError(f"expected a number, got {_shown(value)}") from None
+    return _strict_float(value, tp)
+
+
+def _bool_from_text(value: Any, tp: type) -> bool:
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in BOOL_WORDS:
+            return BOOL_WORDS[word]
+        raise TypeError(f"expected one of {', '.join(BOOL_WORDS)}, got {_shown(value)}")
+    return _strict_bool(value, tp)
+
+
+def _table_hook(cls: type[T], converter: cattrs.Converter) -> Callable[[Any, type], T]:
+    """The generated structure function of ``cls``, behind a check that the value is a table at all."""
+    structure = make_dict_structure_fn(cls, converter)
+
+    def hook(value: Any, _: type) -> T:
+        if not isinstance(value, Mapping):
+            raise NotATable(f"must be a table, got {_shown(value)}")
+        return structure(value, cls)
+
+    return hook
+
+
+def make_config_converter(*, from_text: bool) -> cattrs.Converter:
+    """A converter for the Config tree: unknown keys refused, every error collected (detailed validation).
+
+    ``from_text`` also parses strings as the key's type (environment variables); otherwise a value must already
+    have it (TOML, flags, code), except that an integer is taken for a float key.
+    """
+    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    converter.register_structure_hook(str, _strict_str)
+    converter.register_structure_hook(int, _int_from_text if from_text else _strict_int)
+    converter.register_structure_hook(float, _float_from_text if from_text else _strict_float)
+    converter.register_structure_hook(bool, _bool_from_text if from_text else _strict_bool)
+    for cls in (*SECTIONS.values(), Config):
+        converter.register_structure_hook(cls, _table_hook(cls, converter))
+    return converter
+
+
+#: Built once at import and never changed after.
+_STRICT = make_config_converter(from_text=False)
+_FROM_TEXT = make_config_converter(from_text=True)
+
+
+# ------------------------------------------------------------------------------------------ error messages
+
+
+def _problems(exc: BaseException, path: tuple[str, ...]) -> Iterator[str]:
+    """One sentence per failure inside a cattrs error, each naming its key path (``section.key``)."""
+    where = ".".join(path)
+    if isinstance(exc, ClassValidationError):
+        with_notes, without_notes = exc.group_exceptions()
+        for inner, note in with_notes:
+            yield from _problems(inner, (*path, note.name))
+        for inner in without_notes:
+            yield from _problems(inner, path)
+    elif isinstance(exc, ForbiddenExtraKeysError):
+        for name in sorted(exc.extra_fields):
+            yield f"unknown config section [{name}]" if not path else f"unknown config key {where}.{name}"
+    elif isinstance(exc, InvalidValue):
+        yield f"config key {'.'.join((*path, exc.key))} must be {exc.requirement}, got {_shown(exc.value)}"
+    elif isinstance(exc, NotATable):
+        yield f"config section [{where}] {exc}" if len(path) == 1 else f"configuration {exc}"
+    else:
+        yield f"config key {where}: {exc}"
+
+
+def _structure(values: Any, converter: cattrs.Converter, origin: str | None) -> Config:
+    try:
+        return converter.structure(values, Config)
+    except (ClassValidationError, ConfigError) as exc:
+        message = "; ".join(_problems(exc, ()))
+        raise ConfigError(message if origin is None else f"{message} (in {origin})") from None
+
+
+def _layered(config: Config, layer: Mapping[str, Any], converter: cattrs.Converter, origin: str | None) -> Config:
+    """``config`` with the keys of ``layer`` replaced; the result is validated as a whole."""
+    values: dict[str, Any] = attrs.asdict(config)
+    for section, keys in layer.items():
+        current = values.get(section)
+        values[section] = {**current, **keys} if isinstance(current, dict) and isinstance(keys, Mapping) else keys
+    return _structure(values, converter, origin)
+
+
+# ------------------------------------------------------------------------------------------ the public functions
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """TRIOSCHEDULER_<SECTION>_<KEY> as ``{section: {key: text}}``; an unknown TRIOSCHEDULER_* variable is an
+    error, not a silent no-op."""
     known = {
-        f"{ENV_PREFIX}{section.upper()}_{key.upper()}": (section, key)
+        f"{ENV_PREFIX}{section.upper()}_{field.name.upper()}": (section, field.name)
         for section, cls in SECTIONS.items()
-        for key in _field_types(cls)
+        for field in attrs.fields(cls)
     }
-    result: dict[str, dict[str, Any]] = {}
+    result: dict[str, dict[str, str]] = {}
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
@@ -248,8 +349,11 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Config:
-    """Build the Config tree; raises ConfigError naming the key on anything unknown or invalid."""
-    merged: dict[str, dict[str, Any]] = {}
+    """Defaults < the TOML file at ``path`` < ``environ`` (``os.environ`` if None) < ``overrides`` (flags).
+
+    Raises ConfigError naming every key at fault, and where it came from, on anything unknown or invalid.
+    """
+    config = Config()
     if path is not None:
         try:
             with open(path, "rb") as f:
@@ -258,33 +362,20 @@ def load_config(
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        _merge(merged, data, path)
-    _merge(merged, env_overrides(os.environ if environ is None else environ), "environment")
+        config = _layered(config, data, _STRICT, path)
+    environment = env_overrides(os.environ if environ is None else environ)
+    if environment:
+        config = _layered(config, environment, _FROM_TEXT, "environment")
     if overrides:
-        _merge(merged, overrides, "command line")
-    return build_config(merged)
+        config = _layered(config, overrides, _STRICT, "command line")
+    return config
 
 
 def build_config(values: Mapping[str, Mapping[str, Any]]) -> Config:
-    for section, keys in values.items():
-        if section not in SECTIONS:
-            raise ConfigError(f"unknown config section [{section}]")
-        unknown = set(keys) - set(_field_types(SECTIONS[section]))
-        if unknown:
-            raise ConfigError(f"unknown config key {section}.{sorted(unknown)[0]}")
-    sections: dict[str, Any] = {}
-    for section, cls in SECTIONS.items():
-        try:
-            sections[section] = cls(**values.get(section, {}))
-        except ConfigError as exc:
-            raise ConfigError(f"config key {section}.{exc}") from None
-    return Config(**sections)
+    """The Config for ``{section: {key: value}}`` (typed values, as TOML gives them); absent keys keep defaults."""
+    return _structure(values, _STRICT, None)
 
 
 def config_with(config: Config, **sections: Mapping[str, Any]) -> Config:
     """A copy with some keys replaced, validated like a file would be: handy for tests and the demo."""
-    values: dict[str, dict[str, Any]] = {
-        name: attrs.asdict(getattr(config, name)) for name in SECTIONS
-    }
-    _merge(values, sections, "override")
-    return build_config(values)
+    return _layered(config, sections, _STRICT, None)
