@@ -9,7 +9,8 @@ from pathlib import Path
 
 import attrs
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trioscheduler.config import (
     SECTIONS,
@@ -179,7 +180,7 @@ def test_bad_files_raise_config_error_naming_the_key(tmp_path: Path, text: str, 
 
 
 def test_unreadable_or_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="missing.toml"):
+    with pytest.raises(ConfigError, match=r"missing\.toml"):
         load_config(str(tmp_path / "missing.toml"), environ={})
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(write(tmp_path, "[scheduler\n"), environ={})

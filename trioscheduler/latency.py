@@ -17,7 +17,7 @@ DISPATCH_BUCKETS = (2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0
 
 
 class LatencyHistogram:
-    __slots__ = ("bounds", "counts", "total", "count")
+    __slots__ = ("bounds", "count", "counts", "total")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
@@ -43,7 +43,7 @@ class LatencyHistogram:
         return self._bound_holding(self._cumulative(), q)
 
     def _cumulative(self) -> list[tuple[float | str, int]]:
-        return list(zip((*self.bounds, "+Inf"), itertools.accumulate(self.counts)))
+        return list(zip((*self.bounds, "+Inf"), itertools.accumulate(self.counts), strict=True))
 
     def _bound_holding(self, cumulative: list[tuple[float | str, int]], q: float) -> float | str | None:
         if not self.count:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable, Container, Iterator
 from typing import Protocol
 
-
 #: Random pairs drawn before falling back to a full scan. At 50 % load both picks of one pair are unusable 3–4 %
 #: of the time (perf-anchors.md §c); after 4 draws that is ~1e-6, so the O(n) scan runs only when the pool is
 #: (nearly) full, and the answer is still None exactly when no member can take the job.
@@ -31,7 +30,7 @@ class Candidate(Protocol):
 class MemberList:
     """Pool members with O(1) add, remove, membership and random index (swap-remove keeps the list dense)."""
 
-    __slots__ = ("_items", "_index")
+    __slots__ = ("_index", "_items")
 
     def __init__(self) -> None:
         self._items: list[str] = []

@@ -20,8 +20,8 @@ from trioscheduler.sim.client import (
     read_wav,
 )
 from trioscheduler.sim.node import (
-    DEFAULT_NODE_URL,
     CONNECTION_CLOSED,
+    DEFAULT_NODE_URL,
     MessageConnection,
     SimNode,
     SimNodeBehaviour,
@@ -35,9 +35,9 @@ from trioscheduler.sim.node import (
 )
 
 __all__ = [
+    "CONNECTION_CLOSED",
     "DEFAULT_NODE_URL",
     "DEFAULT_SESSION_URL",
-    "CONNECTION_CLOSED",
     "MessageConnection",
     "Partial",
     "Pcm16Audio",

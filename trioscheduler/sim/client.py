@@ -35,6 +35,7 @@ from typing import Any, Literal
 import attrs
 import trio
 import trio_websocket
+
 from trioscheduler.sim.node import CONNECTION_CLOSED, WS_MAX_MESSAGE, WS_RECEIVE_BUFFER, MessageConnection
 
 __all__ = [

@@ -36,8 +36,8 @@ from trioscheduler.errors import TrioschedulerError
 from trioscheduler.transport import TransportClosed
 
 __all__ = [
-    "DEFAULT_NODE_URL",
     "CONNECTION_CLOSED",
+    "DEFAULT_NODE_URL",
     "MessageConnection",
     "SimNode",
     "SimNodeBehaviour",
