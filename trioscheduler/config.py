@@ -182,9 +182,15 @@ class Config:
     logging: LoggingConfig = LoggingConfig()
 
 
-#: Section name -> its class, in file order (annotations resolved, so ``attrs.fields(cls)[i].type`` is a type).
-SECTIONS: Mapping[str, type] = types.MappingProxyType(
-    {field.name: attrs.resolve_types(field.type) for field in attrs.fields(attrs.resolve_types(Config))})
+def _sections(root: type[Config]) -> Mapping[str, type]:
+    """Section name -> its class, in file order, with the string annotations resolved (``from __future__ import
+    annotations``), so that ``attrs.fields(cls)[i].type`` is a type."""
+    attrs.resolve_types(root)
+    return types.MappingProxyType(
+        {field.name: attrs.resolve_types(field.type) for field in attrs.fields(root) if field.type is not None})
+
+
+SECTIONS = _sections(Config)
 ENV_PREFIX = "TRIOSCHEDULER_"
 #: What an environment variable may say for a bool key (compared after strip() and lower()).
 BOOL_WORDS: Mapping[str, bool] = types.MappingProxyType(
