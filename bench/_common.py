@@ -18,11 +18,11 @@ HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
-#: trio-websocket's default is 4 KiB, which costs ~1.3x in throughput (perf-anchors.md).
+#: trio-websocket's default is 4 KiB, which costs ~1.3x in throughput (bench/README.md).
 RECEIVE_BUFFER = 65536
 MAX_MESSAGE = 8 * 2**20
 
-UTTERANCE_B64_CHARS = 32768  # perf-anchors.md: 32,768 base64 chars, ~33 KB of JSON
+UTTERANCE_B64_CHARS = 32768  # 32,768 base64 chars, ~33 KB of JSON
 CHUNK_PCM_BYTES = 6400  # 200 ms of 16 kHz mono pcm16
 CHUNK_SECONDS = 0.2
 

@@ -192,7 +192,7 @@ class System:
 
 
 def start_relay(procs: Procs, name: str = "relay") -> System:
-    """``relay`` uses the stdlib's json and base64 (as perf-anchors.md's relay); ``relay-fast`` the scheduler's
+    """``relay`` uses the stdlib's json and base64 (like the reference relay); ``relay-fast`` the scheduler's
     orjson and pybase64."""
     s = System(name)
     port = free_port()

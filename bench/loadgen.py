@@ -4,7 +4,7 @@ Modes
 - utterance: c closed-loop clients, each with its own WebSocket and session, sending a one-shot 33 KB `utterance`
   (32,768 base64 chars, manual_cut) and waiting for its `translation_result` before sending the next.
   --warmup seconds, then a --window: round trips/s counts the round trips completed inside the window, and the
-  percentiles are theirs (perf-anchors.md method).
+  percentiles are theirs.
 - stream: S sessions, each streaming 200 ms pcm16 chunks (6,400 B) in real time with is_final on every K-th chunk.
   Records finalize (time.monotonic_ns() just before the is_final chunk is sent) -> translation_result per utterance
   (outcomes are matched to finalizes in order, FIFO),

@@ -223,7 +223,7 @@ if __name__ == "__main__":
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--max-seconds", type=float, default=3600.0, help="exit by itself after this long")
     ap.add_argument("--libs", choices=("stdlib", "fast"), default="stdlib",
-                    help="JSON and base64: stdlib (as perf-anchors.md's relay) or fast (orjson + pybase64, as the "
+                    help="JSON and base64: stdlib (like the reference relay) or fast (orjson + pybase64, as the "
                          "scheduler)")
     a = ap.parse_args()
     if a.libs == "fast":

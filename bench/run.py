@@ -8,7 +8,7 @@ Systems: scheduler (`python -m trioscheduler`, once trioscheduler/__main__.py ex
 the transport ceiling), celery (Celery + Redis, throughput only; skipped with a note if unavailable).
 
 Experiments (issue 4):
-  throughput  closed-loop 33 KB `utterance`, c clients, 4 nodes               (point 3; perf-anchors.md method)
+  throughput  closed-loop 33 KB `utterance`, c clients, 4 nodes               (point 3)
   stream      S sessions streaming 200 ms chunks in real time, 50 nodes:
               finalize -> job_assign at the node, finalize -> translation_result  (point 1)
   storm       the stream run at 200 sessions, without and with 1,000 nodes heartbeating at 1 Hz / 10 Hz (point 2)
@@ -125,7 +125,7 @@ def load_assigns(paths: list[str]) -> dict:
 
 
 def calibrate() -> dict:
-    """json.dumps/loads of the 33 KB utterance on this machine (perf-anchors.md measured 43 / 12 µs)."""
+    """json.dumps/loads of the 33 KB utterance on this machine (a reference measurement: 43 / 12 µs)."""
     d = utterance_dict("s-00000001", 1, audio_b64())
     s = json.dumps(d)
     dumps = min(timeit.repeat(lambda: json.dumps(d), number=500, repeat=5)) / 500 * 1e6
@@ -591,7 +591,7 @@ def render(res: dict) -> str:
            + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
            + (f"; {m['redis_server'].split(' sha')[0]}" if m.get("redis_server") else "")
            + f". Calibration: json.dumps / loads of the 33 KB utterance = {m['json_dumps_33k_us']:.0f} / "
-             f"{m['json_loads_33k_us']:.0f} µs (perf-anchors.md machine: 43 / 12 µs). "
+             f"{m['json_loads_33k_us']:.0f} µs (reference: 43 / 12 µs). "
            + f"Repeats: {P['repeats']}. Systems: {', '.join(res['systems'])}."]
     for n in res.get("notes", []):
         out.append(f"- note: {n}")

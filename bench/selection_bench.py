@@ -1,9 +1,9 @@
 """In-process micro-benchmark of the selection step: ns per operation, median of rounds, gc disabled.
 
 Two things are timed for each (nodes, pools) point:
-- `reference`: the power-of-two-choices cycle of perf-anchors.md §c (select + reserve + release of the job started
+- `reference`: a power-of-two-choices cycle as a reference measurement ran it (select + reserve + release of the job started
   K cycles earlier; capacities 2/4/8; steady in-flight load 50 % of capacity; dicts for in-flight and job->node).
-  It calibrates the harness against the published numbers on this machine.
+  It calibrates the harness: its cost on this machine is comparable across runs and machines.
 - `scheduler`: the same cycle with trioscheduler's own policy (choose_node on a MemberList), from bench_selection().
 
     python bench/selection_bench.py [--quick] [--nodes 10,100,1000,10000] [--pools 1,10,100] [--json out.json]
@@ -82,7 +82,7 @@ def bench_selection(n_nodes: int, n_pools: int, seed: int = 1) -> Step:
 
 
 def reference_p2c(n_nodes: int, n_pools: int, seed: int = 1) -> Step:
-    """perf-anchors.md §c: P2C on in_flight/capacity compared by cross-multiplication, in pools."""
+    """P2C on in_flight/capacity compared by cross-multiplication, in pools (the reference cycle)."""
     rnd = random.Random(seed)
     rand = rnd.random
     capacity = {f"node-{i:05d}": (2, 4, 8)[i % 3] for i in range(n_nodes)}
@@ -216,10 +216,7 @@ def latency_dist(step: Step, n: int) -> dict:
 
 
 def run_point(factory: Callable[[int, int], Step], n_nodes: int, n_pools: int, n_ops: int, rounds: int) -> dict:
-    try:
-        step = factory(n_nodes, n_pools)
-    except NotImplementedError as exc:
-        return {"todo": str(exc)}
+    step = factory(n_nodes, n_pools)
     r = time_per_op(step, n_ops, rounds)
     r.update(latency_dist(step, min(n_ops, 100_000)))
     st = getattr(step, "state", None)
@@ -246,8 +243,6 @@ def run_all(nodes: list[int], pools: list[int], n_ops: int, rounds: int, with_sc
 def fmt(r: dict | None, key: str = "median_ns") -> str:
     if not r:
         return "–"
-    if "todo" in r:
-        return "TODO"
     v = r.get(key)
     if v is None:
         return "–"

@@ -1,8 +1,10 @@
 """Cutting a session's audio stream into utterances: pure state, time passed in, ids from an injected factory.
 
-The original's hazards fixed here: the chunk that triggers a cut is appended first (F-1); an empty buffer never
-cuts (F-1, the field report's run); the pause timer restarts with every chunk of audio and the first chunk after a
-pause cut starts a new utterance instead of a one-chunk job (H-10); a MaxDuration chain shares one turn_id (F-6).
+The original's hazards fixed here: the chunk that triggers a cut is appended first (the original cut first and
+lost that chunk); an empty buffer never cuts (the original sent empty jobs and bumped the index); the pause timer
+restarts with every chunk of audio and the first chunk after a pause cut starts a new utterance instead of a
+one-chunk job; a MaxDuration chain shares one turn_id (the original keyed pending audio per job, so a node could
+not join the pieces of one sentence).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Node choice for one job: session affinity first, then power-of-two-choices on in-flight/capacity.
 
-P2C is O(1) whatever the pool size (perf-anchors.md §c); a full scan runs only when both random picks are
+P2C is O(1) whatever the pool size (bench/selection_bench.py); a full scan runs only when both random picks are
 ineligible, so the answer is None exactly when no member can take the job.
 """
 
@@ -10,7 +10,7 @@ from collections.abc import Callable, Container, Iterator
 from typing import Protocol
 
 #: Random pairs drawn before falling back to a full scan. At 50 % load both picks of one pair are unusable 3–4 %
-#: of the time (perf-anchors.md §c); after 4 draws that is ~1e-6, so the O(n) scan runs only when the pool is
+#: of the time (bench/README.md, selection); after 4 draws that is ~1e-6, so the O(n) scan runs only when the pool is
 #: (nearly) full, and the answer is still None exactly when no member can take the job.
 P2C_DRAWS = 4
 

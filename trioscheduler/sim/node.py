@@ -56,7 +56,7 @@ DEFAULT_NODE_URL = "ws://127.0.0.1:5010/ws/node"
 SIM_VERSION = "trioscheduler-sim/0.1.0"
 SERVICE_TYPES: tuple[str, ...] = ("asr", "nmt", "tts", "semantic")
 DEFAULT_HEARTBEAT_INTERVAL_S = 15.0  # what the original node uses when nobody tells it otherwise
-WS_RECEIVE_BUFFER = 65536  # the 4 KiB default costs ~1.3x in throughput (perf-anchors.md)
+WS_RECEIVE_BUFFER = 65536  # trio-websocket's 4 KiB default slows bulk audio down (bench/README.md)
 WS_MAX_MESSAGE = 16 * 2**20  # a job_assign carries a whole utterance of base64 audio
 
 
