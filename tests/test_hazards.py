@@ -1,8 +1,8 @@
-"""The original's hazards and incidents (lingua-scheduler.md §7) not covered elsewhere, one scenario each.
+"""The original's hazards and incidents not covered elsewhere, one scenario each.
 
-Covered in other files: H-1, H-2, H-7, H-8, H-10 (test_sessions.py), H-5 and failover, F-7 (test_failures.py),
-H-9, F-13 (test_nodes_and_pools.py), F-1, F-2, F-6 (test_policy_segmentation.py, test_sessions.py),
-F-9, F-10 (test_sessions.py), F-17 (test_policy_capability.py).
+Covered in other files: sessions (test_sessions.py), failover and late results (test_failures.py), heartbeats and
+legacy pairs (test_nodes_and_pools.py), cuts and turns (test_policy_segmentation.py, test_sessions.py), empty
+answers (test_sessions.py), pools without a semantic service (test_policy_capability.py).
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ async def test_f11_node_failure_result_is_an_error_without_failover_and_node_sta
 
 async def test_jobs_in_the_middle_of_a_live_turn_do_not_time_out(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, make_config: Callable[..., Config]) -> None:
-    """The original's node answers the jobs of a MaxDuration chain only when the turn ends (lingua §3); a job in
+    """The original's node answers the jobs of a MaxDuration chain only when the turn ends; a job in
     the middle of a live turn is not late. Its deadline runs from the newest dispatch in the turn."""
     scheduler = await _start(nursery, make_config, segmentation={"max_duration_ms": 1000},
                              scheduler={"job_timeout_seconds": 2})

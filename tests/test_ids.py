@@ -1,4 +1,4 @@
-"""Identifier formats (lingua §3): job ids are ``job-<uuid>`` with a real version-4 UUID, all distinct."""
+"""Identifier formats (the original's): job ids are ``job-<uuid>`` with a real version-4 UUID, all distinct."""
 
 from __future__ import annotations
 

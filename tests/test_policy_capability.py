@@ -127,7 +127,7 @@ def test_languages_are_normalised() -> None:
     assert cap.pools() == {"en-zh"}
 
 
-# ------------------------------------------------------------------------------------------ legacy pairs (F-13)
+# ------------------------------------------------------------------------------------------------ legacy pairs
 
 
 def test_legacy_pairs_as_strings_and_objects() -> None:

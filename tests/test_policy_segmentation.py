@@ -176,7 +176,7 @@ def test_empty_is_final_never_cuts() -> None:
 
 
 def test_empty_is_final_cuts_what_is_buffered() -> None:
-    """The web client's "end of utterance": remaining audio, then an empty is_final (lingua §2.1)."""
+    """The web client's "end of utterance": remaining audio, then an empty is_final (as the original's web client sends it)."""
     seg, _ = make_segmenter()
     assert push(seg, pcm(200, 1), 0.0) is None
     assert push(seg, pcm(200, 2), 0.2) is None
@@ -211,7 +211,7 @@ def test_pause_cut_only_at_or_after_the_deadline() -> None:
 
 
 def test_no_one_chunk_job_after_a_pause_cut_h10() -> None:
-    """H-10: after a timer-driven cut, the first chunk of the next sentence starts a new utterance."""
+    """After a timer-driven cut, the first chunk of the next sentence starts a new utterance."""
     seg, _ = make_segmenter(pause_ms=3000.0)
     push(seg, pcm(200, 1), 0.0)
     first = seg.on_timer(3.0)
@@ -237,7 +237,7 @@ def test_tts_playback_restarts_the_pause_clock() -> None:
 
 
 def test_turn_id_lifecycle_f6() -> None:
-    """F-6: MaxDuration, MaxDuration, manual share one turn_id; a new one starts after manual or pause."""
+    """MaxDuration, MaxDuration, manual share one turn_id; a new one starts after manual or pause."""
     seg, _ = make_segmenter(max_duration_ms=1000.0)
     t = 0.0
     chain: list[Cut] = []

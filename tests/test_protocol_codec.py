@@ -1,4 +1,4 @@
-"""The wire codec: CLIENT_CODEC / NODE_CODEC decode, encode / to_wire. Field names are lingua §2 and §3."""
+"""The wire codec: CLIENT_CODEC / NODE_CODEC decode, encode / to_wire. Field names are the original's."""
 
 from __future__ import annotations
 

@@ -100,7 +100,7 @@ async def test_is_final_cut_carries_exact_audio_and_flags(fast: Daemon) -> None:
 
 
 async def test_pause_cut_and_first_chunk_after_pause_starts_next_utterance(fast: Daemon) -> None:
-    """H-10: the first chunk after a pause cut starts the next utterance instead of a one-chunk job."""
+    """The first chunk after a pause cut starts the next utterance instead of a one-chunk job."""
     async with registered_node(fast.node_url) as (node, _), \
             session(fast.session_url, audio_format="pcm16") as (client, sid):
         await chunk(client, sid, pcm(200, fill=1))
@@ -115,7 +115,7 @@ async def test_pause_cut_and_first_chunk_after_pause_starts_next_utterance(fast:
 
 
 async def test_silence_does_not_kill_the_session(fast: Daemon) -> None:
-    """H-3: the original's session actor died after 60 s idle; here silence of any length is harmless."""
+    """The original's session actor died after 60 s idle; here silence of any length is harmless."""
     async with registered_node(fast.node_url) as (node, _), \
             session(fast.session_url, audio_format="pcm16") as (client, sid):
         await trio.sleep(1.5)  # many pause periods with nothing buffered: no job, no error
@@ -126,7 +126,7 @@ async def test_silence_does_not_kill_the_session(fast: Daemon) -> None:
 
 
 async def test_max_duration_chain_shares_turn_id_and_opus_counts_packets(fast: Daemon) -> None:
-    """F-6: one turn_id across MaxDuration cuts and the cut that ends the turn; opus duration = packets x 20 ms."""
+    """One turn_id across MaxDuration cuts and the cut that ends the turn; opus duration = packets x 20 ms."""
     async with registered_node(fast.node_url) as (node, _), \
             session(fast.session_url, audio_format="opus") as (client, sid):
         for _ in range(5):  # 5 x 10 packets x 20 ms = 1000 ms = max_duration_ms
@@ -171,7 +171,7 @@ async def test_max_buffer_bytes_cut(fast: Daemon) -> None:
 
 
 async def test_session_close_delivers_buffered_result_before_ack(fast: Daemon) -> None:
-    """H-7: audio followed at once by session_close gives its result, then session_close_ack."""
+    """Audio followed at once by session_close gives its result, then session_close_ack."""
     async with registered_node(fast.node_url) as (node, _), \
             session(fast.session_url, audio_format="pcm16") as (client, sid):
         await chunk(client, sid, pcm(100))
@@ -186,7 +186,7 @@ async def test_session_close_delivers_buffered_result_before_ack(fast: Daemon) -
 
 
 async def test_no_node_gives_no_available_node_then_recovers(fast: Daemon) -> None:
-    """H-1: a failed selection must not wedge the session; the next utterance works once a node is up."""
+    """A failed selection must not wedge the session; the next utterance works once a node is up."""
     async with session(fast.session_url, audio_format="pcm16") as (client, sid):
         await chunk(client, sid, pcm(100), is_final=True)
         error = await client.recv_type("error", timeout=5)
@@ -294,7 +294,7 @@ async def test_accepted_request_is_released_and_the_connection_still_works(nurse
 
 
 async def test_utterance_out_of_order_pair_and_idempotency(fast: Daemon) -> None:
-    """H-6: utterances 1 then 0 both dispatch; a repeated index makes no second job."""
+    """Utterances 1 then 0 both dispatch; a repeated index makes no second job."""
     async with registered_node(fast.node_url) as (node, _), \
             session(fast.session_url, audio_format="pcm16") as (client, sid):
         for i in (1, 0, 1):
@@ -311,7 +311,7 @@ async def test_utterance_out_of_order_pair_and_idempotency(fast: Daemon) -> None
 
 
 async def test_utterance_on_fresh_socket_without_init_works(fast: Daemon) -> None:
-    """H-8: the original's gateway sent `utterance` on a new socket and never got its result."""
+    """The original's gateway sent `utterance` on a new socket and never got its result."""
     async with registered_node(fast.node_url) as (node, _), connect(fast.session_url) as client:
         await client.send(type="utterance", session_id="s-GATEWAY1", utterance_index=0, src_lang="zh",
                           tgt_lang="en", audio=b64(pcm(100)), audio_format="pcm16", sample_rate=16000)
