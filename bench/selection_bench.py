@@ -1,9 +1,9 @@
 """In-process micro-benchmark of the selection step: ns per operation, median of rounds, gc disabled.
 
 Two things are timed for each (nodes, pools) point:
-- `reference`: a power-of-two-choices cycle as a reference measurement ran it (select + reserve + release of the job started
-  K cycles earlier; capacities 2/4/8; steady in-flight load 50 % of capacity; dicts for in-flight and job->node).
-  It calibrates the harness: its cost on this machine is comparable across runs and machines.
+- `reference`: a power-of-two-choices cycle as a reference measurement ran it (select + reserve + release of the
+  job started K cycles earlier; capacities 2/4/8; steady in-flight load 50 % of capacity; dicts for in-flight and
+  job->node). It calibrates the harness: its cost on this machine is comparable across runs and machines.
 - `scheduler`: the same cycle with trioscheduler's own policy (choose_node on a MemberList), from bench_selection().
 
     python bench/selection_bench.py [--quick] [--nodes 10,100,1000,10000] [--pools 1,10,100] [--json out.json]

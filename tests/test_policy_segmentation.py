@@ -176,7 +176,7 @@ def test_empty_is_final_never_cuts() -> None:
 
 
 def test_empty_is_final_cuts_what_is_buffered() -> None:
-    """The web client's "end of utterance": remaining audio, then an empty is_final (as the original's web client sends it)."""
+    """The web client's "end of utterance": remaining audio, then an empty is_final (the original's web client)."""
     seg, _ = make_segmenter()
     assert push(seg, pcm(200, 1), 0.0) is None
     assert push(seg, pcm(200, 2), 0.2) is None

@@ -1,9 +1,9 @@
 """Every identifier the scheduler mints, in the original's formats (``job-<uuid>``, ``s-XXXXXXXX``).
 
 Job and turn ids are made per utterance, so they come from the process's Mersenne Twister (seeded from the OS at
-start) rather than ``uuid.uuid4()``, which costs a ``getrandom`` system call and a UUID object each time (several
-times the cost; bench/README.md). They need to be unique, not secret: a node's result is accepted only from the node the job was
-given to. Session and node ids stay on ``secrets``: a client or node presents them back.
+start) rather than ``uuid.uuid4()``, which costs a ``getrandom`` system call and a UUID object each time
+(several times the cost; bench/README.md). They need to be unique, not secret: a node's result is accepted only
+from the node the job was given to. Session and node ids stay on ``secrets``: a client or node presents them back.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Per-session release of outcomes in utterance_index order, each index exactly once, with a bounded gap wait.
 
 The original released results in arrival order, could move its cursor backwards and dropped late indices
-silently, so a client could get results out of order or never hear of one. Here the cursor only moves forward; an index still missing ``gap_timeout`` after a later
-index has its outcome is released as missing (the caller sends ``missing_result``), and anything that arrives
-for an index already released is refused and counted, never sent twice.
+silently, so a client could get results out of order or never hear of one. Here the cursor only moves forward;
+an index still missing ``gap_timeout`` after a later index has its outcome is released as missing (the caller
+sends ``missing_result``), and anything that arrives for an index already released is refused and counted, never
+sent twice.
 """
 
 from __future__ import annotations
