@@ -8,8 +8,8 @@ connection, or an end of ``trioscheduler.transport.memory_transport_pair()`` for
 
 from trioscheduler.sim.client import (
     DEFAULT_SESSION_URL,
-    Partial,
     Pcm16Audio,
+    ReceivedPartial,
     SessionReport,
     SimClient,
     SimClientError,
@@ -28,10 +28,10 @@ from trioscheduler.sim.node import (
     SimNodeError,
     SimNodeStats,
     abort_connection,
-    audio_duration_ms,
     audio_hash,
     expected_texts,
     fake_tts_pcm16,
+    original_duration_estimate_ms,
 )
 
 __all__ = [
@@ -39,8 +39,8 @@ __all__ = [
     "DEFAULT_NODE_URL",
     "DEFAULT_SESSION_URL",
     "MessageConnection",
-    "Partial",
     "Pcm16Audio",
+    "ReceivedPartial",
     "SessionReport",
     "SimClient",
     "SimClientError",
@@ -50,12 +50,12 @@ __all__ = [
     "SimNodeStats",
     "UtteranceResult",
     "abort_connection",
-    "audio_duration_ms",
     "audio_hash",
     "chunk_rms",
     "default_wav_path",
     "expected_texts",
     "fake_tts_pcm16",
     "iter_chunks",
+    "original_duration_estimate_ms",
     "read_wav",
 ]

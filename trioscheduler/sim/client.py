@@ -40,8 +40,8 @@ from trioscheduler.sim.node import CONNECTION_CLOSED, WS_MAX_MESSAGE, WS_RECEIVE
 
 __all__ = [
     "DEFAULT_SESSION_URL",
-    "Partial",
     "Pcm16Audio",
+    "ReceivedPartial",
     "SessionReport",
     "SimClient",
     "SimClientError",
@@ -147,7 +147,7 @@ class UtteranceResult:
 
 
 @attrs.frozen
-class Partial:
+class ReceivedPartial:
     """An ``asr_partial`` as the client saw it."""
 
     utterance_index: int | None
@@ -164,7 +164,7 @@ class SessionReport:
     trace_id: str | None
     init_ack: dict[str, Any] = attrs.field(eq=False, repr=False)
     results: tuple[UtteranceResult, ...]
-    partials: tuple[Partial, ...]
+    partials: tuple[ReceivedPartial, ...]
     #: Anything else the scheduler sent (ui_event, server_heartbeat, ...), decoded.
     other: tuple[dict[str, Any], ...] = attrs.field(eq=False, repr=False)
     chunks_sent: int
@@ -211,7 +211,7 @@ class _Session:
     trace_id: str | None = None
     init_ack: dict[str, Any] = attrs.field(factory=dict)
     results: list[UtteranceResult] = attrs.field(factory=list)
-    partials: list[Partial] = attrs.field(factory=list)
+    partials: list[ReceivedPartial] = attrs.field(factory=list)
     other: list[dict[str, Any]] = attrs.field(factory=list)
     seq: int = 0
     chunks_sent: int = 0
@@ -408,7 +408,7 @@ class SimClient:
                 self._on_outcome(state, message, now)
             elif kind == "asr_partial":
                 state.partials.append(
-                    Partial(_opt_int(message.get("utterance_index")), str(message.get("text") or ""),
+                    ReceivedPartial(_opt_int(message.get("utterance_index")), str(message.get("text") or ""),
                             bool(message.get("is_final")), state.since_start_ms(now))
                 )
             elif kind == "session_close_ack":

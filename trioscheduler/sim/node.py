@@ -44,10 +44,10 @@ __all__ = [
     "SimNodeError",
     "SimNodeStats",
     "abort_connection",
-    "audio_duration_ms",
     "audio_hash",
     "expected_texts",
     "fake_tts_pcm16",
+    "original_duration_estimate_ms",
 ]
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def audio_hash(audio: bytes) -> str:
     return hashlib.sha1(audio).hexdigest()[:6]
 
 
-def audio_duration_ms(n_bytes: int, audio_format: str = "pcm16", sample_rate: int = 16000) -> int:
+def original_duration_estimate_ms(n_bytes: int, audio_format: str = "pcm16", sample_rate: int = 16000) -> int:
     """Duration the way the original scheduler estimates it: exact for pcm16, ``bytes/60*20`` for Plan-A opus."""
     if audio_format == "opus":
         return round(n_bytes / 60 * 20)
@@ -129,7 +129,7 @@ def expected_texts(
     sample_rate: int = 16000,
 ) -> tuple[str, str]:
     """The (text_asr, text_translated) a :class:`SimNode` answers for this job; tests use it to predict results."""
-    ms = audio_duration_ms(len(audio), audio_format, sample_rate)
+    ms = original_duration_estimate_ms(len(audio), audio_format, sample_rate)
     tail = f"utt {utterance_index} ({len(audio)} B, {ms} ms) #{audio_hash(audio)}"
     return f"[{src_lang}] {tail}", f"[{tgt_lang}] {tail}"
 
