@@ -497,3 +497,30 @@ def test_precedence_is_file_then_environment_then_flags(tmp_path_factory: pytest
             merged.setdefault(section, {}).update(keys)
     config = load_config(str(path), environ=to_environ(env_values), overrides=flag_values)
     assert config == _expected(merged)
+
+
+ALL_KEYS = [(section, field) for section, cls in SECTIONS.items() for field in attrs.fields(cls)]
+
+
+def _wrong_values(field: attrs.Attribute) -> st.SearchStrategy:  # type: ignore[type-arg]
+    """Values no key of this type accepts from TOML or code."""
+    containers = st.lists(st.integers(), max_size=2) | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+    if field.type is bool:
+        return containers | st.integers() | st.floats() | st.text(max_size=5)
+    if field.type is str:
+        return containers | st.integers() | st.floats() | st.booleans()
+    if field.type is float:
+        return containers | st.booleans() | st.text(max_size=5) | st.floats(max_value=0) | st.just(float("inf"))
+    return containers | st.booleans() | st.text(max_size=5) | st.floats() | st.integers(max_value=-1)
+
+
+@given(data=st.data(), which=st.sampled_from(ALL_KEYS))
+@settings(max_examples=150, deadline=None)
+def test_any_wrong_value_is_a_config_error_naming_its_key(data: st.DataObject, which) -> None:
+    section, field = which
+    value = data.draw(_wrong_values(field))
+    if field.name == "level" or field.type is str:
+        value = data.draw(st.integers() | st.booleans() | st.lists(st.text(max_size=3), max_size=2))
+    with pytest.raises(ConfigError) as info:
+        build_config({section: {field.name: value}})
+    assert f"{section}.{field.name}" in str(info.value)
