@@ -1,4 +1,4 @@
-"""The field report's run, end to end over real sockets, while 200 other nodes heartbeat every 50 ms.
+"""A field run of the original, replayed end to end over real sockets while 200 other nodes heartbeat every 50 ms.
 
 In the original, job creation hung silently in node selection while heartbeat processing held a write lock for
 1.8–3.0 s. Here the storm runs in its own process (as real nodes would), the scenario must complete, and the
