@@ -122,7 +122,7 @@ def test_load_config_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch
 
 def test_env_overrides_maps_names_to_sections() -> None:
     got = env_overrides({"TRIOSCHEDULER_SCHEDULER_JOB_TIMEOUT_SECONDS": "2.5", "TRIOSCHEDULER_SERVER_HTTP_PORT": "1",
-                         "TRIOSCHEDULER_LOGGING_LEVEL": "debug", "HOME": "/root"})
+                         "TRIOSCHEDULER_LOGGING_LEVEL": "debug", "HOME": "unrelated"})
     assert got == {"scheduler": {"job_timeout_seconds": "2.5"}, "server": {"http_port": "1"},
                    "logging": {"level": "debug"}}
 
