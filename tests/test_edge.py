@@ -155,6 +155,19 @@ async def test_reset_right_after_accept_and_during_close(edge_daemon: Callable[.
     await _still_serves(daemon)
 
 
+async def test_reset_while_the_server_refuses_a_frame(edge_daemon: Callable[..., Any]) -> None:
+    """A frame wsproto refuses (reserved opcode, invalid UTF-8, oversize), then a reset before the close frame."""
+    daemon = await edge_daemon(limits={"max_message_bytes": 1000})
+    for opcode, payload in ((0x3, b"x"), (0x1, b"\xff"), (0x1, b"a" * 2000)):
+        client = await RawClient.open(_address(daemon))
+        await client.send_frame(opcode, payload)
+        _reset(client.stream)
+    await trio.sleep(0.1)
+    await _still_serves(daemon)
+    stats = await daemon.scheduler.stats()
+    assert stats is not None and stats["connections_crashed"] == 0
+
+
 @pytest.mark.parametrize("garbage", [
     b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\xaa" * 64 + b"\r\n\r\n",  # a TLS hello
     b"GET /ws/session HTTP/1.1\r\nHost: x\r\n\r\n",  # no upgrade headers
@@ -305,3 +318,43 @@ async def test_websocket_transport_aclose_never_raises_after_a_reset(nursery: tr
         await transport.aclose(CloseCode.GOING_AWAY, "bye")
         await transport.aclose()
     nursery.cancel_scope.cancel()
+
+
+# 2. The daemon raises its soft descriptor limit and logs the cap it runs with.
+
+@pytest.mark.parametrize("hard_limit, warned", [(None, False), (512, True)])
+async def test_daemon_raises_its_fd_limit_and_logs_the_cap(hard_limit: int | None, warned: bool) -> None:
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = hard if hard_limit is None else hard_limit
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
+
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trioscheduler", "--port", "0", "--http-port", "0", "--log-level", "info"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "TRIOSCHEDULER_LIMITS_MAX_CONNECTIONS": "1000"}, preexec_fn=low_soft_limit)
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        with trio.fail_after(20):
+            assert b"listening" in await process.stdout.receive_some()
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            assert await process.wait() == 0
+        stderr = b""
+        while chunk := await process.stderr.receive_some():
+            stderr += chunk
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    text = stderr.decode()
+    assert f"connection_cap max_connections=1000 fd_soft_limit={hard} fd_hard_limit={hard}" in text, text
+    assert ("connection_cap_exceeds_fd_limit" in text) is warned, text

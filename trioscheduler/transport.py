@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import trio
@@ -140,40 +140,39 @@ async def _linger(stream: trio.abc.Stream) -> None:
             pass
 
 
-class _FrameSizeCheck:
-    """Replaces a wsproto frame decoder's per-header hook: a data frame whose declared length takes its message
-    over ``max_bytes`` fails with 1009 before any of its payload is read."""
+class _SizedFrameDecoder(FrameDecoder):
+    """wsproto's frame decoder that also checks, at each frame header, the size of the message the frame belongs
+    to: a data frame whose declared length takes its message over ``max_message_bytes`` fails with 1009 before any
+    of its payload is read. (An open decoder's class is switched to this one: no closure, no reference cycle.)"""
 
-    __slots__ = ("_max_bytes", "_message_bytes", "_next")
+    max_message_bytes: int
+    message_bytes: int
 
-    def __init__(self, max_bytes: int, next_hook: Callable[[Opcode, RsvBits, int], None]) -> None:
-        self._max_bytes = max_bytes
-        self._message_bytes = 0
-        self._next = next_hook
-
-    def __call__(self, opcode: Opcode, rsv: RsvBits, payload_len: int) -> None:
+    def extension_processing(self, opcode: Opcode, rsv: RsvBits, payload_len: int) -> None:
         if opcode is Opcode.CONTINUATION:
-            total = self._message_bytes + payload_len
+            total = self.message_bytes + payload_len
         elif opcode.iscontrol():
-            total = self._message_bytes  # control frames (at most 125 bytes) do not belong to the message
+            total = self.message_bytes  # control frames (at most 125 bytes) do not belong to the message
         else:
             total = payload_len
-        if total > self._max_bytes:
-            raise ParseFailed(f"message exceeds {self._max_bytes} bytes", CloseReason.MESSAGE_TOO_BIG)
-        self._message_bytes = total
-        self._next(opcode, rsv, payload_len)
+        if total > self.max_message_bytes:
+            raise ParseFailed(f"message exceeds {self.max_message_bytes} bytes", CloseReason.MESSAGE_TOO_BIG)
+        self.message_bytes = total
+        super().extension_processing(opcode, rsv, payload_len)
 
 
 def refuse_oversize_frames(ws: trio_websocket.WebSocketConnection, max_bytes: int) -> bool:
     """Once ``ws`` is open, refuse a message over ``max_bytes`` at the header of the frame that takes it over,
-    rather than after reading its payload. Applied only when wsproto's frame decoder is as in the version this was
-    checked against (1.3.2); otherwise the byte count of ``EdgeWebSocketConnection`` refuses it as it arrives.
+    rather than after reading its payload. Applied only when wsproto's frame decoder is the one this was checked
+    against (wsproto 1.3.2); otherwise the byte count of ``EdgeWebSocketConnection`` refuses it as it arrives.
     Returns whether it was applied."""
     connection = getattr(getattr(ws, "_wsproto", None), "connection", None)
     decoder = getattr(getattr(connection, "_proto", None), "_frame_decoder", None)
-    if not isinstance(decoder, FrameDecoder) or "extension_processing" in vars(decoder):
+    if type(decoder) is not FrameDecoder:
         return False
-    decoder.extension_processing = _FrameSizeCheck(max_bytes, decoder.extension_processing)  # type: ignore[method-assign]
+    decoder.__class__ = _SizedFrameDecoder
+    decoder.max_message_bytes = max_bytes
+    decoder.message_bytes = 0
     return True
 
 
