@@ -11,14 +11,18 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 import wsproto
 import wsproto.events
+from hypothesis import given
+from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
 
 from tests.wire import WAIT, Daemon, session, start_daemon
 from trioscheduler.config import Config
 from trioscheduler.protocol.errors import CloseCode
-from trioscheduler.transport import WebSocketTransport
+from trioscheduler.server import MAX_REQUEST_HEAD_BYTES, RequestHeadTooLarge, read_request_head, request_path
+from trioscheduler.transport import WebSocketTransport, peer_name
 
 MODES = ("two_listeners", "one_port")
 
@@ -318,6 +322,52 @@ async def test_websocket_transport_aclose_never_raises_after_a_reset(nursery: tr
         await transport.aclose(CloseCode.GOING_AWAY, "bye")
         await transport.aclose()
     nursery.cancel_scope.cancel()
+
+
+# Parsing at the door.
+
+@given(st.binary(max_size=300))
+def test_request_path_of_any_bytes_is_a_path_or_none(data: bytes) -> None:
+    path = request_path(data)
+    assert path is None or isinstance(path, str)
+
+
+@given(st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=40), st.binary(max_size=50))
+def test_request_head_is_read_whole_however_it_is_split(cuts: list[int], after: bytes) -> None:
+    head = _upgrade_request()
+    wire = head + after
+
+    async def read() -> bytes | None:
+        send, receive = trio.testing.memory_stream_one_way_pair()
+        position = 0
+        for cut in cuts:
+            await send.send_all(wire[position:position + cut])
+            position += cut
+        await send.send_all(wire[position:])
+        await send.aclose()
+        return await read_request_head(receive)
+
+    got = trio.run(read)
+    assert got is not None and got.startswith(head) and wire.startswith(got)
+
+
+def test_peer_name_of_a_socket_without_a_peer_is_unknown() -> None:
+    class Unconnected:
+        def __init__(self) -> None:
+            self.socket = socket.socket()
+
+    stream = Unconnected()
+    try:
+        assert peer_name(stream) == "unknown"  # type: ignore[arg-type]  # getpeername: ENOTCONN
+    finally:
+        stream.socket.close()
+
+
+async def test_request_head_over_the_bound_is_refused() -> None:
+    send, receive = trio.testing.memory_stream_one_way_pair()
+    await send.send_all(b"GET / HTTP/1.1\r\n" + b"X: " + b"a" * MAX_REQUEST_HEAD_BYTES)
+    with pytest.raises(RequestHeadTooLarge):
+        await read_request_head(receive)
 
 
 # 2. The daemon raises its soft descriptor limit and logs the cap it runs with.

@@ -196,9 +196,15 @@ class Door:
                 503, "Service Unavailable",
                 f"scheduler at capacity (limits.max_connections = {self._limits.max_connections}); retry later\n"))
             return
+        ws = self._open_websocket(stream, head)
+        del head  # not kept for the connection's life
+        if ws is None:
+            edge.counters["refused_bad_request"] += 1
+            await self._refuse(stream, http_response(400, "Bad Request", "not a WebSocket upgrade request\n"))
+            return
         edge.open += 1
         try:
-            await self._websocket(stream, head, path, deadline.deadline)
+            await self._websocket(ws, stream, path, deadline.deadline)
         finally:
             edge.open -= 1
 
@@ -210,16 +216,19 @@ class Door:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
-    async def _websocket(self, stream: trio.SocketStream, head: bytes, path: str, deadline: float) -> None:
+    def _open_websocket(self, stream: trio.SocketStream, head: bytes) -> EdgeWebSocketConnection | None:
+        """A server connection that has already been fed ``head``, or None if wsproto refuses the request."""
         ws = EdgeWebSocketConnection(
             stream, wsproto.WSConnection(ConnectionType.SERVER), message_queue_size=8,
             max_message_size=self._limits.max_message_bytes, receive_buffer_size=self._receive_buffer_size)
         try:
             ws._wsproto.receive_data(head)
         except wsproto.utilities.RemoteProtocolError:
-            self._edge.counters["refused_bad_request"] += 1
-            await self._refuse(stream, http_response(400, "Bad Request", "not a WebSocket upgrade request\n"))
-            return
+            return None
+        return ws
+
+    async def _websocket(self, ws: EdgeWebSocketConnection, stream: trio.SocketStream, path: str,
+                         deadline: float) -> None:
         peer = peer_name(stream)
         async with trio.open_nursery() as nursery:
             handshake = trio.CancelScope(deadline=deadline)
