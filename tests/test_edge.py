@@ -81,10 +81,12 @@ async def _read_until_eof(stream: trio.SocketStream, limit: int = 1 << 20) -> by
 
 
 async def _still_serves(daemon: Daemon) -> None:
-    """A well-behaved client still gets a session (the process, the listener and the registry are alive)."""
+    """A well-behaved client still gets a session (the process, the listener and the registry are alive), and
+    nothing at the edge failed other than by its peer going away."""
     async with session(daemon.session_url) as (client, session_id):
         await client.send(type="session_close", session_id=session_id)
         await client.recv_type("session_close_ack")
+    assert daemon.scheduler.edge.counters["connection_errors"] == 0
 
 
 class RawClient:

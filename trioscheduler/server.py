@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
+import trio_websocket
 import wsproto
 import wsproto.utilities
 from hypercorn.config import Config as HypercornConfig
@@ -69,6 +70,17 @@ class Listening:
     @property
     def http_url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
+
+
+#: What a peer that resets or vanishes makes trio, the OS or trio-websocket raise: routine, logged at debug.
+_PEER_GONE_TYPES = (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed, OSError)
+
+
+def _peer_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` (or every exception in a group) only says that the peer went away."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(_PEER_GONE_TYPES)[1] is None
+    return isinstance(exc, _PEER_GONE_TYPES)
 
 
 class RequestHeadTooLarge(Exception):
@@ -153,8 +165,12 @@ class Door:
         try:
             await self._serve(stream)
         except Exception as exc:
-            self._edge.counters["connection_errors"] += 1
-            log.debug("connection from %s failed at the edge: %r", peer_name(stream), exc)
+            if _peer_gone(exc):
+                self._edge.counters["peers_gone"] += 1
+                log.debug("connection from %s ended at the edge: %r", peer_name(stream), exc)
+            else:
+                self._edge.counters["connection_errors"] += 1
+                log.warning("connection from %s failed at the edge; closing it", peer_name(stream), exc_info=True)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
@@ -262,8 +278,12 @@ class Door:
         try:
             await ws._reader_task()
         except Exception as exc:
-            self._edge.counters["connection_errors"] += 1
-            log.debug("connection from %s: reader failed: %r", peer, exc)
+            if _peer_gone(exc):
+                self._edge.counters["peers_gone"] += 1
+                log.debug("connection from %s: reader ended: %r", peer, exc)
+            else:
+                self._edge.counters["connection_errors"] += 1
+                log.warning("connection from %s: reader failed", peer, exc_info=True)
         finally:
             handshake.cancel()
 
