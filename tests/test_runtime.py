@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import resource
 from collections.abc import Iterator
 
 import pytest
@@ -10,7 +11,7 @@ import trio
 
 from tests.wire import Daemon, registered_node, session
 from trioscheduler.config import ServerConfig
-from trioscheduler.runtime import tune_garbage_collector
+from trioscheduler.runtime import FD_RESERVE, fd_limit_fits, raise_fd_limit, tune_garbage_collector
 
 
 @pytest.fixture
@@ -61,3 +62,26 @@ async def test_closed_sessions_and_nodes_leave_almost_no_cyclic_garbage(daemon: 
     finally:
         gc.enable()
     assert garbage < 40, f"{garbage} objects in cycles after 40 sessions and 40 nodes came and went"
+
+
+@pytest.fixture
+def restore_fd_limit() -> Iterator[tuple[int, int]]:
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        yield limits
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
+
+def test_soft_fd_limit_is_raised_towards_the_hard_limit(restore_fd_limit: tuple[int, int]) -> None:
+    _, hard = restore_fd_limit
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    soft, hard_after = raise_fd_limit()
+    assert hard_after == hard and soft > 256
+    assert soft == (hard if hard != resource.RLIM_INFINITY else min(hard, soft))
+
+
+def test_connection_cap_fits_the_fd_limit_with_a_reserve() -> None:
+    assert fd_limit_fits(1000, 1000 + FD_RESERVE)
+    assert not fd_limit_fits(1001, 1000 + FD_RESERVE)
+    assert fd_limit_fits(10**9, resource.RLIM_INFINITY)

@@ -12,7 +12,7 @@ import trio
 
 from trioscheduler.config import Config, ConfigError, load_config
 from trioscheduler.logs import configure_logging, emit
-from trioscheduler.runtime import tune_garbage_collector
+from trioscheduler.runtime import FD_RESERVE, fd_limit_fits, raise_fd_limit, tune_garbage_collector
 
 log = logging.getLogger("trioscheduler")
 
@@ -40,9 +40,22 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides=overrides)
 
 
+def apply_fd_limit(config: Config) -> None:
+    """Raise the soft descriptor limit, log the connection cap the daemon runs with, warn if it cannot fit."""
+    soft, hard = raise_fd_limit()
+    max_connections = config.limits.max_connections
+    emit(log, logging.INFO, "connection_cap", max_connections=max_connections, fd_soft_limit=soft,
+         fd_hard_limit=hard)
+    if not fd_limit_fits(max_connections, soft):
+        emit(log, logging.WARNING, "connection_cap_exceeds_fd_limit", max_connections=max_connections,
+             fd_soft_limit=soft, fd_reserve=FD_RESERVE,
+             advice="lower limits.max_connections or raise the hard RLIMIT_NOFILE (ulimit -Hn)")
+
+
 async def run_until_signal(config: Config) -> None:
     from trioscheduler.server import serve
 
+    apply_fd_limit(config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             listening = await nursery.start(serve, config)

@@ -7,11 +7,13 @@ handler task plus, while it has something to write, a writer in the one nursery 
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import random
 from typing import Any
 
+import attrs
 import trio
 
 from trioscheduler.config import Config
@@ -25,6 +27,16 @@ from trioscheduler.transport import Transport
 log = logging.getLogger("trioscheduler")
 
 
+@attrs.define
+class EdgeMetrics:
+    """What the door (server.py) saw: WebSocket connections open now, and events by name (refusals, handshake
+    timeouts, connection errors)."""
+
+    #: WebSocket connections (sessions and nodes) past the door's capacity check and not yet closed.
+    open: int = 0
+    counters: collections.Counter[str] = attrs.field(factory=collections.Counter)
+
+
 class Scheduler:
     def __init__(self, config: Config, *, rng: random.Random | None = None) -> None:
         self.config = config
@@ -33,6 +45,7 @@ class Scheduler:
         self.client = RegistryClient(send)
         self.sessions = SessionMetrics()
         self.connections_crashed = 0
+        self.edge = EdgeMetrics()
         self._conn_ids = itertools.count(1)
         self.nodes_connected = 0
         self._session_tasks: trio.Nursery | None = None
@@ -84,6 +97,7 @@ class Scheduler:
         snapshot["sessions"] = {"active": self.sessions.active, "counters": dict(self.sessions.counters)}
         snapshot["node_connections"] = self.nodes_connected
         snapshot["connections_crashed"] = self.connections_crashed
+        snapshot["edge"] = {"open": self.edge.open, "counters": dict(self.edge.counters)}
         return snapshot
 
 

@@ -1,7 +1,7 @@
 """HTTP for operators (ASGI, served by hypercorn): /health, /api/v1/stats, /metrics.
 
-When ``http_port`` equals ``port`` the same app also carries the two WebSocket endpoints, adapted to the Transport
-interface, so one server serves everything.
+WebSockets never reach this app: the door in server.py carries /ws/session and /ws/node in both listener modes
+(when ``http_port`` equals ``port`` it hands every other request to hypercorn, and so to this app).
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from trioscheduler.app import Scheduler
-from trioscheduler.protocol.errors import CloseCode
-from trioscheduler.transport import TransportClosed
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -57,6 +55,13 @@ class SnapshotCollector(Collector):
         for name, value in sorted({**snap["counters"], **snap["sessions"]["counters"]}.items()):
             events.add_metric([name], value)
         yield events
+        yield GaugeMetricFamily("scheduler_connections_open", "Open WebSocket connections (sessions and nodes)",
+                                value=snap["edge"]["open"])
+        edge = CounterMetricFamily("scheduler_edge_events",
+                                   "Connections the door refused or lost (by what happened)", labels=["event"])
+        for name, value in sorted(snap["edge"]["counters"].items()):
+            edge.add_metric([name], value)
+        yield edge
         for name, doc in LATENCY_HISTOGRAMS:
             hist = snap["latency"][name]
             yield HistogramMetricFamily(
@@ -64,20 +69,13 @@ class SnapshotCollector(Collector):
                 buckets=[(bound if isinstance(bound, str) else repr(bound), n) for bound, n in hist["buckets"]])
 
 
-def make_app(scheduler: Scheduler, *, websockets: bool = False) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+def make_app(scheduler: Scheduler) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
             await _lifespan(receive, send)
         elif kind == "http":
             await _http(scheduler, scope, send)
-        elif kind == "websocket" and websockets and scope["path"] in ("/ws/session", "/ws/node"):
-            transport = AsgiWebSocketTransport(scope, receive, send)
-            if await transport.accept():
-                if scope["path"] == "/ws/session":
-                    await scheduler.handle_session(transport)
-                else:
-                    await scheduler.handle_node(transport)
         elif kind == "websocket":
             await send({"type": "websocket.close", "code": 1008})
 
@@ -118,48 +116,3 @@ async def _http(scheduler: Scheduler, scope: Scope, send: Send) -> None:
             await _respond(send, 200, json.dumps(snapshot).encode(), "application/json")
     else:
         await _respond(send, 404, b"not found\n", "text/plain")
-
-
-class AsgiWebSocketTransport:
-    """hypercorn's ASGI WebSocket behind the Transport interface."""
-
-    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._receive = receive
-        self._send = send
-        client = scope.get("client") or ("?", 0)
-        self.peer = f"{client[0]}:{client[1]}"
-        self._closed = False
-
-    async def accept(self) -> bool:
-        event = await self._receive()
-        if event["type"] != "websocket.connect":
-            return False
-        await self._send({"type": "websocket.accept"})
-        return True
-
-    async def get_message(self) -> str | bytes:
-        if self._closed:
-            raise TransportClosed
-        event = await self._receive()
-        if event["type"] == "websocket.receive":
-            text = event.get("text")
-            return text if text is not None else event.get("bytes") or b""
-        self._closed = True
-        raise TransportClosed
-
-    async def send_message(self, message: str) -> None:
-        if self._closed:
-            raise TransportClosed
-        try:
-            await self._send({"type": "websocket.send", "text": message})
-        except Exception:  # hypercorn raises its own types once the client is gone
-            self._closed = True
-            raise TransportClosed from None
-
-    async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        if not self._closed:
-            self._closed = True
-            try:
-                await self._send({"type": "websocket.close", "code": int(code), "reason": reason})
-            except Exception:
-                pass

@@ -1,25 +1,56 @@
-"""The top nursery: the registry, the WebSocket listener and the HTTP listener, started and stopped together."""
+"""The top nursery: the registry, the door every WebSocket comes through, and the HTTP listener.
+
+The door is one handler per TCP connection. Whatever goes wrong on a connection (a reset during the upgrade, a peer
+address that can no longer be read, garbage instead of HTTP, a read, write or close error) ends that connection
+only: it is logged at debug level (info for the door's refusals), counted in ``Scheduler.edge``, and the process
+and every other connection go on. Before the WebSocket opens the door enforces ``limits.handshake_timeout_seconds``
+(the whole upgrade, from the first byte) and ``limits.max_connections`` (an HTTP 503 beyond it); once open,
+``limits.max_message_bytes`` in bytes, refused at the header of the frame that goes over (close 1009).
+
+When ``http_port`` equals a non-zero ``port`` the door carries both: a request for ``/ws/session`` or ``/ws/node``
+stays with it, any other request is handed, with the bytes already read, to hypercorn's per-connection server.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
+import trio_websocket
+import wsproto
+import wsproto.utilities
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
-from trio_websocket import WebSocketRequest, serve_websocket
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import wrap_app
+from wsproto import ConnectionType
 
 from trioscheduler.app import Scheduler, log_listening
 from trioscheduler.config import Config
 from trioscheduler.http import make_app
-from trioscheduler.transport import WebSocketTransport, release_accepted_request
+from trioscheduler.transport import (
+    EdgeWebSocketConnection,
+    WebSocketTransport,
+    peer_name,
+    refuse_oversize_frames,
+)
 
 log = logging.getLogger("trioscheduler.server")
 
 SESSION_PATH = "/ws/session"
 NODE_PATH = "/ws/node"
+#: Largest HTTP request head the door reads (request line and headers); beyond it the request gets 431.
+MAX_REQUEST_HEAD_BYTES = 16 * 1024
+#: How long the door waits for a refused peer's socket to take its HTTP answer.
+REFUSAL_SEND_SECONDS = 1.0
+#: How long closing an open WebSocket may take (close handshake included) before its socket is dropped.
+CLOSE_SECONDS = 2.0
+_RECEIVE_BYTES = 4096
 
 
 @attrs.frozen
@@ -41,17 +72,244 @@ class Listening:
         return f"http://{self.host}:{self.http_port}"
 
 
-def _hypercorn_config(host: str, port: int, config: Config) -> HypercornConfig:
+#: What a peer that resets or vanishes makes trio, the OS or trio-websocket raise: routine, logged at debug.
+_PEER_GONE_TYPES = (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed, OSError)
+
+
+def _peer_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` (or every exception in a group) only says that the peer went away."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(_PEER_GONE_TYPES)[1] is None
+    return isinstance(exc, _PEER_GONE_TYPES)
+
+
+class RequestHeadTooLarge(Exception):
+    """The request head did not end within MAX_REQUEST_HEAD_BYTES."""
+
+
+async def read_request_head(stream: trio.abc.ReceiveStream) -> bytes | None:
+    """Bytes up to and including the blank line that ends an HTTP request head (and whatever the peer sent after
+    it in the same reads), or None if the peer closed first. Raises RequestHeadTooLarge past the bound."""
+    data = bytearray()
+    while True:
+        chunk = await stream.receive_some(_RECEIVE_BYTES)
+        if not chunk:
+            return None
+        searched_from = max(0, len(data) - 3)
+        data += chunk
+        if data.find(b"\r\n\r\n", searched_from) >= 0:
+            return bytes(data)
+        if len(data) > MAX_REQUEST_HEAD_BYTES:
+            raise RequestHeadTooLarge
+
+
+def request_path(head: bytes) -> str | None:
+    """The path of the request line (without its query), or None if the first line is not ``METHOD TARGET
+    HTTP/x``."""
+    line = head.split(b"\r\n", 1)[0]
+    parts = line.split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+        return None
+    return parts[1].split(b"?", 1)[0].decode("latin-1")
+
+
+def http_response(status: int, phrase: str, body: str) -> bytes:
+    """A complete ``Connection: close`` HTTP/1.1 response with a plain-text body."""
+    payload = body.encode()
+    return (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            f"content-length: {len(payload)}\r\nconnection: close\r\n\r\n").encode() + payload
+
+
+class PrefixedStream(trio.abc.HalfCloseableStream):
+    """A socket stream whose first reads return bytes already taken from it (the door read the request head)."""
+
+    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
+        self._stream = stream
+        self._prefix = prefix
+        self.socket = stream.socket
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            size = len(self._prefix) if max_bytes is None else max_bytes
+            chunk, self._prefix = self._prefix[:size], self._prefix[size:]
+            await trio.lowlevel.checkpoint()
+            return chunk
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class Door:
+    """One ``serve_connection`` per accepted TCP connection; see the module docstring for its guarantees."""
+
+    def __init__(self, scheduler: Scheduler, config: Config,
+                 http: Callable[[trio.abc.Stream], Awaitable[None]] | None = None) -> None:
+        self._scheduler = scheduler
+        self._edge = scheduler.edge
+        self._limits = config.limits
+        self._receive_buffer_size = config.server.receive_buffer_size
+        self._http = http
+
+    async def serve_connection(self, stream: trio.SocketStream) -> None:
+        """Never raises (but Cancelled): the connection's failure is logged and counted here."""
+        try:
+            await self._serve(stream)
+        except Exception as exc:
+            if _peer_gone(exc):
+                self._edge.counters["peers_gone"] += 1
+                log.debug("connection from %s ended at the edge: %r", peer_name(stream), exc)
+            else:
+                self._edge.counters["connection_errors"] += 1
+                log.warning("connection from %s failed at the edge; closing it", peer_name(stream), exc_info=True)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        edge = self._edge
+        with trio.move_on_after(self._limits.handshake_timeout_seconds) as deadline:
+            try:
+                head = await read_request_head(stream)
+            except RequestHeadTooLarge:
+                edge.counters["refused_bad_request"] += 1
+                await self._refuse(stream, http_response(431, "Request Header Fields Too Large",
+                                                         "request head too large\n"))
+                return
+        if deadline.cancelled_caught:
+            edge.counters["handshake_timeouts"] += 1
+            log.info("connection from %s closed: no complete upgrade request within %ss", peer_name(stream),
+                     self._limits.handshake_timeout_seconds)
+            return
+        if head is None:
+            return
+        path = request_path(head)
+        if path not in (SESSION_PATH, NODE_PATH):
+            if path is not None and self._http is not None:
+                await self._http(PrefixedStream(stream, head))
+            elif path is None:
+                edge.counters["refused_bad_request"] += 1
+                await self._refuse(stream, http_response(400, "Bad Request", "not an HTTP request\n"))
+            else:
+                edge.counters["refused_unknown_path"] += 1
+                await self._refuse(stream, http_response(404, "Not Found",
+                                                         "unknown path; use /ws/session or /ws/node\n"))
+            return
+        if edge.open >= self._limits.max_connections:
+            edge.counters["refused_at_capacity"] += 1
+            log.info("connection from %s refused: limits.max_connections (%d) reached", peer_name(stream),
+                     self._limits.max_connections)
+            await self._refuse(stream, http_response(
+                503, "Service Unavailable",
+                f"scheduler at capacity (limits.max_connections = {self._limits.max_connections}); retry later\n"))
+            return
+        ws = self._open_websocket(stream, head)
+        del head  # not kept for the connection's life
+        if ws is None:
+            edge.counters["refused_bad_request"] += 1
+            await self._refuse(stream, http_response(400, "Bad Request", "not a WebSocket upgrade request\n"))
+            return
+        edge.open += 1
+        try:
+            await self._websocket(ws, stream, path, deadline.deadline)
+        finally:
+            edge.open -= 1
+
+    async def _refuse(self, stream: trio.SocketStream, response: bytes) -> None:
+        with trio.move_on_after(REFUSAL_SEND_SECONDS):
+            try:
+                await stream.send_all(response)
+                await stream.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    def _open_websocket(self, stream: trio.SocketStream, head: bytes) -> EdgeWebSocketConnection | None:
+        """A server connection that has already been fed ``head``, or None if wsproto refuses the request."""
+        ws = EdgeWebSocketConnection(
+            stream, wsproto.WSConnection(ConnectionType.SERVER), message_queue_size=8,
+            max_message_size=self._limits.max_message_bytes, receive_buffer_size=self._receive_buffer_size)
+        try:
+            ws._wsproto.receive_data(head)
+        except wsproto.utilities.RemoteProtocolError:
+            return None
+        return ws
+
+    async def _websocket(self, ws: EdgeWebSocketConnection, stream: trio.SocketStream, path: str,
+                         deadline: float) -> None:
+        peer = peer_name(stream)
+        async with trio.open_nursery() as nursery:
+            handshake = trio.CancelScope(deadline=deadline)
+            nursery.start_soon(self._read, ws, peer, handshake)
+            try:
+                with handshake:
+                    request = await ws._get_request()
+                    await request.accept()
+                    del request  # its headers are not needed once accepted
+                if handshake.cancelled_caught:
+                    self._edge.counters["handshake_timeouts" if trio.current_time() >= deadline
+                                        else "handshakes_aborted"] += 1
+                    return
+                refuse_oversize_frames(ws, self._limits.max_message_bytes)
+                transport = WebSocketTransport(ws, peer)
+                if path == SESSION_PATH:
+                    await self._scheduler.handle_session(transport)
+                else:
+                    await self._scheduler.handle_node(transport)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_SECONDS):
+                    try:
+                        await ws.aclose()
+                    except Exception:
+                        pass
+                nursery.cancel_scope.cancel()
+
+    async def _read(self, ws: EdgeWebSocketConnection, peer: str, handshake: trio.CancelScope) -> None:
+        """trio-websocket's reader task, with its failures kept here; once it ends nothing more will arrive, so a
+        handshake still waiting for a request is over."""
+        try:
+            await ws._reader_task()
+        except Exception as exc:
+            if _peer_gone(exc):
+                self._edge.counters["peers_gone"] += 1
+                log.debug("connection from %s: reader ended: %r", peer, exc)
+            else:
+                self._edge.counters["connection_errors"] += 1
+                log.warning("connection from %s: reader failed", peer, exc_info=True)
+        finally:
+            handshake.cancel()
+
+
+def _hypercorn_config(host: str, port: int) -> HypercornConfig:
     hc = HypercornConfig()
     hc.bind = [f"{host}:{port}"]
     hc.accesslog = None
     hc.loglevel = "WARNING"
-    hc.websocket_max_message_size = config.limits.max_message_bytes
     return hc
 
 
 def _bound_port(binds: list[str]) -> int:
     return int(binds[0].rsplit(":", 1)[1])
+
+
+def _hypercorn_connection(app: Callable[..., Awaitable[None]],
+                          hc: HypercornConfig) -> Callable[[trio.abc.Stream], Awaitable[None]]:
+    """hypercorn's own per-connection server for a stream the door hands over (one-port mode)."""
+    wrapped = wrap_app(app, hc.wsgi_max_body_size, "asgi")
+    context = WorkerContext(None)
+
+    async def serve_http(stream: trio.abc.Stream) -> None:
+        await TCPServer(wrapped, hc, context, ConnectionState({}), stream)  # type: ignore[arg-type]
+
+    return serve_http
 
 
 async def serve(
@@ -65,33 +323,18 @@ async def serve(
     server = config.server
     async with trio.open_nursery() as nursery:
         await nursery.start(scheduler.run)
-        if server.port != 0 and server.http_port == server.port:
-            app = make_app(scheduler, websockets=True)
-            binds = await nursery.start(functools.partial(
-                hypercorn_serve, app, _hypercorn_config(server.host, server.port, config)))
-            port = http_port = _bound_port(binds)
+        one_port = server.port != 0 and server.http_port == server.port
+        http = _hypercorn_connection(make_app(scheduler), _hypercorn_config(server.host, server.port)) \
+            if one_port else None
+        door = Door(scheduler, config, http)
+        listeners = await nursery.start(functools.partial(
+            trio.serve_tcp, door.serve_connection, server.port, host=server.host))
+        port = listeners[0].socket.getsockname()[1]
+        if one_port:
+            http_port = port
         else:
-            async def handle(request: WebSocketRequest) -> None:
-                path = request.path.split("?", 1)[0]
-                if path not in (SESSION_PATH, NODE_PATH):
-                    await request.reject(404, body=b"unknown path; use /ws/session or /ws/node")
-                    return
-                transport = WebSocketTransport(await request.accept())
-                release_accepted_request(request)
-                if path == SESSION_PATH:
-                    await scheduler.handle_session(transport)
-                else:
-                    await scheduler.handle_node(transport)
-
-            ws_server = await nursery.start(functools.partial(
-                serve_websocket, handle, server.host, server.port, None,
-                message_queue_size=8,
-                max_message_size=config.limits.max_message_bytes,
-                receive_buffer_size=server.receive_buffer_size,
-            ))
-            port = ws_server.port
             binds = await nursery.start(functools.partial(
-                hypercorn_serve, make_app(scheduler), _hypercorn_config(server.host, server.http_port, config)))
+                hypercorn_serve, make_app(scheduler), _hypercorn_config(server.host, server.http_port)))
             http_port = _bound_port(binds)
         listening = Listening(server.host, port, http_port)
         log_listening("sessions", listening.session_url)

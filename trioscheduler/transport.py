@@ -15,6 +15,8 @@ import trio
 import trio_websocket
 import wsproto
 import wsproto.events
+from wsproto.connection import ConnectionState
+from wsproto.frame_protocol import CloseReason, FrameDecoder, Opcode, ParseFailed, RsvBits
 from wsproto.handshake import H11Handshake
 
 from trioscheduler.errors import TrioschedulerError
@@ -79,14 +81,120 @@ def release_accepted_request(request: trio_websocket.WebSocketRequest) -> bool:
     return True
 
 
+class EdgeWebSocketConnection(trio_websocket.WebSocketConnection):
+    """trio-websocket's server connection with the edge's guarantees.
+
+    - ``max_message_size`` counts bytes (UTF-8 for text), not characters.
+    - A frame that wsproto refuses (invalid UTF-8 in a text frame, a protocol error, a frame over the limit refused
+      at its header by ``refuse_oversize_frames``) is answered with a close frame carrying wsproto's code (1007,
+      1002, 1009) before TCP closes; trio-websocket alone closes TCP without one. After such a refusal, what the
+      peer still sends is read and dropped for a moment (at most ``REFUSAL_LINGER_SECONDS`` and
+      ``REFUSAL_LINGER_BYTES``) before the socket closes, so the close frame is not lost to a TCP reset.
+    """
+
+    _refused = False
+
+    async def _handle_message_event(
+        self, event: wsproto.events.BytesMessage | wsproto.events.TextMessage,
+    ) -> None:
+        data = event.data
+        if type(data) is str and not data.isascii():  # isascii is O(1) on str: only non-ASCII text is encoded
+            self._message_size += len(data.encode("utf-8", "surrogatepass")) - len(data)
+        await super()._handle_message_event(event)
+
+    async def _handle_close_connection_event(self, event: wsproto.events.CloseConnection) -> None:
+        # A close frame from the peer moves wsproto to REMOTE_CLOSING before this event; still OPEN means the event
+        # is wsproto's own refusal of what the peer sent, so the peer is told why.
+        if self._wsproto.state == ConnectionState.OPEN:
+            try:
+                await self._send(wsproto.events.CloseConnection(code=event.code, reason=event.reason))
+                self._refused = True
+            except trio_websocket.ConnectionClosed:
+                pass
+        await super()._handle_close_connection_event(event)
+
+    async def _close_stream(self) -> None:
+        if self._refused:
+            self._refused = False
+            await _linger(self._stream)
+        await super()._close_stream()
+
+
+REFUSAL_LINGER_SECONDS = 1.0
+REFUSAL_LINGER_BYTES = 1 << 20
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Half-close, then read and drop what the peer still sends, within the linger bounds; never raises."""
+    dropped = 0
+    with trio.move_on_after(REFUSAL_LINGER_SECONDS):
+        try:
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                await stream.send_eof()
+            while dropped < REFUSAL_LINGER_BYTES:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                dropped += len(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError):
+            pass
+
+
+class _SizedFrameDecoder(FrameDecoder):
+    """wsproto's frame decoder that also checks, at each frame header, the size of the message the frame belongs
+    to: a data frame whose declared length takes its message over ``max_message_bytes`` fails with 1009 before any
+    of its payload is read. (An open decoder's class is switched to this one: no closure, no reference cycle.)"""
+
+    max_message_bytes: int
+    message_bytes: int
+
+    def extension_processing(self, opcode: Opcode, rsv: RsvBits, payload_len: int) -> None:
+        if opcode is Opcode.CONTINUATION:
+            total = self.message_bytes + payload_len
+        elif opcode.iscontrol():
+            total = self.message_bytes  # control frames (at most 125 bytes) do not belong to the message
+        else:
+            total = payload_len
+        if total > self.max_message_bytes:
+            raise ParseFailed(f"message exceeds {self.max_message_bytes} bytes", CloseReason.MESSAGE_TOO_BIG)
+        self.message_bytes = total
+        super().extension_processing(opcode, rsv, payload_len)
+
+
+def refuse_oversize_frames(ws: trio_websocket.WebSocketConnection, max_bytes: int) -> bool:
+    """Once ``ws`` is open, refuse a message over ``max_bytes`` at the header of the frame that takes it over,
+    rather than after reading its payload. Applied only when wsproto's frame decoder is the one this was checked
+    against (wsproto 1.3.2); otherwise the byte count of ``EdgeWebSocketConnection`` refuses it as it arrives.
+    Returns whether it was applied."""
+    connection = getattr(getattr(ws, "_wsproto", None), "connection", None)
+    decoder = getattr(getattr(connection, "_proto", None), "_frame_decoder", None)
+    if type(decoder) is not FrameDecoder:
+        return False
+    decoder.__class__ = _SizedFrameDecoder
+    decoder.max_message_bytes = max_bytes
+    decoder.message_bytes = 0
+    return True
+
+
+def peer_name(stream: trio.abc.Stream) -> str:
+    """``host:port`` of the peer, or ``"unknown"`` when the socket can no longer say (ENOTCONN after a reset)."""
+    sock = getattr(stream, "socket", None)
+    try:
+        address = sock.getpeername() if sock is not None else None
+    except OSError:
+        return "unknown"
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return "unknown"
+
+
 class WebSocketTransport:
     __slots__ = ("_ws", "peer")
 
-    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+    def __init__(self, ws: trio_websocket.WebSocketConnection, peer: str) -> None:
         self._ws = ws
         release_spent_handshake(ws)
-        remote = ws.remote
-        self.peer = f"{remote.address}:{remote.port}" if hasattr(remote, "address") else str(remote)
+        self.peer = peer
 
     async def get_message(self) -> str | bytes:
         try:
@@ -101,7 +209,10 @@ class WebSocketTransport:
             raise TransportClosed from None
 
     async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        await self._ws.aclose(code, reason or None)
+        try:
+            await self._ws.aclose(int(code), reason or None)
+        except Exception:  # a peer gone mid-close is that peer's; closing never fails the caller
+            pass
 
 
 class MemoryTransport:
