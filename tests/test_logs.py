@@ -140,6 +140,10 @@ def test_any_text_values_round_trip_on_one_printable_line(values: dict[str, str]
 # ----------------------------------------------------------------------------------------------- the queue
 
 
+#: A deadline for the writer thread, so a bug fails the test instead of hanging it.
+WAIT_SECONDS = 10.0
+
+
 class GateSink:
     """A sink that blocks while its gate is closed, like a pipe nobody reads."""
 
@@ -160,10 +164,6 @@ class GateSink:
         with self.written:
             assert self.written.wait_for(lambda: len(self.lines) >= count, WAIT_SECONDS), self.lines
             return list(self.lines)
-
-
-#: A deadline for the writer thread, so a bug fails the test instead of hanging it.
-WAIT_SECONDS = 10.0
 
 
 class FakeClock:
