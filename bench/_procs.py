@@ -207,13 +207,22 @@ def start_relay(procs: Procs, name: str = "relay") -> System:
     return s
 
 
-def start_scheduler(procs: Procs, config: str | None) -> System:
-    s = System("scheduler")
+#: The scheduler systems run.py knows and the log level each runs at (None: the daemon's default, info).
+SCHEDULER_LOG_LEVELS: dict[str, str | None] = {"scheduler": None, "scheduler-warning": "warning"}
+
+
+def start_scheduler(procs: Procs, config: str | None, name: str = "scheduler") -> System:
+    """``scheduler`` runs at the daemon's default log level (its stderr to a file in the run directory);
+    ``scheduler-warning`` at ``--log-level warning``, so the cost of logging shows beside it."""
+    s = System(name)
     port, http = free_port(), free_port()
-    argv = [PY, "-m", "trioscheduler", "--port", str(port), "--http-port", str(http), "--log-level", "warning"]
+    argv = [PY, "-m", "trioscheduler", "--port", str(port), "--http-port", str(http)]
+    level = SCHEDULER_LOG_LEVELS[name]
+    if level is not None:
+        argv += ["--log-level", level]
     if config:
         argv += ["--config", config]
-    p = procs.start("scheduler", argv)
+    p = procs.start(name, argv)
     s.procs.append(p)
     wait_port(p, port, timeout=30)
     s.url = f"ws://{HOST}:{port}"
@@ -245,8 +254,8 @@ def start_celery(procs: Procs) -> System:
 def start_system(procs: Procs, name: str, config: str | None) -> System:
     if name in ("relay", "relay-fast"):
         return start_relay(procs, name)
-    if name == "scheduler":
-        return start_scheduler(procs, config)
+    if name in SCHEDULER_LOG_LEVELS:
+        return start_scheduler(procs, config, name)
     if name == "celery":
         return start_celery(procs)
     raise ValueError(name)

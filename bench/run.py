@@ -4,8 +4,10 @@ Each system runs in its own process on free loopback ports and restarts every re
 simulated nodes are separate processes; the order of the systems rotates between repeats; medians are over
 repeats and ratios are computed inside each repeat. Process CPU comes from /proc/PID/stat over the window.
 
-Systems: scheduler (`python -m trioscheduler`, once trioscheduler/__main__.py exists), relay (bench/relay.py,
-the transport ceiling), celery (Celery + Redis, throughput only; skipped with a note if unavailable).
+Systems: scheduler (`python -m trioscheduler` at its default log level, info, with bench/scheduler-bench.toml:
+only the admission cap raised), scheduler-warning (the same at `--log-level warning`, so the cost of logging is
+always visible; throughput only unless named in --systems), relay (bench/relay.py, the transport ceiling), celery
+(Celery + Redis, throughput only; skipped with a note if unavailable).
 
 Experiments (issue 4):
   throughput  closed-loop 33 KB `utterance`, c clients, 4 nodes               (point 3)
@@ -14,6 +16,7 @@ Experiments (issue 4):
   storm       the stream run at 200 sessions, without and with 1,000 nodes heartbeating at 1 Hz / 10 Hz (point 2)
   selection   in-process selection cost, bench/selection_bench.py             (point 2 "selection latency", 4)
   scale       bench/scale.py: cost per job vs nodes/pools, memory per idle session / per node   (point 4)
+  overload    bench/overload.py: 0.5x, 2x, 0.5x the fleet's capacity; registry time per result (issue 8.8)
 
     python bench/run.py --quick                 # < 2 min; scheduler (if present) + relay; no celery, no scale
     python bench/run.py                         # full: 3 repeats, all experiments, celery if installed
@@ -38,13 +41,13 @@ import timeit
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import audio_b64, utterance_dict  # noqa: E402
 from _procs import (  # noqa: E402
-    BENCH, PY, Procs, StartError, celery_available, histogram_delta, install_signal_handlers, metrics_text,
-    parse_metrics, read_json, scheduler_available, start_nodes, start_system, stop_system,
+    BENCH, PY, SCHEDULER_LOG_LEVELS, Procs, StartError, celery_available, histogram_delta, install_signal_handlers,
+    metrics_text, parse_metrics, read_json, scheduler_available, start_nodes, start_system, stop_system,
 )
 
 LOADGEN = os.path.join(BENCH, "loadgen.py")
 #: Every system run.py knows, in report order; relay-fast only runs when asked for with --systems.
-SYSTEMS = ("scheduler", "relay", "relay-fast", "celery")
+SYSTEMS = ("scheduler", "scheduler-warning", "relay", "relay-fast", "celery")
 
 
 # ----------------------------------------------------------------------------------------------- parameters
@@ -58,7 +61,7 @@ def params(quick: bool) -> dict:
             "st_sessions": [1, 50], "st_warmup": 1.0, "st_window": 3.0, "st_drain": 2.0, "st_nodes": 50,
             "storm_sessions": 50, "storm_levels": [(0, 0.0), (200, 2.0)],
             "storm_warmup": 1.0, "storm_window": 3.0,
-            "selection": ["--quick"], "quiet_wait": 0,
+            "selection": ["--quick"], "overload": ["--quick"], "quiet_wait": 0,
         }
     return {
         "repeats": 3,
@@ -66,7 +69,7 @@ def params(quick: bool) -> dict:
         "st_sessions": [1, 100, 500], "st_warmup": 2.0, "st_window": 10.0, "st_drain": 5.0, "st_nodes": 50,
         "storm_sessions": 200, "storm_levels": [(0, 0.0), (1000, 1.0), (1000, 10.0)],
         "storm_warmup": 2.0, "storm_window": 10.0,
-        "selection": [], "quiet_wait": 60,
+        "selection": [], "overload": [], "quiet_wait": 60,
     }
 
 
@@ -327,6 +330,18 @@ def exp_scale(procs, rundir, config, quick, log) -> dict:
     return {"data": read_json(out), "table": p.stdout().strip()}
 
 
+def exp_overload(procs, rundir, P, log) -> dict:
+    out = os.path.join(rundir, "overload.json")
+    p = procs.start("overload", [PY, os.path.join(BENCH, "overload.py"), *P["overload"], "--json", out])
+    rc = procs.wait(p, timeout=1800)
+    if rc != 0:
+        return {"failed": p.tail(30)}
+    data = read_json(out)
+    log(f"  overload: registry time per result overload/baseline {data.get('overload_vs_baseline') or 0:.2f}x, "
+        f"recover {data.get('recover_s') or 0:.2f} s, wall {data.get('wall_s', 0):.0f} s")
+    return {"data": data, "table": p.stdout().strip()}
+
+
 # ----------------------------------------------------------------------------------------------- report
 
 
@@ -445,7 +460,8 @@ def report_throughput(rows: list[dict]) -> str:
                        f"{med(_vals(g, 'p99_ms'))} | {med(_vals(g, 'p999_ms'))} | {errs} | {cpu_cell(g)} | "
                        f"{med([x for x in map(server_cpu_per_rt, g) if x])} | "
                        f"{med([x for x in map(cpu_per_rt, g) if x])} |")
-    pairs = [("scheduler", "relay"), ("scheduler", "relay-fast"), ("relay-fast", "relay"),
+    pairs = [("scheduler", "scheduler-warning"), ("scheduler", "relay"), ("scheduler", "relay-fast"),
+             ("scheduler-warning", "relay"), ("relay-fast", "relay"),
              ("scheduler", "celery"), ("relay", "celery")]
     ratio_lines = []
     for a, b in pairs:
@@ -607,6 +623,8 @@ def render(res: dict) -> str:
                               "rounds)\n\n" + (res["selection"].get("table") or
                                                 f"failed: {res['selection'].get('failed')}") + "\n"),
         ("scale", lambda: (res["scale"].get("table") or f"scale failed: {res['scale'].get('failed')}") + "\n"),
+        ("overload", lambda: "### Overload (bench/overload.py; the registry in process, virtual time)\n\n"
+                             + (res["overload"].get("table") or f"failed: {res['overload'].get('failed')}") + "\n"),
     ]
     for key, fn in sections:
         if key in res:
@@ -631,11 +649,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="< 2 minutes: 1 repeat, short windows, small storm")
     ap.add_argument("--repeats", type=int, default=0)
-    ap.add_argument("--systems", default="", help="comma list of scheduler,relay,relay-fast,celery (default: "
-                                                  "scheduler,relay,celery where available; "
+    ap.add_argument("--systems", default="", help="comma list of scheduler,scheduler-warning,relay,relay-fast,"
+                                                  "celery (default: scheduler,scheduler-warning,relay,celery where "
+                                                  "available; scheduler-warning in throughput only; "
                                                   "celery only in full mode or with --with-celery)")
     ap.add_argument("--with-celery", action="store_true", help="include celery in --quick")
-    ap.add_argument("--only", default="", help="comma list of throughput,stream,storm,selection,scale")
+    ap.add_argument("--only", default="", help="comma list of throughput,stream,storm,selection,scale,overload")
     ap.add_argument("--skip", default="", help="comma list of experiments to skip")
     ap.add_argument("--config", default=os.path.join(BENCH, "scheduler-bench.toml"),
                     help="TOML passed to the scheduler ('' for none)")
@@ -655,16 +674,17 @@ def main() -> int:
         P["repeats"] = a.repeats
     if a.quiet_wait >= 0:
         P["quiet_wait"] = a.quiet_wait
-    exps = ["throughput", "stream", "storm", "selection"] + ([] if a.quick else ["scale"])
+    exps = ["throughput", "stream", "storm", "selection", "overload"] + ([] if a.quick else ["scale"])
     if a.only:
         exps = [e for e in a.only.split(",") if e]
     exps = [e for e in exps if e not in a.skip.split(",")]
 
     notes = []
-    wanted = [s for s in a.systems.split(",") if s] or ["scheduler", "relay", "celery"]
+    wanted = [s for s in a.systems.split(",") if s] or ["scheduler", "scheduler-warning", "relay", "celery"]
     systems = []
     for s in wanted:
-        why = scheduler_available() if s == "scheduler" else celery_available() if s == "celery" else None
+        why = (scheduler_available() if s in SCHEDULER_LOG_LEVELS else celery_available() if s == "celery"
+               else None)
         if s == "celery" and a.quick and not a.with_celery and not a.systems:
             why = why or "skipped in --quick (use --with-celery)"
         if why:
@@ -672,6 +692,8 @@ def main() -> int:
         else:
             systems.append(s)
     config = a.config if a.config and os.path.exists(a.config) else None
+    # The warning-level scheduler is the throughput table's comparison; elsewhere only when asked for by name.
+    detail_systems = systems if a.systems else [s for s in systems if s != "scheduler-warning"]
 
     rundir = tempfile.mkdtemp(prefix="trioscheduler-bench-")
     procs = Procs(rundir)
@@ -694,13 +716,15 @@ def main() -> int:
         if "throughput" in exps:
             res["throughput"] = exp_throughput(procs, rundir, systems, P, config, log)
         if "stream" in exps:
-            res["stream"] = exp_stream(procs, rundir, systems, P, config, log)
+            res["stream"] = exp_stream(procs, rundir, detail_systems, P, config, log)
         if "storm" in exps:
-            res["storm"] = exp_storm(procs, rundir, systems, P, config, log)
+            res["storm"] = exp_storm(procs, rundir, detail_systems, P, config, log)
         if "selection" in exps:
             res["selection"] = exp_selection(procs, rundir, P, log)
         if "scale" in exps:
             res["scale"] = exp_scale(procs, rundir, config, a.quick, log)
+        if "overload" in exps:
+            res["overload"] = exp_overload(procs, rundir, P, log)
     except KeyboardInterrupt:
         log("interrupted: stopping every child process")
         rc = 130

@@ -77,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trioscheduler: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "demo" and args.log_level is None:
-        configure_logging("warning")  # the demo prints its own story; stage lines would drown it
+        level = "warning"  # the demo prints its own story; stage lines would drown it
     else:
-        configure_logging(config.logging.level)
+        level = config.logging.level
+    configure_logging(level, queue_records=config.limits.max_log_queue_records)
     if args.command == "demo":
         from trioscheduler.demo import run_demo
 

@@ -170,6 +170,8 @@ class LimitsConfig:
     handshake_timeout_seconds: float = attrs.field(default=10.0, validator=_positive)
     #: Open WebSocket connections (sessions and nodes together); beyond it new ones are refused at the door.
     max_connections: int = attrs.field(default=20_000, validator=_positive_int)
+    #: Log records waiting for a slow or stuck log sink; beyond it records are dropped and counted.
+    max_log_queue_records: int = attrs.field(default=10_000, validator=_positive_int)
 
 
 @attrs.frozen

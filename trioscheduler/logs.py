@@ -1,17 +1,45 @@
-"""Structured log lines: ``event key=value ...`` with the ids an operator greps for.
+"""Structured log lines (``event key=value ...``) written by a thread of their own, so no sink can stall the loop.
 
-Fields are only formatted when the level is enabled, so a stage line costs almost nothing on the hot path when
-the daemon runs at ``warning``.
+Guarantees:
+
+* Fields are only formatted when the level is enabled, so a stage line costs almost nothing on the hot path when
+  the daemon runs at ``warning``.
+* A logged value never breaks its line or forges a field: values with a space, ``"``, ``=``, ``\\`` or any
+  character that is not printable (newlines, control characters, Unicode separators) are quoted and escaped.
+* Logging never waits for the sink. :class:`QueueingHandler` puts records on a bounded queue that one writer thread
+  drains; when the sink is slow or stuck and the queue is full, records are dropped and counted
+  (:func:`dropped_records`), and a ``log_records_dropped`` warning goes through the same queue once there is room,
+  at most once per reporting interval.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
+import queue
+import re
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 FIELDS_ATTR = "trioscheduler_fields"
+#: The logger every trioscheduler logger descends from; configure_logging installs its handler here.
+ROOT_LOGGER = "trioscheduler"
+#: Seconds between two ``log_records_dropped`` warnings (one per interval at most, while records are dropped).
+DROP_REPORT_INTERVAL_SECONDS = 10.0
+#: Records the writer thread formats and hands to the sink in one write.
+WRITE_BATCH = 256
+#: How often the writer thread looks at the queue when it has emptied it.
+WRITE_INTERVAL_SECONDS = 0.05
+#: How long process exit waits for queued records to reach the sink before leaving them.
+CLOSE_TIMEOUT_SECONDS = 2.0
+
+#: Characters that force quoting of a value that is otherwise printable.
+_NEEDS_QUOTES = re.compile(r'[ "=\\]')
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def emit(logger: logging.Logger, level: int, event: str, **fields: Any) -> None:
@@ -24,25 +52,207 @@ def emit(logger: logging.Logger, level: int, event: str, **fields: Any) -> None:
 def _format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
+    if type(value) is int:
+        return str(value)
     text = str(value)
-    if not text or any(c in text for c in ' "='):
-        return '"' + text.replace('"', '\\"') + '"'
-    return text
+    if text and text.isprintable() and _NEEDS_QUOTES.search(text) is None:
+        return text
+    return '"' + escape_text(text) + '"'
+
+
+def escape_text(text: str) -> str:
+    """``text`` with ``"`` and ``\\`` backslash-escaped and every non-printable character written as an escape
+    (``\\n``, ``\\r``, ``\\t``, ``\\xNN``, ``\\uNNNN``, ``\\UNNNNNNNN``), so it fits on one line between quotes."""
+    out: list[str] = []
+    for char in text:
+        escaped = _ESCAPES.get(char)
+        if escaped is not None:
+            out.append(escaped)
+        elif char.isprintable():
+            out.append(char)
+        else:
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)
+
+
+def _one_line(text: str) -> str:
+    """A free-form message on one line: non-printable characters escaped, everything else as it is."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else escape_text(char) for char in text)
 
 
 class LogfmtFormatter(logging.Formatter):
+    """``<UTC time> <level> <logger> <message>``; a traceback, if any, follows on its own lines."""
+
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        line = f"{stamp}.{int(record.msecs):03d}Z {record.levelname.lower()} {record.name} {record.getMessage()}"
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+        line = (f"{stamp}.{int(record.msecs):03d}Z {record.levelname.lower()} {record.name} "
+                f"{_one_line(record.getMessage())}")
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line += "\n" + record.exc_text
         return line
 
 
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogfmtFormatter())
-    root = logging.getLogger("trioscheduler")
+Sink = Callable[[bytes], None]
+
+
+def fd_sink(fd: int) -> Sink:
+    """Writes to a duplicate of ``fd`` with ``os.write``: the writer thread holds no lock of ``sys.stderr`` while
+    the sink blocks, so nothing else in the process (not even interpreter exit) can be stuck behind it."""
+    own_fd = os.dup(fd)
+
+    def write(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(own_fd, view):]
+
+    return write
+
+
+def stream_sink(stream: Any) -> Sink:
+    """Writes to a text stream (for streams without a file descriptor)."""
+
+    def write(data: bytes) -> None:
+        stream.write(data.decode("utf-8", "replace"))
+        stream.flush()
+
+    return write
+
+
+class QueueingHandler(logging.Handler):
+    """Hands records to a writer thread over a queue of at most ``capacity`` records and never waits for it.
+
+    On the caller's thread a record is only made self-contained (a message with arguments is rendered, a traceback
+    is rendered and released); the formatter and the sink run on the writer thread. A record that finds the queue
+    full is dropped and counted in :attr:`dropped`.
+    """
+
+    def __init__(self, sink: Sink, capacity: int, *, formatter: logging.Formatter | None = None,
+                 report_interval: float = DROP_REPORT_INTERVAL_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.setFormatter(formatter or LogfmtFormatter())
+        self.capacity = capacity
+        self.report_interval = report_interval
+        self._full_drops = 0  # written by the emitting thread only
+        self._sink_failures = 0  # written by the writer thread only
+        self._sink = sink
+        self._clock = clock
+        self._queue: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+        self._reported = 0
+        self._last_report = -math.inf
+        self._closed = False
+        self._thread = threading.Thread(target=self._write_records, name="trioscheduler-log-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def dropped(self) -> int:
+        """Records lost since this handler was made: the queue was full, or the sink raised."""
+        return self._full_drops + self._sink_failures
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._queue.qsize() >= self.capacity:
+            self._full_drops += 1
+            return
+        if record.args:
+            record.msg = record.getMessage()
+            record.args = None
+        if record.exc_info:
+            assert self.formatter is not None
+            record.exc_text = self.formatter.formatException(record.exc_info)
+            record.exc_info = None
+        self._queue.put(record)
+
+    def close(self) -> None:
+        """Stop the writer after what is queued, waiting at most CLOSE_TIMEOUT_SECONDS (a stuck sink is left)."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join(CLOSE_TIMEOUT_SECONDS)
+        super().close()
+
+    def _write_records(self) -> None:
+        """The writer thread: every WRITE_INTERVAL_SECONDS it takes what is queued, WRITE_BATCH records per sink
+        call, and reports drops; it ends at the close marker. It never waits on the queue, so a record put by the
+        loop wakes no thread."""
+        formatter = self.formatter
+        assert formatter is not None
+        get = self._queue.get_nowait
+        while True:
+            batch: list[logging.LogRecord] = []
+            stop = False
+            while len(batch) < WRITE_BATCH:
+                try:
+                    record = get()
+                except queue.Empty:
+                    break
+                if record is None:
+                    stop = True
+                    break
+                batch.append(record)
+            if batch:
+                try:
+                    self._sink("".join([formatter.format(record) + "\n" for record in batch])
+                               .encode("utf-8", "replace"))
+                except Exception:  # noqa: BLE001 - a sink that fails loses its lines, never the writer
+                    self._sink_failures += len(batch)
+            if stop:
+                return
+            self._report_drops()
+            if len(batch) < WRITE_BATCH:
+                time.sleep(WRITE_INTERVAL_SECONDS)
+
+    def _report_drops(self) -> None:
+        dropped = self.dropped
+        if dropped == self._reported or self._clock() - self._last_report < self.report_interval:
+            return
+        if self._queue.qsize() >= self.capacity:
+            return  # no room yet: the next record written makes some
+        self._last_report = self._clock()
+        self._queue.put(_drop_record(dropped - self._reported, dropped))
+        self._reported = dropped
+
+
+def _drop_record(since_last: int, total: int) -> logging.LogRecord:
+    record = logging.LogRecord(f"{ROOT_LOGGER}.logs", logging.WARNING, __file__, 0,
+                               f"log_records_dropped dropped={since_last} total={total}", None, None)
+    setattr(record, FIELDS_ATTR, {"dropped": since_last, "total": total})
+    return record
+
+
+def _default_sink() -> Sink:
+    try:
+        return fd_sink(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        return stream_sink(sys.stderr)
+
+
+def configure_logging(level: str, *, queue_records: int = 10_000, sink: Sink | None = None) -> QueueingHandler:
+    """Route every ``trioscheduler`` logger through one :class:`QueueingHandler` (replacing any earlier one) that
+    writes to ``sink`` (default: the process's stderr) and holds at most ``queue_records`` records."""
+    # Records carry nothing the formatter does not print: no caller lookup (a stack walk per record), no thread
+    # or process names (the logging HOWTO's "Optimization" list).
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    root = logging.getLogger(ROOT_LOGGER)
+    for old in root.handlers:
+        old.close()
+    handler = QueueingHandler(sink or _default_sink(), queue_records)
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    return handler
+
+
+def dropped_records() -> int:
+    """Log records dropped so far because the sink could not keep up (0 when logging was not configured)."""
+    for handler in logging.getLogger(ROOT_LOGGER).handlers:
+        if isinstance(handler, QueueingHandler):
+            return handler.dropped
+    return 0
