@@ -224,7 +224,8 @@ async def session_scenario(at: int, count: int, answer_every: int, close: bool) 
 
 
 def run_mocked(scenario: Any, at: int, *args: Any) -> Outcome:
-    return trio.run(scenario, at, *args, clock=trio.testing.MockClock(autojump_threshold=0))  # type: ignore[no-any-return]
+    outcome: Outcome = trio.run(scenario, at, *args, clock=trio.testing.MockClock(autojump_threshold=0))
+    return outcome
 
 
 def cancelled_at_every_step(scenario: Any, *args: Any) -> dict[int, dict[str, Any]]:
