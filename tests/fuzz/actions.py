@@ -30,6 +30,8 @@ HOSTILE_LANGUAGES = ("zh", "en", "ja")
 DEPTHS = (31, 32, 33, 64, 254, 255, 256, 300)
 #: Below and above the fuzz daemon's max_message_bytes (harness.FUZZ_MAX_MESSAGE_BYTES).
 LONG_STRING_SIZES = (1_000, 60_000, 300_000)
+#: Languages one hostile registration claims (the default bound is 64; the cost today grows faster than linearly).
+CLAIMED_LANGUAGES = (65, 200)
 BIG_NUMBERS = (2**63 - 1, 2**63, 2**64, -(2**63) - 1, 10**30, 1e308, -1e308, 5e-324)
 NAN_LIKE_TEXT = ("NaN", "Infinity", "-Infinity", "1e308", "", " ", "\x00", "\n", "zh\n{\"event\":\"forged\"}",
                  "\u202e", "\ud7ff", "😀" * 8)
@@ -132,8 +134,14 @@ def hostile_register(node_id: str | None) -> dict[str, Any]:
 
 node_ids = st.one_of(st.none(), st.text(min_size=1, max_size=12).map(lambda s: f"hostile-{s}"))
 job_ids = st.one_of(st.text(max_size=12), st.just("job-unknown"))
+def hostile_register_claiming(count: int) -> dict[str, Any]:
+    """A registration claiming ``count`` distinct languages: past [limits] max_node_languages (64) at 65."""
+    return node_register(None, languages=tuple(f"x{i}" for i in range(count)), capacity=2)
+
+
 node_templates = st.one_of(
     node_ids.map(hostile_register),
+    st.sampled_from(CLAIMED_LANGUAGES).map(hostile_register_claiming),
     st.just(heartbeat("hostile", languages=HOSTILE_LANGUAGES)),
     st.builds(lambda job_id, index: {"type": "job_result", "job_id": job_id, "attempt_id": 1, "node_id": "hostile",
                                      "session_id": "s-unknown", "utterance_index": index, "success": True,
@@ -163,10 +171,31 @@ def mutated(draw: st.DrawFn, templates: st.SearchStrategy[dict[str, Any]]) -> di
     return message
 
 
+@st.composite
+def at_the_edge(draw: st.DrawFn, templates: st.SearchStrategy[dict[str, Any]]) -> dict[str, Any]:
+    """A valid message with one field pushed to the edge of its own kind: a number beyond 64 bits or a float
+    too big for any integer, an object or list nested past the depth bound, a string that is long, empty, NaN-like
+    or carries control characters."""
+    message = dict(draw(templates))
+    key = draw(st.sampled_from(sorted(message)))
+    value = message[key]
+    if isinstance(value, bool) or value is None:
+        message[key] = draw(json_values)
+    elif isinstance(value, (int, float)):
+        message[key] = draw(st.sampled_from(BIG_NUMBERS))
+    elif isinstance(value, (dict, list)):
+        message[key] = nested(draw(st.sampled_from(DEPTHS)))
+    else:
+        message[key] = draw(st.sampled_from(NAN_LIKE_TEXT) | st.sampled_from(LONG_STRING_SIZES).map(
+            lambda n: "x" * n))
+    return message
+
+
 def frames(templates: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[Frame]:
     return st.one_of(
         templates.map(lambda message: Frame(Kind.JSON, message)),
         mutated(templates).map(lambda message: Frame(Kind.JSON, message)),
+        at_the_edge(templates).map(lambda message: Frame(Kind.JSON, message)),
         json_values.map(lambda value: Frame(Kind.JSON, value)),
         st.text(max_size=40).map(lambda text: Frame(Kind.TEXT, text)),
         st.binary(max_size=64).map(lambda data: Frame(Kind.BINARY, data)),
