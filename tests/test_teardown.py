@@ -1,16 +1,16 @@
 """Issue 8 point 7, last sentence: a node or session handler cancelled at any checkpoint leaves nothing behind.
 
-Each example runs a scheduler under trio's MockClock with in-memory transports (``memory_transport_pair``): a
-session streams utterances to a node while hypothesis picks the point at which one handler is cancelled: the
-``at``-th task step of the whole run once the handler has started (an Instrument counts steps and cancels the
-handler's scope; the cancellation lands on the handler's next checkpoint, so every checkpoint is reachable). A
-step count past the end of the script cancels the handler while it idles. Then the peer closes its side too.
+Each run is a scheduler under trio's MockClock with in-memory transports (``memory_transport_pair``): a session
+streams utterances to a node (hypothesis draws the script: how many utterances, which the node answers, whether the
+session closes). One handler runs under its own cancel scope, and an Instrument cancels that scope after the
+``at``-th task step of the whole run from the handler's start; the cancellation lands on the handler's next
+checkpoint. The script is run once uncancelled to count its steps, then once for every step, so every checkpoint
+the handler passes is one where it is cancelled (and once past the end, while it idles). Then the peer closes too.
 
 Every timer of the scheduler (heartbeat, job, pending timeouts) is far longer than the settle wait, so only the
 teardown path itself can have cleaned up. Checked after the settle wait: no node, no pool, no job, nothing waiting,
 no session with jobs, no slot in flight, no live session.
 """
-
 from __future__ import annotations
 
 from typing import Any
@@ -22,6 +22,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fuzz import fuzz_examples
 from tests.wire import Peer, b64, node_register, pcm, result_for
 from trioscheduler.app import Scheduler
 from trioscheduler.config import Config, config_with
@@ -248,14 +249,14 @@ def report(found: dict[int, dict[str, Any]]) -> str:
 @pytest.mark.xfail(strict=True, reason="issue 8 point 7: a node handler cancelled while its node_register is in "
                    "the registry leaves the node registered and pooled (NodeConnection never learns its node_id, "
                    "so it sends no node_gone)")
-@settings(max_examples=max(1, settings.default.max_examples // 10))
+@settings(max_examples=fuzz_examples(share=10))
 @given(count=st.integers(0, 3), answer_every=st.integers(1, 2))
 def test_node_handler_cancelled_at_every_checkpoint_leaves_nothing(count: int, answer_every: int) -> None:
     found = cancelled_at_every_step(node_scenario, count, answer_every)
     assert not found, report(found)
 
 
-@settings(max_examples=max(1, settings.default.max_examples // 10))
+@settings(max_examples=fuzz_examples(share=10))
 @given(count=st.integers(0, 3), answer_every=st.integers(1, 2), close=st.booleans())
 def test_session_handler_cancelled_at_every_checkpoint_leaves_nothing(count: int, answer_every: int,
                                                                       close: bool) -> None:
