@@ -53,7 +53,7 @@ REGISTER_AND_HANG_UP = [Hostile("node", hostile_register(None), (), Ending.CLOSE
 # ------------------------------------------------------------------------------------------ generated
 
 @pytest.mark.xfail(strict=True, reason="issue 8 point 6: utterance_index >= 2**64 or 1e308 crashes the sender's "
-                   "session (explicit examples)")
+                   "session (explicit example)")
 @settings(max_examples=fuzz_examples())
 @example(plans=HUGE_INDEX)
 @given(plans=hostile_plans(endpoints=("session",), endings=CONNECTED_ENDINGS))
