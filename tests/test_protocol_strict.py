@@ -308,6 +308,7 @@ def test_anything_accepted_can_be_encoded_again(kind: str, fields: dict[str, Any
             message = codec.decode(frame)
         except ProtocolError as exc:
             assert exc.code in (ErrorCode.INVALID_MESSAGE, ErrorCode.UNSUPPORTED_FEATURE)
+            assert exc.field is not None, exc.message  # a refused message always names the field at fault
             continue
         again = codec.decode(encode(message))  # forwardable, and it means the same after the trip
         assert to_wire(again) == to_wire(message)

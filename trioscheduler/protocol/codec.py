@@ -263,8 +263,9 @@ class Codec(Generic[M]):
         for key, value in data.items():
             kind = type(value)
             if (kind is dict or kind is list) and _depth_exceeds(value, below):
-                raise ProtocolError(f"{key} nests deeper than {self.max_json_depth} levels (limits.max_json_depth)",
-                                    field=key)
+                field = key[:m.MAX_ID_LENGTH]  # a peer's key, maybe unknown: echoed bounded, quoted in the text
+                raise ProtocolError(f"{field!r} nests deeper than {self.max_json_depth} levels "
+                                    "(limits.max_json_depth)", field=field)
         return data
 
     def structure_typed(self, data: dict[str, Any]) -> M:

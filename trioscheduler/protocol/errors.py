@@ -66,7 +66,7 @@ class ProtocolError(TrioschedulerError):
         self.utterance_index: int | None = None
 
     def details(self) -> dict[str, str] | None:
-        return {"field": self.field} if self.field else None
+        return {"field": self.field} if self.field is not None else None
 
     def to_message(self, **ids: Any) -> Any:
         """The ``error`` message for the peer: code, message, the field (top level and in details), ``ids``."""
