@@ -1,7 +1,8 @@
-"""The wire codec: CLIENT_CODEC / NODE_CODEC decode, encode / to_wire. Field names are the original's."""
+"""The wire codec: CLIENT_CODEC / NODE_CODEC decode, encode / to_wire. Field names are the original scheduler's."""
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import typing
@@ -136,13 +137,17 @@ def test_decoded_details_are_usable() -> None:
 def test_minimal_messages_decode_with_defaults() -> None:
     chunk = CLIENT_CODEC.decode('{"type":"audio_chunk","session_id":"s","is_final":true,"payload":""}')
     assert chunk.is_final is True and chunk.payload == ""
-    assert CLIENT_CODEC.decode('{"type":"audio_chunk"}').is_final is False
+    assert CLIENT_CODEC.decode('{"type":"audio_chunk","is_final":false}').payload is None
     assert NODE_CODEC.decode('{"type":"node_register"}').node_id is None
     assert NODE_CODEC.decode('{"type":"job_result","job_id":"j","success":true}').error is None
 
 
 # ------------------------------------------------------------------------------------------ errors naming the field
 
+
+#: The smallest utterance the original's clients send: every field it requires.
+UTTERANCE = {"type": "utterance", "session_id": "s", "utterance_index": 0, "manual_cut": True, "src_lang": "zh",
+             "tgt_lang": "en", "audio": "AAEC", "audio_format": "pcm16", "sample_rate": 16000}
 
 FIELD_ERRORS = [
     (CLIENT_CODEC, {"type": "session_init", "tgt_lang": "en"}, "src_lang"),
@@ -155,15 +160,16 @@ FIELD_ERRORS = [
     (CLIENT_CODEC, {"type": "session_init", "src_lang": "zh", "tgt_lang": "en", "features": [1]}, "features"),
     (CLIENT_CODEC, {"type": "session_init", "src_lang": "zh", "tgt_lang": "en", "enable_streaming_asr": 1},
      "enable_streaming_asr"),
+    (CLIENT_CODEC, {"type": "audio_chunk"}, "is_final"),
     (CLIENT_CODEC, {"type": "audio_chunk", "is_final": "yes"}, "is_final"),
     (CLIENT_CODEC, {"type": "audio_chunk", "is_final": 0}, "is_final"),
-    (CLIENT_CODEC, {"type": "audio_chunk", "seq": "7"}, "seq"),
-    (CLIENT_CODEC, {"type": "audio_chunk", "seq": True}, "seq"),
-    (CLIENT_CODEC, {"type": "audio_chunk", "payload": 5}, "payload"),
-    (CLIENT_CODEC, {"type": "audio_chunk", "client_timestamp_ms": "now"}, "client_timestamp_ms"),
-    (CLIENT_CODEC, {"type": "utterance", "session_id": "s"}, "audio"),
-    (CLIENT_CODEC, {"type": "utterance", "audio": "", "manual_cut": "true"}, "manual_cut"),
-    (CLIENT_CODEC, {"type": "utterance", "audio": "", "pipeline": {"use_asr": "yes"}}, "pipeline.use_asr"),
+    (CLIENT_CODEC, {"type": "audio_chunk", "is_final": True, "seq": "7"}, "seq"),
+    (CLIENT_CODEC, {"type": "audio_chunk", "is_final": True, "seq": True}, "seq"),
+    (CLIENT_CODEC, {"type": "audio_chunk", "is_final": True, "payload": 5}, "payload"),
+    (CLIENT_CODEC, {"type": "audio_chunk", "is_final": True, "client_timestamp_ms": "now"}, "client_timestamp_ms"),
+    (CLIENT_CODEC, {**UTTERANCE, "audio": None}, "audio"),
+    (CLIENT_CODEC, {**UTTERANCE, "manual_cut": "true"}, "manual_cut"),
+    (CLIENT_CODEC, {**UTTERANCE, "pipeline": {"use_asr": "yes"}}, "pipeline.use_asr"),
     (CLIENT_CODEC, {"type": "client_heartbeat", "timestamp": "x"}, "timestamp"),
     (NODE_CODEC, {"type": "job_result", "success": True}, "job_id"),
     (NODE_CODEC, {"type": "job_result", "job_id": "j"}, "success"),
@@ -203,7 +209,7 @@ WRONG_CONTAINER_TYPES = [
     (CLIENT_CODEC, {"type": "session_init", "src_lang": "zh", "tgt_lang": "en", "auto_langs": {"en": 1}},
      "auto_langs"),
     (CLIENT_CODEC, {"type": "session_init", "src_lang": "zh", "tgt_lang": "en", "pipeline": "asr"}, "pipeline"),
-    (CLIENT_CODEC, {"type": "utterance", "audio": "", "pipeline": [True, True]}, "pipeline"),
+    (CLIENT_CODEC, {**UTTERANCE, "pipeline": [True, True]}, "pipeline"),
     (NODE_CODEC, {"type": "node_register", "language_capabilities": {"asr_languages": "en,zh"}},
      "language_capabilities.asr_languages"),
     (NODE_CODEC, {"type": "node_register", "language_capabilities": "en,zh"}, "language_capabilities"),
@@ -356,8 +362,16 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
         return st.one_of(*(strategy_for(a) for a in args))
     if tp is type(None):
         return st.none()
-    if tp is str:
-        return st.text(max_size=10)
+    if tp is str or tp is m.Id or tp is m.Code:
+        return st.text(st.characters(exclude_categories=("C", "Z"), include_characters=" "), max_size=10)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return st.sampled_from(tp)
+    if origin is typing.Literal:
+        return st.sampled_from(args)
+    if tp is m.Count:
+        return st.integers(0, m.COUNT_LIMIT - 1)
+    if tp is m.SampleRate:
+        return st.integers(*m.SAMPLE_RATE_RANGE)
     if tp is bool:
         return st.booleans()
     if tp is int:

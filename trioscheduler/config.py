@@ -156,6 +156,8 @@ class LimitsConfig:
     max_message_bytes: int = attrs.field(default=8 * 2**20, validator=_positive_int)
     #: Deepest nesting of arrays and objects accepted in a message (orjson re-encodes at most 255 levels).
     max_json_depth: int = attrs.field(default=32, validator=_positive_int)
+    #: Largest free-form field of a message (features, extra, details...), in bytes of its JSON.
+    max_free_form_bytes: int = attrs.field(default=65536, validator=_positive_int)
     #: Languages a node may claim (per list), language pairs it may derive, services it may list.
     max_node_languages: int = attrs.field(default=64, validator=_positive_int)
     max_node_pairs: int = attrs.field(default=1024, validator=_positive_int)

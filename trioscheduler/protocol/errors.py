@@ -66,10 +66,19 @@ class ProtocolError(TrioschedulerError):
         self.utterance_index: int | None = None
 
     def details(self) -> dict[str, str] | None:
-        return {"field": self.field} if self.field else None
+        return {"field": self.field} if self.field is not None else None
 
     def to_message(self, **ids: Any) -> Any:
         """The ``error`` message for the peer: code, message, the field (top level and in details), ``ids``."""
         from trioscheduler.protocol.messages import ErrorMessage
 
         return ErrorMessage(code=self.code, message=self.message, details=self.details(), field=self.field, **ids)
+
+
+class EncodeError(TrioschedulerError):
+    """An outbound message that cannot be JSON (``codec.encode``): that message's failure, to be logged and
+    dropped or answered with an error by its sender; the connection it was meant for is not at fault."""
+
+    def __init__(self, message: str, *, message_type: str | None = None) -> None:
+        super().__init__(message)
+        self.message_type = message_type

@@ -1,16 +1,47 @@
-"""Every wire message, one frozen attrs class per ``type``; field names are the original's (lingua §2, §3).
+"""Every wire message, one frozen attrs class per ``type``; field names are the original lingua scheduler's.
 
-Inbound classes declare only what the scheduler reads; unknown extra fields are tolerated by the codec.
-Optional fields default to None so that what a client or node omits is told apart from a real value.
+Inbound classes declare only what the scheduler reads; unknown extra fields are tolerated by the codec. A field
+without a default is required on the wire: the original requires it too and its clients and nodes always send it.
+Optional fields default to None so that what a peer omits is told apart from a real value.
+
+The field types are the wire contract, checked by the codec in one pass (docs/protocol.md §1):
+
+- ``Id``: a printable string (no control characters, no newline) of at most ``MAX_ID_LENGTH`` characters.
+- ``Code``: an error code from a peer, same rule as ``Id``.
+- ``Count``: an index or a count, an integer ``0 <= n < 2**31``.
+- ``SampleRate``: an integer within ``8000..192000`` (Hz).
+- ``Literal[...]``: one of the listed strings, exactly; only the audio formats are read case-insensitively and
+  without surrounding spaces (``" PCM16"`` decodes to ``"pcm16"``), as this scheduler always accepted them.
+- ``JSONObject``, ``list[Any]``, ``Any``: free-form JSON, bounded in size and depth (``[limits]``).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, NewType
 
 import attrs
 
-JSONDict = dict[str, Any]
+from trioscheduler.protocol.errors import ErrorCode
+
+#: Free-form JSON object (features, extra, service_timings, segments_meta...): passed through, never interpreted
+#: beyond a few keys; its encoded size is bounded by ``limits.max_free_form_bytes``.
+JSONObject = dict[str, Any]
+
+MAX_ID_LENGTH = 128
+Id = NewType("Id", str)
+Code = NewType("Code", str)
+Count = NewType("Count", int)
+SampleRate = NewType("SampleRate", int)
+COUNT_LIMIT = 2**31
+SAMPLE_RATE_RANGE = (8000, 192000)
+
+#: ``session_init.audio_format``: what the streamed ``audio_chunk`` payloads are.
+StreamAudioFormat = Literal["opus", "pcm16"]
+#: ``utterance.audio_format``: one whole utterance, forwarded to the node as sent.
+UtteranceAudioFormat = Literal["opus", "pcm16", "wav"]
+Mode = Literal["one_way", "two_way_auto"]
+MissingResultReason = Literal["silence_detected", "gap_timeout"]
+JobCancelReason = Literal["job_timeout", "gap_timeout", "session_closed", "already_released"]
 
 
 @attrs.frozen
@@ -46,47 +77,50 @@ class SessionInit:
     client_version: str | None = None
     platform: str | None = None
     dialect: str | None = None
-    features: JSONDict | None = None
+    features: JSONObject | None = None
     pairing_code: str | None = None
-    tenant_id: str | None = None
-    mode: str | None = None
+    tenant_id: Id | None = None
+    mode: Mode | None = None
     lang_a: str | None = None
     lang_b: str | None = None
     auto_langs: list[str] | None = None
     enable_streaming_asr: bool | None = None
-    partial_update_interval_ms: int | None = None
-    trace_id: str | None = None
-    audio_format: str = "opus"
-    sample_rate: int = 16000
+    partial_update_interval_ms: Count | None = None
+    trace_id: Id | None = None
+    audio_format: StreamAudioFormat = "opus"
+    sample_rate: SampleRate = SampleRate(16000)
     pipeline: Pipeline | None = None
 
 
 @attrs.frozen
 class AudioChunk:
     TYPE: ClassVar[str] = "audio_chunk"
-    session_id: str | None = None
-    seq: int | None = None
-    is_final: bool = False
+    is_final: bool
+    session_id: Id | None = None
+    seq: Count | None = None
     payload: str | None = None
     client_timestamp_ms: float | None = None
 
 
 @attrs.frozen
 class Utterance:
+    """The fields the original requires besides ``audio`` fall back to the session's values here (an utterance
+    may override them); when present they are checked like session_init's."""
+
     TYPE: ClassVar[str] = "utterance"
     audio: str
-    session_id: str | None = None
-    utterance_index: int | None = None
+    session_id: Id | None = None
+    utterance_index: Count | None = None
     manual_cut: bool = True
     src_lang: str | None = None
     tgt_lang: str | None = None
     dialect: str | None = None
-    features: JSONDict | None = None
-    audio_format: str | None = None
-    sample_rate: int | None = None
-    trace_id: str | None = None
+    features: JSONObject | None = None
+    audio_format: UtteranceAudioFormat | None = None
+    sample_rate: SampleRate | None = None
+    trace_id: Id | None = None
     pipeline: Pipeline | None = None
-    mode: str | None = None
+    mode: Mode | None = None
     lang_a: str | None = None
     lang_b: str | None = None
 
@@ -94,39 +128,37 @@ class Utterance:
 @attrs.frozen
 class ClientHeartbeat:
     TYPE: ClassVar[str] = "client_heartbeat"
-    session_id: str | None = None
+    session_id: Id | None = None
     timestamp: float | None = None
 
 
 @attrs.frozen
 class TtsStarted:
     TYPE: ClassVar[str] = "tts_started"
-    session_id: str | None = None
-    trace_id: str | None = None
-    group_id: str | None = None
+    session_id: Id | None = None
+    trace_id: Id | None = None
+    group_id: Id | None = None
     ts_start_ms: float | None = None
 
 
 @attrs.frozen
 class TtsPlayEnded:
     TYPE: ClassVar[str] = "tts_play_ended"
-    session_id: str | None = None
-    trace_id: str | None = None
-    group_id: str | None = None
+    session_id: Id | None = None
+    trace_id: Id | None = None
+    group_id: Id | None = None
     ts_end_ms: float | None = None
 
 
 @attrs.frozen
 class SessionClose:
     TYPE: ClassVar[str] = "session_close"
-    session_id: str | None = None
+    session_id: Id | None = None
     reason: str | None = None
 
 
-ClientMessage = (
-    SessionInit | AudioChunk | Utterance | ClientHeartbeat | TtsStarted | TtsPlayEnded | SessionClose
-)
-CLIENT_MESSAGES: tuple[type, ...] = (
+ClientMessage = SessionInit | AudioChunk | Utterance | ClientHeartbeat | TtsStarted | TtsPlayEnded | SessionClose
+CLIENT_MESSAGES: tuple[type[ClientMessage], ...] = (
     SessionInit, AudioChunk, Utterance, ClientHeartbeat, TtsStarted, TtsPlayEnded, SessionClose,
 )
 #: Known to the original but outside this scheduler's scope: answered with UNSUPPORTED_FEATURE, not INVALID_MESSAGE.
@@ -144,7 +176,7 @@ class LanguageCapabilities:
     asr_languages: list[str] | None = None
     tts_languages: list[str] | None = None
     semantic_languages: list[str] | None = None
-    #: The legacy form (F-13): ``{"src": "zh", "tgt": "en"}`` objects or ``"zh:en"`` strings; checked by capability.
+    #: The legacy form: ``{"src": "zh", "tgt": "en"}`` objects or ``"zh:en"`` strings; checked by capability.
     supported_language_pairs: list[Any] | None = None
 
 
@@ -158,7 +190,7 @@ class CapabilityByType:
 @attrs.frozen
 class InstalledService:
     type: str
-    service_id: str | None = None
+    service_id: Id | None = None
     status: str | None = None
 
 
@@ -168,13 +200,16 @@ class ResourceUsage:
     gpu_percent: float | None = None
     gpu_mem_percent: float | None = None
     mem_percent: float | None = None
-    running_jobs: int | None = None
+    running_jobs: Count | None = None
 
 
 @attrs.frozen
 class NodeRegister:
+    """The capability fields stay optional (a node that reports no readiness is assumed ready, docs/protocol.md
+    §4.1); what the original requires besides them is hardware inventory this scheduler never reads."""
+
     TYPE: ClassVar[str] = "node_register"
-    node_id: str | None = None
+    node_id: Id | None = None
     version: str | None = None
     capability_schema_version: str | None = None
     platform: str | None = None
@@ -184,13 +219,15 @@ class NodeRegister:
     #: Accepted at the top level too (some test nodes sent it there), same forms as in language_capabilities.
     supported_language_pairs: list[Any] | None = None
     accept_public_jobs: bool | None = None
-    max_concurrent_jobs: int | None = None
+    max_concurrent_jobs: Count | None = None
 
 
 @attrs.frozen
 class NodeHeartbeat:
+    """A heartbeat that omits a capability field keeps the previous value (docs/protocol.md §3.1)."""
+
     TYPE: ClassVar[str] = "node_heartbeat"
-    node_id: str | None = None
+    node_id: Id | None = None
     timestamp: float | None = None
     resource_usage: ResourceUsage | None = None
     installed_services: list[InstalledService] | None = None
@@ -201,7 +238,7 @@ class NodeHeartbeat:
 
 @attrs.frozen
 class ResultError:
-    code: str = "PROCESSING_ERROR"
+    code: Code = Code(ErrorCode.PROCESSING_ERROR)
     message: str = ""
     details: Any = None
 
@@ -209,64 +246,64 @@ class ResultError:
 @attrs.frozen
 class JobResult:
     TYPE: ClassVar[str] = "job_result"
-    job_id: str
+    job_id: Id
     success: bool
-    attempt_id: int | None = None
-    node_id: str | None = None
-    session_id: str | None = None
-    utterance_index: int | None = None
+    attempt_id: Count | None = None
+    node_id: Id | None = None
+    session_id: Id | None = None
+    utterance_index: Count | None = None
     text_asr: str | None = None
     text_translated: str | None = None
     tts_audio: str | None = None
     tts_format: str | None = None
-    extra: JSONDict | None = None
+    extra: JSONObject | None = None
     processing_time_ms: float | None = None
     error: ResultError | None = None
-    trace_id: str | None = None
-    group_id: str | None = None
-    part_index: int | None = None
+    trace_id: Id | None = None
+    group_id: Id | None = None
+    part_index: Count | None = None
     node_completed_at_ms: float | None = None
-    service_timings: JSONDict | None = None
+    service_timings: JSONObject | None = None
     asr_quality_level: str | None = None
     reason_codes: list[Any] | None = None
     quality_score: float | None = None
-    rerun_count: int | None = None
-    segments_meta: JSONDict | None = None
+    rerun_count: Count | None = None
+    segments_meta: JSONObject | None = None
 
 
 @attrs.frozen
 class AsrPartialIn:
     TYPE: ClassVar[str] = "asr_partial"
-    job_id: str
+    job_id: Id
     text: str = ""
     is_final: bool = False
-    node_id: str | None = None
-    session_id: str | None = None
-    utterance_index: int | None = None
-    trace_id: str | None = None
+    node_id: Id | None = None
+    session_id: Id | None = None
+    utterance_index: Count | None = None
+    trace_id: Id | None = None
 
 
 @attrs.frozen
 class JobAck:
     TYPE: ClassVar[str] = "job_ack"
-    job_id: str
-    attempt_id: int | None = None
-    node_id: str | None = None
+    job_id: Id
+    attempt_id: Count | None = None
+    node_id: Id | None = None
 
 
 @attrs.frozen
 class JobStarted:
     TYPE: ClassVar[str] = "job_started"
-    job_id: str
-    attempt_id: int | None = None
-    node_id: str | None = None
+    job_id: Id
+    attempt_id: Count | None = None
+    node_id: Id | None = None
 
 
 @attrs.frozen
 class NodeError:
     TYPE: ClassVar[str] = "node_error"
-    node_id: str | None = None
-    code: str | None = None
+    node_id: Id | None = None
+    code: Code | None = None
     message: str | None = None
     details: Any = None
 
@@ -276,15 +313,13 @@ class PeerError:
     """``error`` sent by a node: logged, never acted upon."""
 
     TYPE: ClassVar[str] = "error"
-    code: str | None = None
+    code: Code | None = None
     message: str | None = None
     details: Any = None
 
 
-NodeMessage = (
-    NodeRegister | NodeHeartbeat | JobResult | AsrPartialIn | JobAck | JobStarted | NodeError | PeerError
-)
-NODE_MESSAGES: tuple[type, ...] = (
+NodeMessage = NodeRegister | NodeHeartbeat | JobResult | AsrPartialIn | JobAck | JobStarted | NodeError | PeerError
+NODE_MESSAGES: tuple[type[NodeMessage], ...] = (
     NodeRegister, NodeHeartbeat, JobResult, AsrPartialIn, JobAck, JobStarted, NodeError, PeerError,
 )
 
@@ -319,9 +354,9 @@ class TranslationResult:
     tts_format: str
     trace_id: str
     scheduler_sent_at_ms: int
-    extra: JSONDict | None = None
-    service_timings: JSONDict | None = None
-    network_timings: JSONDict | None = None
+    extra: JSONObject | None = None
+    service_timings: JSONObject | None = None
+    network_timings: JSONObject | None = None
     node_id: str | None = None
     group_id: str | None = None
     part_index: int | None = None
@@ -329,7 +364,7 @@ class TranslationResult:
     reason_codes: list[Any] | None = None
     quality_score: float | None = None
     rerun_count: int | None = None
-    segments_meta: JSONDict | None = None
+    segments_meta: JSONObject | None = None
 
 
 @attrs.frozen
@@ -348,7 +383,7 @@ class MissingResult:
     TYPE: ClassVar[str] = "missing_result"
     session_id: str
     utterance_index: int
-    reason: str
+    reason: MissingResultReason
     created_at_ms: int
     trace_id: str | None = None
     job_id: str | None = None
@@ -357,7 +392,7 @@ class MissingResult:
 @attrs.frozen
 class ErrorMessage:
     TYPE: ClassVar[str] = "error"
-    code: str
+    code: ErrorCode
     message: str
     details: Any = None
     #: The field at fault for bad input (also in ``details.field``, where the original kept details).
@@ -410,7 +445,7 @@ class JobAssign:
     enable_streaming_asr: bool = True
     partial_update_interval_ms: int = 1000
     dialect: str | None = None
-    features: JSONDict | None = None
+    features: JSONObject | None = None
     mode: str | None = None
     lang_a: str | None = None
     lang_b: str | None = None
@@ -427,11 +462,6 @@ class JobAssign:
 class JobCancel:
     TYPE: ClassVar[str] = "job_cancel"
     job_id: str
-    reason: str
+    reason: JobCancelReason
     trace_id: str | None = None
 
-
-OutboundMessage = (
-    SessionInitAck | TranslationResult | AsrPartialOut | MissingResult | ErrorMessage | ServerHeartbeat
-    | SessionCloseAck | NodeRegisterAck | JobAssign | JobCancel
-)
