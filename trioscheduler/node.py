@@ -90,7 +90,10 @@ class NodeConnection:
             self._link.outbox.close()
             with trio.CancelScope(shield=True):
                 # Always, registered or not: a registration still in the registry's inbox is applied before this.
-                await self._registry.node_gone(self._link, self._close_reason)  # gone notice
+                # It waits for room in the inbox; the bound only ends the wait when the registry is gone (shutdown):
+                # after heartbeat_timeout_seconds the registry drops a silent node by itself anyway.
+                with trio.move_on_after(self._config.scheduler.heartbeat_timeout_seconds):
+                    await self._registry.node_gone(self._link, self._close_reason)  # gone notice
                 if self._closing is not None:
                     code, reason = self._closing
                     emit(log, WARNING, "node_connection_closing", node_id=self._node_id, reason=self._close_reason,

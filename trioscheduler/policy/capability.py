@@ -49,12 +49,11 @@ def pool_name(lang_a: str, lang_b: str) -> str:
 
 
 def _index_keys(pairs: frozenset[tuple[str, str]]) -> frozenset[str]:
-    keys: set[str] = set()
-    for src, tgt in pairs:
-        keys.add(direction_key(src, tgt))
-        keys.add(direction_key(ANY_SOURCE, tgt))
-        if src != tgt and (tgt, src) in pairs:
-            keys.add(pool_name(src, tgt))
+    """direction_key(s, t) and direction_key(ANY_SOURCE, t) of every pair, pool_name(s, t) of every two-way one
+    (written out: this runs once per pair a node claims)."""
+    keys = {f"{src}>{tgt}" for src, tgt in pairs}
+    keys.update({f"{ANY_SOURCE}>{tgt}" for _, tgt in pairs})
+    keys.update(f"{src}-{tgt}" for src, tgt in pairs if src < tgt and (tgt, src) in pairs)
     return frozenset(keys)
 
 
