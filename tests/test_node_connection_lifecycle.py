@@ -203,3 +203,47 @@ async def test_silent_socket_is_closed_with_4008_over_a_real_websocket(
             await node.ws.get_message()
     assert closed.value.reason.code == CloseCode.HANDSHAKE_TIMEOUT
     assert "node_register" in (closed.value.reason.reason or "")
+
+
+async def test_node_that_does_not_read_a_real_socket_is_dropped_and_its_jobs_fail_over(
+        nursery: trio.Nursery, make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture) -> None:
+    """Over TCP: the node stops reading, the kernel buffers fill, then its outbox; the scheduler drops it (a
+    clean close frame cannot reach a peer that does not read) and its jobs go to the other node."""
+    caplog.set_level(logging.WARNING, logger="trioscheduler")
+    daemon = await start_daemon(nursery, make_config(scheduler={"node_outbox_size": 2},
+                                                     limits={"max_session_audio_bytes": 2**30,
+                                                             "max_session_outstanding": 1000}))
+    audio = b64(pcm(30_000))  # 960 kB of pcm16 per utterance
+
+    async def utterance(index: int) -> None:
+        await client.send(type="utterance", session_id=sid, utterance_index=index, audio=audio,
+                          audio_format="pcm16", sample_rate=16000, manual_cut=True)
+
+    async with connect(daemon.node_url) as slow, connect(daemon.session_url) as client:
+        await slow.send(**node_register("node-slow", capacity=1000))
+        await slow.recv_type("node_register_ack")  # from now on it reads nothing
+        await client.send(type="session_init", src_lang="zh", tgt_lang="en", audio_format="pcm16")
+        sid = (await client.recv_type("session_init_ack"))["session_id"]
+        await utterance(0)  # the session's node is node-slow from now on
+        async with connect(daemon.node_url) as healthy:
+            await healthy.send(**node_register("node-ok", capacity=2))  # within its own outbox
+            await healthy.recv_type("node_register_ack")
+            index = 1
+            with trio.fail_after(60):
+                while True:
+                    stats = await daemon.scheduler.stats()
+                    assert stats is not None
+                    if [n["node_id"] for n in stats["nodes"]] == ["node-ok"]:
+                        break
+                    assert index < 200, "the node that does not read was never dropped"
+                    await utterance(index)
+                    index += 1
+                    await trio.sleep(0.05)
+            assigns = [await healthy.recv_type("job_assign", timeout=30) for _ in range(2)]
+            assert sorted(a["utterance_index"] for a in assigns) == [0, 1]
+            assert all(a["attempt_id"] == 2 for a in assigns)
+        assert any("node_connection_closing" in r.getMessage() and "close_code=4009" in r.getMessage()
+                   for r in caplog.records)
+        with trio.fail_after(10), pytest.raises(trio_websocket.ConnectionClosed):
+            while True:  # what was buffered, then the end of the connection
+                await slow.ws.get_message()
