@@ -68,7 +68,7 @@ async def _pools_equal(daemon: Daemon, expected: dict[str, list[str]]) -> bool:
 
 
 async def test_legacy_supported_language_pairs_and_uppercase_types(daemon: Daemon) -> None:
-    """F-13: a test node sent supported_language_pairs and "ASR"; the original created no pool."""
+    """A test node sent supported_language_pairs and "ASR"; the original created no pool."""
     message = node_register(languages=())
     message["language_capabilities"] = {"supported_language_pairs": [{"src": "zh", "tgt": "en"}, "en:zh"]}
     message["capability_by_type"] = [{"type": t, "ready": True} for t in ("ASR", "NMT", "TTS")]
@@ -104,7 +104,7 @@ async def test_not_ready_service_keeps_node_out_of_pools(daemon: Daemon) -> None
 
 
 async def test_heartbeat_updates_languages_and_empty_lists_leave_pools(daemon: Daemon) -> None:
-    """H-9: a heartbeat with empty lists must not leave the node selectable for its old pairs."""
+    """A heartbeat with empty lists must not leave the node selectable for its old pairs."""
     async with registered_node(daemon.node_url) as (node, node_id):
         await node.send(**heartbeat(node_id, languages=("en", "de")))
         await _wait_for(lambda: _pools_equal(daemon, {"de-en": [node_id]}))

@@ -72,7 +72,7 @@ def test_field_report_node_decoded_from_the_wire() -> None:
 
 
 @pytest.mark.parametrize("types", [("ASR", "NMT", "TTS", "SEMANTIC"), ("Asr", "nmt", " TTS ", "semantic")])
-def test_readiness_types_are_case_insensitive_f13(types: tuple[str, ...]) -> None:
+def test_readiness_types_are_case_insensitive(types: tuple[str, ...]) -> None:
     cap = derive_capability(langs(), ready(*types), None)
     assert cap.pools() == {"en-zh"}
     assert cap.ready_services == frozenset(ALL)
@@ -142,7 +142,7 @@ def test_languages_are_normalised() -> None:
     assert cap.pools() == {"en-zh"}
 
 
-# ------------------------------------------------------------------------------------------ legacy pairs (F-13)
+# ------------------------------------------------------------------------------------------ legacy pairs
 
 
 def test_legacy_pairs_as_strings_and_objects() -> None:
