@@ -13,7 +13,6 @@ SLOW_CONSUMER and its jobs fail over; whenever the handler ends, however, the re
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -37,20 +36,20 @@ CLOSE_GRACE_SECONDS = 1.0
 
 class NodeOutbox:
     """The node's bounded outbox as the registry sees it: ``send_nowait`` into the channel; when it is full,
-    ``on_full`` is called (the connection closes with SLOW_CONSUMER) and trio.WouldBlock is raised as before, so
-    the registry treats the node as lost."""
+    ``overflowed`` is set (the connection then closes with SLOW_CONSUMER) and trio.WouldBlock is raised as before,
+    so the registry treats the node as lost. It holds no reference to the connection (no reference cycle)."""
 
-    __slots__ = ("_channel", "_on_full")
+    __slots__ = ("_channel", "overflowed")
 
-    def __init__(self, channel: trio.MemorySendChannel[Any], on_full: Callable[[], None]) -> None:
+    def __init__(self, channel: trio.MemorySendChannel[Any], overflowed: trio.Event) -> None:
         self._channel = channel
-        self._on_full = on_full
+        self.overflowed = overflowed
 
     def send_nowait(self, value: Any) -> None:
         try:
             self._channel.send_nowait(value)
         except trio.WouldBlock:
-            self._on_full()
+            self.overflowed.set()
             raise
 
     def close(self) -> None:
@@ -63,14 +62,15 @@ class NodeConnection:
         self._registry = registry
         self._config = config
         outbox_send, self._outbox = trio.open_memory_channel[Any](config.scheduler.node_outbox_size)
-        self._link = NodeLink(conn_id, NodeOutbox(outbox_send, self._outbox_full), transport.peer)
+        #: Set by _request_close, or by the outbox when it overflows (then _closing is still None).
+        self._close_requested = trio.Event()
+        self._link = NodeLink(conn_id, NodeOutbox(outbox_send, self._close_requested), transport.peer)
         self._node_id: str | None = None
         self._registered = trio.Event()
         self._heartbeat_waiting = trio.Event()
         self._close_reason = "socket_closed"
         #: The close code and the reason sent in the close frame, once this side decided to close.
         self._closing: tuple[CloseCode, str] | None = None
-        self._close_requested = trio.Event()
         #: The capability part of the last heartbeat as sent: when a heartbeat repeats it, only liveness and load
         #: change, and the capability lists are not decoded again. Storms are mostly such repeats.
         self._last_capability: tuple[Any, ...] | None = None
@@ -110,15 +110,14 @@ class NodeConnection:
         if self._closing is None:
             self._closing = (code, wire_reason)
             self._close_reason = reason
-            self._close_requested.set()
+        self._close_requested.set()
 
     async def _close_when_requested(self, tasks: trio.CancelScope) -> None:
         await self._close_requested.wait()
+        if self._closing is None:  # the outbox overflowed
+            self._request_close(CloseCode.SLOW_CONSUMER, "slow_consumer",
+                                f"outbox full ({self._config.scheduler.node_outbox_size} messages): read your socket")
         tasks.cancel()
-
-    def _outbox_full(self) -> None:
-        self._request_close(CloseCode.SLOW_CONSUMER, "slow_consumer",
-                            f"outbox full ({self._config.scheduler.node_outbox_size} messages): read your socket")
 
     async def _handshake_deadline(self) -> None:
         timeout = self._config.limits.handshake_timeout_seconds
