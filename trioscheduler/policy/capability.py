@@ -68,13 +68,17 @@ class NodeCapability:
     pairs: frozenset[tuple[str, str]]
     _keys: frozenset[str] = attrs.field(
         init=False, eq=False, repr=False, default=attrs.Factory(lambda self: _index_keys(self.pairs), takes_self=True))
+    _pools: frozenset[str] = attrs.field(
+        init=False, eq=False, repr=False,
+        default=attrs.Factory(lambda self: frozenset(key for key in self._keys if ">" not in key), takes_self=True))
 
     def index_keys(self) -> frozenset[str]:
         """Every selection index the node belongs to: directions, "auto" targets and two-way pools."""
         return self._keys
 
     def pools(self) -> frozenset[str]:
-        return frozenset(key for key in self._keys if ">" not in key)
+        """The two-way pools among the index keys."""
+        return self._pools
 
     def serves(self, services: Iterable[str]) -> bool:
         return self.ready_services is None or all(s in self.ready_services for s in services)
