@@ -1,4 +1,4 @@
-"""derive_capability and NodeCapability.index_keys/pools: what a node can serve from what it reports."""
+"""derive_capability and NodeCapability.index_keys/pools: what a node can serve from what it reports, within the\n[limits] bounds; claims as a heartbeat updates them."""
 
 from __future__ import annotations
 
@@ -8,10 +8,25 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from trioscheduler.policy.capability import NodeCapability, derive_capability, direction_key, pool_name
+from trioscheduler.config import LimitsConfig
+from trioscheduler.policy.capability import (
+    NodeCapability,
+    claim_of_heartbeat,
+    claim_of_register,
+    derive_capability,
+    describe_keys,
+    direction_key,
+    pool_name,
+)
 from trioscheduler.protocol.codec import NODE_CODEC
 from trioscheduler.protocol.errors import ErrorCode, ProtocolError
-from trioscheduler.protocol.messages import CapabilityByType, InstalledService, LanguageCapabilities
+from trioscheduler.protocol.messages import (
+    CapabilityByType,
+    InstalledService,
+    LanguageCapabilities,
+    NodeHeartbeat,
+    NodeRegister,
+)
 
 ALL = ("asr", "nmt", "tts", "semantic")
 
@@ -57,7 +72,7 @@ def test_field_report_node_decoded_from_the_wire() -> None:
 
 
 @pytest.mark.parametrize("types", [("ASR", "NMT", "TTS", "SEMANTIC"), ("Asr", "nmt", " TTS ", "semantic")])
-def test_readiness_types_are_case_insensitive_f13(types: tuple[str, ...]) -> None:
+def test_readiness_types_are_case_insensitive(types: tuple[str, ...]) -> None:
     cap = derive_capability(langs(), ready(*types), None)
     assert cap.pools() == {"en-zh"}
     assert cap.ready_services == frozenset(ALL)
@@ -211,3 +226,87 @@ def test_index_keys_of_any_pair_set(pairs) -> None:
     assert {k for k in keys if ">" in k} == (
         {direction_key(s, t) for s, t in pairs} | {direction_key("", t) for _, t in pairs}
     )
+
+
+# ------------------------------------------------------------------------------------------ bounds
+
+
+class Uncounted(list):  # type: ignore[type-arg]
+    """A list that fails the test if anything iterates it: a claim over a bound is refused by its length."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("iterated a list that is over its bound")
+
+
+def test_a_list_over_its_bound_is_refused_by_its_length_alone() -> None:
+    limits = LimitsConfig()
+    huge = Uncounted(["en"] * 10_000)
+    for lc, field in ((LanguageCapabilities(asr_languages=huge), "language_capabilities.asr_languages"),
+                      (LanguageCapabilities(tts_languages=huge), "language_capabilities.tts_languages"),
+                      (LanguageCapabilities(semantic_languages=huge), "language_capabilities.semantic_languages"),
+                      (LanguageCapabilities(supported_language_pairs=huge),
+                       "language_capabilities.supported_language_pairs")):
+        with pytest.raises(ProtocolError) as info:
+            derive_capability(lc, ready(*ALL), None, limits=limits)
+        assert info.value.code == ErrorCode.CAPABILITY_LIMIT_EXCEEDED and info.value.field == field
+    with pytest.raises(ProtocolError) as info:
+        derive_capability(langs(), None, None, extra_pairs=huge, limits=limits)
+    assert info.value.field == "supported_language_pairs"
+    with pytest.raises(ProtocolError) as info:
+        derive_capability(langs(), Uncounted([CapabilityByType(type="asr", ready=True)] * 33), None)
+    assert info.value.field == "capability_by_type"
+    with pytest.raises(ProtocolError) as info:
+        derive_capability(langs(), None, Uncounted([InstalledService(type="asr")] * 33))
+    assert info.value.field == "installed_services"
+
+
+@given(asr=st.integers(0, 12), targets=st.integers(0, 12), max_pairs=st.integers(1, 100),
+       legacy=st.lists(st.sampled_from(["x:y", "y:x", "a0:a1"]), max_size=4))
+@settings(max_examples=200, deadline=None)
+def test_pairs_never_exceed_max_node_pairs(asr: int, targets: int, max_pairs: int, legacy: list[str]) -> None:
+    limits = LimitsConfig(max_node_pairs=max_pairs)
+    lc = LanguageCapabilities(asr_languages=[f"a{i}" for i in range(asr)],
+                              tts_languages=[f"t{i}" for i in range(targets)], supported_language_pairs=legacy)
+    try:
+        cap = derive_capability(lc, ready(*ALL), None, limits=limits)
+    except ProtocolError as exc:
+        assert exc.code == ErrorCode.CAPABILITY_LIMIT_EXCEEDED
+        crossed = asr * (targets or asr)  # no targets: NMT makes the ASR languages the targets
+        assert crossed > max_pairs or len(legacy) > max_pairs or crossed + len(set(legacy)) > max_pairs
+        return
+    assert len(cap.pairs) <= max_pairs
+    assert len(cap.index_keys()) <= 2 * max_pairs + max_pairs // 2
+
+
+def test_language_codes_longer_than_the_bound_are_refused() -> None:
+    limits = LimitsConfig(max_language_code_chars=5)
+    assert derive_capability(langs(asr=("zh-tw",), tts=("en",), semantic=None), None, None, limits=limits).pairs == {("zh-tw", "en")}
+    with pytest.raises(ProtocolError) as info:
+        derive_capability(langs(asr=("en", "zh-Hant"), tts=("en",), semantic=None), None, None, limits=limits)
+    assert info.value.field == "language_capabilities.asr_languages[1]"
+    with pytest.raises(ProtocolError) as info:
+        derive_capability(langs(pairs=["en:zh", "en:zh-Hant"]), None, None, limits=limits)
+    assert info.value.field == "language_capabilities.supported_language_pairs[1]"
+    assert info.value.code == ErrorCode.CAPABILITY_LIMIT_EXCEEDED
+
+
+# ------------------------------------------------------------------------------------------ claims
+
+
+def test_heartbeat_claim_keeps_omitted_fields_and_is_none_when_nothing_changed() -> None:
+    register = NodeRegister(language_capabilities=langs(), capability_by_type=ready(*ALL))
+    claim = claim_of_register(register)
+    assert claim.capability.pools() == {"en-zh"}
+    assert claim_of_heartbeat(claim, NodeHeartbeat()) is None
+    assert claim_of_heartbeat(claim, NodeHeartbeat(language_capabilities=langs())) is None
+    changed = claim_of_heartbeat(claim, NodeHeartbeat(capability_by_type=ready("nmt", "tts", not_ready=("asr",))))
+    assert changed is not None and changed.capability.pairs == frozenset()
+    assert changed.reported[0] == langs()  # the languages of the registration stand
+    back = claim_of_heartbeat(changed, NodeHeartbeat(capability_by_type=ready(*ALL)))
+    assert back is not None and back.capability == claim.capability
+
+
+def test_describe_keys_is_bounded() -> None:
+    assert describe_keys([]) == "none"
+    assert describe_keys(["b", "a"]) == "a,b"
+    assert describe_keys([f"k{i:03d}" for i in range(500)], shown=3) == "k000,k001,k002,+497"

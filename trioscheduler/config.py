@@ -162,6 +162,8 @@ class LimitsConfig:
     max_node_languages: int = attrs.field(default=64, validator=_positive_int)
     max_node_pairs: int = attrs.field(default=1024, validator=_positive_int)
     max_node_services: int = attrs.field(default=32, validator=_positive_int)
+    #: Characters in one language code a node claims (a BCP 47 tag needs at most 35).
+    max_language_code_chars: int = attrs.field(default=35, validator=_positive_int)
     #: Audio one session may hold in jobs that wait or run, in bytes.
     max_session_audio_bytes: int = attrs.field(default=16 * 2**20, validator=_positive_int)
     #: Utterances one session may have finalized without an outcome yet.

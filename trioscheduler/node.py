@@ -2,7 +2,12 @@
 node's outbox (job_assign, job_cancel, acks) onto the socket.
 
 Heartbeats are coalesced in the link's mailbox (see NodeLink): at most one per node waits in the registry's inbox,
-so a heartbeat storm cannot crowd out job requests (the field report's lock contention, impossible by construction).
+so a heartbeat storm cannot crowd out job requests. The node's capability is derived here, within ``[limits]``,
+and handed to the registry ready to index.
+
+Guarantees: a socket without a successful node_register within ``limits.handshake_timeout_seconds`` is closed
+with HANDSHAKE_TIMEOUT; a node whose outbox (``scheduler.node_outbox_size``) is full is closed with
+SLOW_CONSUMER and its jobs fail over; whenever the handler ends, however, the registry is told the node is gone.
 """
 
 from __future__ import annotations
@@ -14,15 +19,41 @@ import trio
 
 from trioscheduler.config import Config
 from trioscheduler.logs import emit
+from trioscheduler.policy.capability import CAPABILITY_FIELDS, claim_of_heartbeat
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import NODE_CODEC, encode
-from trioscheduler.protocol.errors import ErrorCode, ProtocolError
-from trioscheduler.registry.actor import CAPABILITY_FIELDS, Dispatch
+from trioscheduler.protocol.errors import CloseCode, ErrorCode, ProtocolError
+from trioscheduler.registry.actor import Dispatch
 from trioscheduler.registry.requests import CloseLink, NodeLink, RegistryClient
 from trioscheduler.transport import Transport, TransportClosed
 
 log = logging.getLogger("trioscheduler.node")
 INFO, WARNING, DEBUG = logging.INFO, logging.WARNING, logging.DEBUG
+#: How long a closing handshake may take before the TCP connection is dropped (a peer that does not read never
+#: answers the close frame).
+CLOSE_GRACE_SECONDS = 1.0
+
+
+class NodeOutbox:
+    """The node's bounded outbox as the registry sees it: ``send_nowait`` into the channel; when it is full,
+    ``overflowed`` is set (the connection then closes with SLOW_CONSUMER) and trio.WouldBlock is raised as before,
+    so the registry treats the node as lost. It holds no reference to the connection (no reference cycle)."""
+
+    __slots__ = ("_channel", "overflowed")
+
+    def __init__(self, channel: trio.MemorySendChannel[Any], overflowed: trio.Event) -> None:
+        self._channel = channel
+        self.overflowed = overflowed
+
+    def send_nowait(self, value: Any) -> None:
+        try:
+            self._channel.send_nowait(value)
+        except trio.WouldBlock:
+            self.overflowed.set()
+            raise
+
+    def close(self) -> None:
+        self._channel.close()
 
 
 class NodeConnection:
@@ -31,12 +62,17 @@ class NodeConnection:
         self._registry = registry
         self._config = config
         outbox_send, self._outbox = trio.open_memory_channel[Any](config.scheduler.node_outbox_size)
-        self._link = NodeLink(conn_id, outbox_send, transport.peer)
+        #: Set by _request_close, or by the outbox when it overflows (then _closing is still None).
+        self._close_requested = trio.Event()
+        self._link = NodeLink(conn_id, NodeOutbox(outbox_send, self._close_requested), transport.peer)
         self._node_id: str | None = None
+        self._registered = trio.Event()
         self._heartbeat_waiting = trio.Event()
         self._close_reason = "socket_closed"
+        #: The close code and the reason sent in the close frame, once this side decided to close.
+        self._closing: tuple[CloseCode, str] | None = None
         #: The capability part of the last heartbeat as sent: when a heartbeat repeats it, only liveness and load
-        #: change, and the full (strict, ~40 µs) decode is skipped. Storms are mostly such repeats.
+        #: change, and the capability lists are not decoded again. Storms are mostly such repeats.
         self._last_capability: tuple[Any, ...] | None = None
 
     async def run(self) -> None:
@@ -44,17 +80,53 @@ class NodeConnection:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, nursery)
                 nursery.start_soon(self._forward_coalesced_heartbeats)
+                nursery.start_soon(self._handshake_deadline)
+                nursery.start_soon(self._close_when_requested, nursery.cancel_scope)
                 try:
                     await self._reader()
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
             self._link.outbox.close()
+            with trio.CancelScope(shield=True):
+                # Always, registered or not: a registration still in the registry's inbox is applied before this.
+                # It waits for room in the inbox; the bound only ends the wait when the registry is gone (shutdown):
+                # after heartbeat_timeout_seconds the registry drops a silent node by itself anyway.
+                with trio.move_on_after(self._config.scheduler.heartbeat_timeout_seconds):
+                    await self._registry.node_gone(self._link, self._close_reason)  # gone notice
+                if self._closing is not None:
+                    code, reason = self._closing
+                    emit(log, WARNING, "node_connection_closing", node_id=self._node_id, reason=self._close_reason,
+                         close_code=int(code), peer=self._transport.peer)
+                    with trio.move_on_after(CLOSE_GRACE_SECONDS):
+                        await self._transport.aclose(code, reason)
             if self._node_id is not None:
-                with trio.CancelScope(shield=True), trio.move_on_after(5):
-                    await self._registry.node_gone(self._link, self._close_reason)
                 emit(log, INFO, "node_disconnected", node_id=self._node_id, reason=self._close_reason,
                      peer=self._transport.peer)
+
+    def _request_close(self, code: CloseCode, reason: str, wire_reason: str) -> None:
+        """Close the socket with ``code``: the connection's tasks are cancelled (a writer blocked on a peer that
+        does not read included), then the close frame is sent. The first request wins."""
+        if self._closing is None:
+            self._closing = (code, wire_reason)
+            self._close_reason = reason
+        self._close_requested.set()
+
+    async def _close_when_requested(self, tasks: trio.CancelScope) -> None:
+        await self._close_requested.wait()
+        if self._closing is None:  # the outbox overflowed
+            self._request_close(CloseCode.SLOW_CONSUMER, "slow_consumer",
+                                f"outbox full ({self._config.scheduler.node_outbox_size} messages): read your socket")
+        tasks.cancel()
+
+    async def _handshake_deadline(self) -> None:
+        timeout = self._config.limits.handshake_timeout_seconds
+        with trio.move_on_after(timeout):
+            await self._registered.wait()
+            return
+        emit(log, WARNING, "node_handshake_timeout", peer=self._transport.peer, timeout_s=timeout)
+        self._request_close(CloseCode.HANDSHAKE_TIMEOUT, "handshake_timeout",
+                            f"no node_register within {timeout:g} s")
 
     async def _reader(self) -> None:
         while True:
@@ -86,18 +158,28 @@ class NodeConnection:
 
     async def _handle(self, message: Any, received_at: float) -> None:
         if isinstance(message, m.NodeRegister):
-            answer = await self._registry.register(self._link, message)
+            answer = await self._registry.register(self._link, message, self._config.limits)
             if isinstance(answer, ProtocolError):
                 raise answer
             if answer is None:
                 raise ProtocolError("registration failed inside the scheduler", code=ErrorCode.INTERNAL_ERROR)
             self._node_id = answer
+            self._last_capability = None  # the next heartbeat is compared with this registration
+            self._registered.set()
             return
         if self._node_id is None:
+            self._last_capability = None
             raise ProtocolError(f"{message.TYPE} before node_register: register first", field="type")
         if isinstance(message, m.NodeHeartbeat):
-            if not self._registry.post_heartbeat(self._link, message, received_at):
+            try:
+                claim, refused = claim_of_heartbeat(self._link.claim, message, self._config.limits), None
+            except ProtocolError as exc:
+                claim, refused = None, exc
+            if not self._registry.post_heartbeat(self._link, message, received_at, claim):
                 self._heartbeat_waiting.set()  # the inbox is full: the forwarder waits for room
+            if refused is not None:
+                self._last_capability = None  # a repeat of a refused claim is checked (and refused) again
+                raise refused
         elif isinstance(message, m.JobResult):
             await self._registry.result(self._link, message)
         elif isinstance(message, m.AsrPartialIn):
@@ -133,10 +215,8 @@ class NodeConnection:
                              node_id=self._node_id, trace_id=assign.trace_id, attempt_id=assign.attempt_id,
                              elapsed_ms=round((trio.current_time() - item.finalized_at) * 1000.0, 3))
                 elif type(item) is CloseLink:
-                    self._close_reason = item.reason
-                    emit(log, WARNING, "node_connection_closing", node_id=self._node_id, reason=item.reason)
-                    await self._transport.aclose()
-                    break
+                    self._request_close(CloseCode.NORMAL, item.reason, item.reason)
+                    return
                 else:
                     await self._transport.send_message(encode(item))
         except TransportClosed:

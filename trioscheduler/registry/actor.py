@@ -23,7 +23,7 @@ from trioscheduler.config import Config
 from trioscheduler.ids import new_job_id, new_node_id
 from trioscheduler.latency import DISPATCH_BUCKETS, SELECTION_BUCKETS, LatencyHistogram
 from trioscheduler.logs import emit
-from trioscheduler.policy.capability import NodeCapability, derive_capability
+from trioscheduler.policy.capability import NodeCapability, describe_keys
 from trioscheduler.policy.selection import MemberList, choose_node, rejection_reasons
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.errors import ErrorCode, ProtocolError
@@ -36,8 +36,6 @@ INFO, WARNING, DEBUG = logging.INFO, logging.WARNING, logging.DEBUG
 EMPTY_REASONS = frozenset({"ASR_EMPTY", "NO_TEXT_ASSIGNED"})
 FINISHED_MEMORY = 20_000  # finished job ids remembered to tell a late result from a foreign one
 DRAIN_BATCH = 512  # requests handled per scheduler trip before yielding
-#: What a node reports about itself, in derive_capability's argument order; a heartbeat may repeat any of them.
-CAPABILITY_FIELDS = ("language_capabilities", "capability_by_type", "installed_services", "supported_language_pairs")
 
 
 def wall_ms() -> int:
@@ -500,13 +498,9 @@ class Registry:
     # ------------------------------------------------------------------------------------------ nodes
 
     def _on_register(self, request: rq.Register, now: float) -> None:
-        message, link = request.message, request.link
-        try:
-            capability = derive_capability(message.language_capabilities, message.capability_by_type,
-                                           message.installed_services, message.supported_language_pairs)
-        except ProtocolError as exc:
-            request.reply.set(exc)
-            return
+        """Apply a registration whose capability the node's connection already derived: only its keys are
+        (re-)indexed here, and one line is logged whatever the node claims."""
+        message, link, capability = request.message, request.link, request.capability
         if message.max_concurrent_jobs is not None and message.max_concurrent_jobs < 1:
             request.reply.set(ProtocolError("max_concurrent_jobs must be >= 1", field="max_concurrent_jobs"))
             return
@@ -524,79 +518,77 @@ class Registry:
             self._send_to_node(existing, rq.CloseLink("replaced_by_new_connection"))
             self._lose_node(existing, "replaced_by_reconnect", now)
             existing = None
-        reported = {field: getattr(message, field) for field in CAPABILITY_FIELDS}
         capacity = message.max_concurrent_jobs or self._sched.max_concurrent_jobs_per_node
         if existing is not None:  # the same socket registered again: refresh what it said
             existing.capacity = capacity
-            existing.reported = reported
-            self._reindex(existing, capability, now)
+            created, removed = self._reindex(existing, capability, now)
         else:
             node = NodeRecord(
                 node_id=node_id, link=link, capacity=capacity, capability=capability,
-                index_keys=frozenset(), registered_at=now, last_heartbeat=now, reported=reported,
+                index_keys=frozenset(), registered_at=now, last_heartbeat=now,
             )
             self.nodes[node_id] = node
             self._node_by_conn[link.conn_id] = node_id
-            self._reindex(node, capability, now)
+            created, removed = self._reindex(node, capability, now)
             self._schedule(now + self._sched.heartbeat_timeout_seconds, "node", (node_id, link.conn_id), 0)
         node = self.nodes[node_id]
         self._send_to_node(node, m.NodeRegisterAck(
             node_id=node_id, heartbeat_interval_seconds=self._sched.advertised_heartbeat_interval))
         self.counters["node_registrations"] += 1
-        emit(log, INFO, "node_registered", node_id=node_id, capacity=capacity,
-             pools=",".join(sorted(capability.pools())) or "none",
-             pairs=",".join(sorted(f"{s}>{t}" for s, t in capability.pairs)) or "none")
+        pools = capability.pools()
+        emit(log, INFO, "node_registered", node_id=node_id, capacity=capacity, pools=describe_keys(pools),
+             pool_count=len(pools), pair_count=len(capability.pairs), pools_created=created,
+             pools_removed=removed)
         request.reply.set(node_id)
         self._capacity_changed(now)
 
     def _on_heartbeat(self, request: rq.HeartbeatReady, now: float) -> None:
+        """Liveness and load from the newest heartbeat; a capability the connection derived is only re-indexed."""
         link = request.link
         link.heartbeat_queued = False
         pending, link.latest_heartbeat = link.latest_heartbeat, None
+        capability, link.latest_capability = link.latest_capability, None
         node = self.nodes.get(self._node_by_conn.get(link.conn_id) or "")
-        if pending is None or node is None:
+        if node is None:
             return
-        message, received_at = pending
-        node.last_heartbeat = max(node.last_heartbeat, received_at)
-        if message.resource_usage is not None:
-            node.load = message.resource_usage
-        self.counters["heartbeats"] += 1
-        reported = dict(node.reported)
-        for field in CAPABILITY_FIELDS:
-            value = getattr(message, field)
-            if value is not None:
-                reported[field] = value
-        if reported == node.reported:
+        if pending is not None:
+            message, received_at = pending
+            node.last_heartbeat = max(node.last_heartbeat, received_at)
+            if message.resource_usage is not None:
+                node.load = message.resource_usage
+            self.counters["heartbeats"] += 1
+        if capability is None or capability == node.capability:
             return
-        try:
-            capability = derive_capability(*(reported[field] for field in CAPABILITY_FIELDS))
-        except ProtocolError as exc:
-            self.counters["heartbeats_invalid"] += 1
-            emit(log, WARNING, "node_heartbeat_invalid", node_id=node.node_id, error=exc.message)
-            self._send_to_node(node, exc.to_message())
-            return
-        node.reported = reported
-        self._reindex(node, capability, now)
+        created, removed = self._reindex(node, capability, now)
+        self.counters["node_capability_changes"] += 1
+        pools = capability.pools()
+        emit(log, INFO, "node_capability_changed", node_id=node.node_id, pools=describe_keys(pools),
+             pool_count=len(pools), pair_count=len(capability.pairs), pools_created=created,
+             pools_removed=removed)
         self._capacity_changed(now)
 
-    def _reindex(self, node: NodeRecord, capability: NodeCapability, now: float) -> None:
+    def _reindex(self, node: NodeRecord, capability: NodeCapability, now: float) -> tuple[int, int]:
+        """Move the node to ``capability``'s index keys: work in the keys that differ, no log line per key.
+        Returns (pools created, pools removed)."""
         keys = capability.index_keys()
-        if capability != node.capability:
-            emit(log, INFO, "node_capability_changed", node_id=node.node_id,
-                 pools=",".join(sorted(capability.pools())) or "none")
         node.capability = capability
-        self._unindex(node, node.index_keys - keys)
+        removed = self._unindex(node, node.index_keys - keys)
+        created = 0
         for key in keys - node.index_keys:
             members = self.indexes.get(key)
             if members is None:
                 members = self.indexes[key] = MemberList()
                 if ">" not in key:
-                    self.counters["pools_created"] += 1
-                    emit(log, INFO, "pool_created", pool=key, node_id=node.node_id)
+                    created += 1
             members.add(node.node_id)
         node.index_keys = keys
+        if created:
+            self.counters["pools_created"] += created
+        return created, removed
 
-    def _unindex(self, node: NodeRecord, keys: frozenset[str]) -> None:
+    def _unindex(self, node: NodeRecord, keys: frozenset[str]) -> int:
+        """Take the node out of ``keys``; an index left empty is dropped. Returns the number of pools dropped."""
+        removed = 0
         for key in keys:
             members = self.indexes.get(key)
             if members is None:
@@ -605,8 +597,10 @@ class Registry:
             if not len(members):
                 del self.indexes[key]
                 if ">" not in key:
-                    self.counters["pools_removed"] += 1
-                    emit(log, INFO, "pool_removed", pool=key, node_id=node.node_id)
+                    removed += 1
+        if removed:
+            self.counters["pools_removed"] += removed
+        return removed
 
     def _on_node_gone(self, request: rq.NodeGone, now: float) -> None:
         node_id = self._node_by_conn.get(request.link.conn_id)

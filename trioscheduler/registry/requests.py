@@ -13,8 +13,17 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from trioscheduler.config import LimitsConfig
+from trioscheduler.policy.capability import (
+    DEFAULT_LIMITS,
+    CapabilityClaim,
+    NodeCapability,
+    claim_of_heartbeat,
+    claim_of_register,
+)
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import base64_decoded_size
+from trioscheduler.protocol.errors import ProtocolError
 from trioscheduler.protocol.messages import Pipeline
 
 
@@ -38,20 +47,34 @@ class Reply:
         self.event.set()
 
 
+class Outbox(Protocol):
+    """Where the registry puts messages for one node: it must not block; it raises trio.WouldBlock when full and
+    trio.ClosedResourceError (or BrokenResourceError) once the socket is going away."""
+
+    def send_nowait(self, value: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @attrs.define(eq=False)
 class NodeLink:
     """One node socket as the registry sees it: an id, an outbox the node's writer task drains, and a heartbeat
     mailbox.
 
-    The mailbox holds only the newest heartbeat, and at most one HeartbeatReady per link is ever in the registry's
-    inbox, so however fast nodes heartbeat, job requests wait behind at most one entry per node (the field
-    report's failure was job creation queued behind heartbeat processing)."""
+    The mailbox holds only the newest heartbeat and, when the node's capability changed, the newest capability
+    (derived by the connection, never by the registry). At most one HeartbeatReady per link is ever in the
+    registry's inbox, so however fast nodes heartbeat, job requests wait behind at most one entry per node."""
 
     conn_id: int
-    outbox: trio.MemorySendChannel[Any]
+    outbox: Outbox
     peer: str = ""
     latest_heartbeat: tuple[m.NodeHeartbeat, float] | None = None
     heartbeat_queued: bool = False
+    #: A capability to apply with the next heartbeat (None: unchanged). Only the newest is kept.
+    latest_capability: NodeCapability | None = None
+    #: What this socket last claimed, as handed to the registry: the base a heartbeat's fields are laid over.
+    #: Kept for the connection; the registry never reads it.
+    claim: CapabilityClaim | None = None
 
 
 @attrs.frozen
@@ -146,8 +169,11 @@ class SessionEnded:
 
 @attrs.define(eq=False)
 class Register:
+    """A node_register with the capability already derived (in the node's connection task)."""
+
     link: NodeLink
     message: m.NodeRegister
+    capability: NodeCapability
     received_at: float
     reply: Reply
 
@@ -209,16 +235,30 @@ class RegistryClient:
     async def session_ended(self, session_id: str) -> None:
         await self._inbox.send(SessionEnded(session_id))
 
-    async def register(self, link: NodeLink, message: m.NodeRegister) -> Any:
-        request = Register(link, message, trio.current_time(), Reply())
+    async def register(self, link: NodeLink, message: m.NodeRegister,
+                       limits: LimitsConfig = DEFAULT_LIMITS) -> Any:
+        """The node_id, or a ProtocolError. The capability is derived here, in the caller's task, within
+        ``limits``; a claim over a bound or malformed is refused without asking the registry."""
+        try:
+            claim = claim_of_register(message, limits)
+        except ProtocolError as exc:
+            return exc
+        request = Register(link, message, claim.capability, trio.current_time(), Reply())
         await self._inbox.send(request)
         await request.reply.event.wait()
+        if isinstance(request.reply.value, str):
+            link.claim = claim
         return request.reply.value
 
-    def post_heartbeat(self, link: NodeLink, message: m.NodeHeartbeat, received_at: float) -> bool:
-        """Leave the heartbeat in the link's mailbox (replacing an older one not yet applied). False when the
-        registry could not be told because its inbox is full: then ``await notify_heartbeat(link)``."""
+    def post_heartbeat(self, link: NodeLink, message: m.NodeHeartbeat, received_at: float,
+                       claim: CapabilityClaim | None = None) -> bool:
+        """Leave the heartbeat (and ``claim``'s capability, when the caller derived a changed one) in the link's
+        mailbox, replacing older ones not yet applied. False when the registry could not be told because its
+        inbox is full: then ``await notify_heartbeat(link)``."""
         link.latest_heartbeat = (message, received_at)
+        if claim is not None:
+            link.claim = claim
+            link.latest_capability = claim.capability
         if link.heartbeat_queued:
             return True
         try:
@@ -238,9 +278,17 @@ class RegistryClient:
             link.heartbeat_queued = False
             raise
 
-    async def heartbeat(self, link: NodeLink, message: m.NodeHeartbeat, received_at: float) -> None:
-        if not self.post_heartbeat(link, message, received_at):
+    async def heartbeat(self, link: NodeLink, message: m.NodeHeartbeat, received_at: float,
+                        limits: LimitsConfig = DEFAULT_LIMITS) -> ProtocolError | None:
+        """Post a heartbeat, its capability derived here when it changed. Liveness and load count even when the
+        capability is refused: then the error is returned and the previous capability stands."""
+        try:
+            claim, error = claim_of_heartbeat(link.claim, message, limits), None
+        except ProtocolError as exc:
+            claim, error = None, exc
+        if not self.post_heartbeat(link, message, received_at, claim):
             await self.notify_heartbeat(link)
+        return error
 
     async def result(self, link: NodeLink, message: m.JobResult) -> None:
         await self._inbox.send(Result(link, message, trio.current_time()))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import enum
 import math
-from typing import Any
 
 import attrs
 import pybase64
@@ -31,8 +30,6 @@ class NodeRecord:
     index_keys: frozenset[str]
     registered_at: float
     last_heartbeat: float
-    #: What the node last reported, kept so a heartbeat that omits a field keeps the previous value.
-    reported: dict[str, Any] = attrs.field(factory=dict)
     alive: bool = True
     in_flight: int = 0
     quarantined_until: float = -math.inf
