@@ -246,9 +246,6 @@ def report(found: dict[int, dict[str, Any]]) -> str:
     return f"cancelled at task steps {sorted(found)}: left in the registry (at step {first}): {found[first]}"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 point 7: a node handler cancelled while its node_register is in "
-                   "the registry leaves the node registered and pooled (NodeConnection never learns its node_id, "
-                   "so it sends no node_gone)")
 @settings(max_examples=fuzz_examples(share=10))
 @given(count=st.integers(0, 3), answer_every=st.integers(1, 2))
 def test_node_handler_cancelled_at_every_checkpoint_leaves_nothing(count: int, answer_every: int) -> None:
