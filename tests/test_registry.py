@@ -179,7 +179,7 @@ class Harness:
         self.config = config
         self.registry = Registry(config, recv, rng=random.Random(0))
         nursery.start_soon(self.registry.run)
-        self.client = RegistryClient(send)
+        self.client = RegistryClient(send, self.registry.notices)
         self._conn_ids = itertools.count(1)
 
     async def sync(self) -> dict[str, Any]:
@@ -454,14 +454,16 @@ async def test_job_timeout_fails_over_to_new_nodes_then_errors(nursery: trio.Nur
     assert snapshot["slots"]["in_flight"] == 0 and snapshot["jobs"]["total"] == 0
 
 
-async def test_job_timeout_with_no_other_node_errors(nursery: trio.Nursery, autojump_clock: Any) -> None:
-    h = Harness(nursery, make_config(job_timeout_seconds=5, failover_max_attempts=5))
+async def test_job_timeout_with_no_other_node_errors_after_the_pending_timeout(nursery: trio.Nursery,
+                                                                                autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(job_timeout_seconds=5, pending_timeout_seconds=3, failover_max_attempts=5))
     a = await h.node("node-a")
     s = h.session("s")
     await s.submit(0)
     [assign] = a.assigns()
-    outcome = await s.outcome(10)
-    assert trio.current_time() == pytest.approx(5)
+    outcome = await s.outcome(20)
+    # it waited pending_timeout_seconds for another node, then got the last failure's code
+    assert trio.current_time() == pytest.approx(5 + 3)
     assert isinstance(outcome.message, m.ErrorMessage) and outcome.message.code == "JOB_TIMEOUT"
     assert [type(i) for i in a.poll()] == [JobCancel]
     # never back to the node that already had it, even though it is free again
@@ -955,8 +957,8 @@ async def test_failures_spread_beyond_window_do_not_quarantine(nursery: trio.Nur
 
 
 async def test_job_timeouts_count_towards_quarantine(nursery: trio.Nursery, autojump_clock: Any) -> None:
-    h = Harness(nursery, make_config(job_timeout_seconds=2, quarantine_failures=2, quarantine_window_seconds=60,
-                                     quarantine_cooldown_seconds=30))
+    h = Harness(nursery, make_config(job_timeout_seconds=2, pending_timeout_seconds=1, quarantine_failures=2,
+                                     quarantine_window_seconds=60, quarantine_cooldown_seconds=30))
     node = await h.node("node-a")
     s = h.session("s")
     for index in (0, 1):
@@ -1156,7 +1158,7 @@ def test_submits_racing_deadlines_never_lose_or_duplicate_outcomes(
         front_send, front_recv = open_registry_channel(inbox_size)
         back_send, back_recv = trio.open_memory_channel[Any](0)
         registry = Registry(config, back_recv, rng=random.Random(1))
-        client = RegistryClient(front_send)
+        client = RegistryClient(front_send, registry.notices)
         sinks = {f"s{i}": trio.open_memory_channel[Any](math.inf) for i in range(3)}
 
         def stalled_until(now: float) -> float | None:
