@@ -602,14 +602,17 @@ def check_counters(run: Run, counters: dict[str, int], violations: list[str]) ->
     if run.scheduler.connections_crashed or counters.get("registry_internal_errors"):
         violations.append(f"crashes: connections {run.scheduler.connections_crashed}, "
                           f"registry {counters.get('registry_internal_errors')}")
-    # Nodes: no job_id was ever sent twice (to any node), no node got an utterance twice (so no retry went back).
+    # Nodes: no job_id was ever sent twice (to any node); no node got an utterance twice (so no retry went back),
+    # except once per later connection: a job lost with a node's connection may go to it again when it reconnects.
     job_ids: collections.Counter[str] = collections.Counter()
     for sim in run.sims:
         assigns = [m for m in sim.received if m.get("type") == "job_assign"]
         job_ids.update(m["job_id"] for m in assigns)
         utterances = collections.Counter((m["session_id"], m["utterance_index"]) for m in assigns)
-        again = {key: n for key, n in utterances.items() if n > 1}
-        if again or sim.stats.duplicate_job_ids or sim.stats.duplicate_utterances:
+        again = {key: n for key, n in utterances.items() if n > max(1, sim.stats.registrations)}
+        lost_and_resent = sum(n - 1 for n in utterances.values())
+        if (again or sim.stats.duplicate_job_ids
+                or sim.stats.duplicate_utterances > (lost_and_resent if sim.stats.registrations > 1 else 0)):
             violations.append(f"{sim.node_id} got an utterance or job_id twice: {again} "
                               f"{sim.stats.duplicate_job_ids} {sim.stats.duplicate_utterances}")
     twice = {job_id: n for job_id, n in job_ids.items() if n > 1}

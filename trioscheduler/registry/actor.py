@@ -443,6 +443,7 @@ class Registry:
             # The job was lost with the connection, not refused by the node: the same node_id on a new
             # connection may take it again. (A job that timed out keeps its node excluded: see _job_timed_out.)
             job.tried.discard(node.node_id)
+            job.lost_on.add(node.node_id)
             self._retry(job, now)
 
     # ------------------------------------------------------------------------------------------ outcomes
@@ -641,7 +642,16 @@ class Registry:
         node = self.nodes.get(job.node_id or "")
         if not message.success:
             error = message.error or m.ResultError()
-            if error.code.startswith("DUPLICATE_") or error.message.startswith("DUPLICATE_"):
+            duplicate = error.code.startswith("DUPLICATE_") or error.message.startswith("DUPLICATE_")
+            if duplicate and job.node_id in job.lost_on:
+                # Sent again to a node that reconnected after losing the job with its old connection, and the
+                # node remembers the utterance: it will not run it. Not the node's failure; go elsewhere now.
+                self.counters["results_dropped_duplicate_after_reconnect"] += 1
+                job.tried.add(job.node_id)  # type: ignore[arg-type]
+                self._release_slot(job, now)
+                self._retry(job, now)
+                return
+            if duplicate:
                 # The node already has this job id (it refuses a job_id it has seen): not a user-facing
                 # error; the job keeps its deadline.
                 self.counters["results_dropped_duplicate_reply"] += 1
