@@ -177,10 +177,27 @@ class Harness:
     def __init__(self, nursery: trio.Nursery, config: Config, *, inbox_size: int = 256) -> None:
         send, recv = open_registry_channel(inbox_size)
         self.config = config
+        self.send_channel = send
         self.registry = Registry(config, recv, rng=random.Random(0))
-        nursery.start_soon(self.registry.run)
+        self._nursery = nursery
+        self._running = trio.CancelScope()
+        self.start_registry()
         self.client = RegistryClient(send, self.registry.notices)
         self._conn_ids = itertools.count(1)
+
+    def start_registry(self) -> None:
+        """Run the registry task (again): its state is kept while it is stopped."""
+        self._running = trio.CancelScope()
+
+        async def run(scope: trio.CancelScope) -> None:
+            with scope:
+                await self.registry.run()
+
+        self._nursery.start_soon(run, self._running)
+
+    def stop_registry(self) -> None:
+        """The registry stops taking requests, as if it were stalled; requests pile up in its inbox."""
+        self._running.cancel()
 
     async def sync(self) -> dict[str, Any]:
         """A barrier: the inbox is FIFO, so once the snapshot answers every earlier request has been handled."""
@@ -684,6 +701,186 @@ async def test_heartbeat_updates_languages_and_pools(nursery: trio.Nursery, auto
     # and zh→en is no longer served by it
     reply = await s.submit(1)
     assert reply is not None and reply.state == "waiting"
+
+
+# ============================================================================================ failover waits for a node
+
+
+async def test_only_node_dies_and_a_node_registering_later_takes_the_job(nursery: trio.Nursery,
+                                                                         autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(pending_timeout_seconds=5, job_timeout_seconds=30))
+    a = await h.node("node-a")
+    s = h.session("s")
+    await s.submit(0)
+    [first] = a.assigns()
+    await a.gone()
+    snapshot = await h.sync()
+    assert s.poll() == []  # no error yet: the job waits for a node
+    assert snapshot["waiting_by_key"] == {"zh>en": 1} and snapshot["jobs"]["waiting"] == 1
+    await trio.sleep(0.5)
+    b = await h.node("node-b")
+    [second] = b.assigns()
+    assert second.attempt_id == 2 and second.job_id != first.job_id and second.utterance_index == 0
+    await b.result(ok_result(second))
+    outcome = await s.outcome(STEP)
+    assert isinstance(outcome.message, m.TranslationResult) and outcome.job_id == second.job_id
+    assert (await h.sync())["jobs"]["total"] == 0
+
+
+async def test_failover_with_no_node_coming_errors_with_the_last_failure_after_pending_timeout(
+        nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(pending_timeout_seconds=5, job_timeout_seconds=30))
+    a = await h.node("node-a")
+    s = h.session("s")
+    await s.submit(0)
+    a.assigns()
+    await trio.sleep(1)
+    await a.gone()
+    lost_at = trio.current_time()
+    outcome = await s.outcome(10)
+    assert trio.current_time() == pytest.approx(lost_at + 5)
+    assert isinstance(outcome.message, m.ErrorMessage) and outcome.message.code == "NODE_UNAVAILABLE"
+    snapshot = await h.sync()
+    assert snapshot["jobs"]["total"] == 0 and snapshot["waiting_by_key"] == {}
+
+
+async def test_node_reconnecting_after_its_connection_was_lost_takes_back_the_lost_job(
+        nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(pending_timeout_seconds=5))
+    old = await h.node("node-a")
+    s = h.session("s")
+    await s.submit(0)
+    [first] = old.assigns()
+    await old.gone()
+    await trio.sleep(2)
+    new = await h.node("node-a")
+    assert new.link.conn_id != old.link.conn_id
+    [second] = new.assigns()
+    assert second.attempt_id == 2 and second.job_id != first.job_id
+    await new.result(ok_result(second))
+    assert isinstance((await s.outcome(STEP)).message, m.TranslationResult)
+
+
+async def test_reconnected_node_that_refuses_the_lost_job_as_a_duplicate_is_passed_over_at_once(
+        nursery: trio.Nursery, autojump_clock: Any) -> None:
+    """A node that remembers the utterance from its lost connection refuses it: that is no user-facing error and
+    no failure of the node; the job goes to another node without waiting for its deadline."""
+    h = Harness(nursery, make_config(pending_timeout_seconds=5, job_timeout_seconds=30))
+    old = await h.node("node-a")
+    s = h.session("s")
+    await s.submit(0)
+    old.assigns()
+    await old.gone()
+    new = await h.node("node-a")
+    [second] = new.assigns()
+    await new.result(failed_result(second, "PROCESSING_ERROR", "DUPLICATE_UTTERANCE_INDEX"))
+    snapshot = await h.sync()
+    assert s.poll() == [] and snapshot["waiting_by_key"] == {"zh>en": 1}
+    assert snapshot["nodes"][0]["in_flight"] == 0 and snapshot["nodes"][0]["jobs_failed"] == 0
+    b = await h.node("node-b")
+    [third] = b.assigns()
+    assert third.attempt_id == 3
+    assert new.assigns() == []
+    await b.result(ok_result(third))
+    assert isinstance((await s.outcome(STEP)).message, m.TranslationResult)
+
+
+async def test_job_that_timed_out_on_a_node_never_goes_back_to_it_even_after_it_reconnects(
+        nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(pending_timeout_seconds=5, job_timeout_seconds=2, failover_max_attempts=3))
+    old = await h.node("node-a")
+    s = h.session("s")
+    await s.submit(0)
+    old.assigns()
+    await trio.sleep(2.5)  # timed out at t=2: waiting for another node
+    await old.gone()
+    new = await h.node("node-a")
+    outcome = await s.outcome(10)
+    assert trio.current_time() == pytest.approx(2 + 5)
+    assert isinstance(outcome.message, m.ErrorMessage) and outcome.message.code == "JOB_TIMEOUT"
+    assert new.assigns() == []
+
+
+async def test_failover_max_attempts_still_bounds_a_job_that_waited(nursery: trio.Nursery,
+                                                                    autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(pending_timeout_seconds=5, failover_max_attempts=1))
+    a = await h.node("node-a")
+    s = h.session("s")
+    await s.submit(0)
+    a.assigns()
+    await a.gone()
+    b = await h.node("node-b")
+    [second] = b.assigns()
+    assert second.attempt_id == 2
+    await b.gone()
+    outcome = await s.outcome(STEP)  # at once: its one re-dispatch is spent
+    assert isinstance(outcome.message, m.ErrorMessage) and outcome.message.code == "NODE_UNAVAILABLE"
+    c = await h.node("node-c")
+    assert c.assigns() == []
+
+
+# ============================================================================================ gone notices
+
+
+async def test_gone_notices_are_applied_when_the_inbox_is_full(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(), inbox_size=1)
+    node = await h.node("node-a", max_jobs=4)
+    s = h.session("s")
+    for index in range(3):
+        await s.submit(index)
+    assert len(node.assigns()) == 3
+    h.stop_registry()
+    await trio.testing.wait_all_tasks_blocked()
+    h.client.post_heartbeat(node.link, NodeHeartbeat(node_id="node-a"), trio.current_time())  # fills the inbox
+    with pytest.raises(trio.WouldBlock):
+        h.send_channel.send_nowait(object())
+    h.client.session_ended_nowait("s")  # neither blocks nor raises
+    h.client.node_gone_nowait(node.link, "socket_closed")
+    h.start_registry()
+    snapshot = await h.sync()
+    assert snapshot["nodes"] == [] and snapshot["jobs"]["total"] == 0
+    assert (await h.client.snapshot(detail=True))["held"] == {  # type: ignore[index]
+        "nodes": 0, "node_conns": 0, "indexes": 0, "jobs_by_key": 0, "jobs_by_id": 0, "waiting": 0,
+        "session_jobs": 0, "sessions": 0, "affinity": 0, "turns": 0, "turn_slot": 0, "notices": 0}
+    assert s.poll() == []  # the session wanted no outcome
+
+
+async def test_a_registration_overtaken_by_its_gone_notice_is_refused(nursery: trio.Nursery,
+                                                                      autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(), inbox_size=1)
+    h.stop_registry()
+    await trio.testing.wait_all_tasks_blocked()
+    outbox_send, outbox_recv = trio.open_memory_channel[Any](10)
+    link = NodeLink(77, outbox_send, "peer")
+    replies: list[Any] = []
+
+    async def register() -> None:
+        replies.append(await h.client.register(link, NodeRegister(node_id="node-z", language_capabilities=ZH_EN)))
+
+    nursery.start_soon(register)
+    await trio.testing.wait_all_tasks_blocked()  # the registration fills the inbox
+    h.client.node_gone_nowait(link, "socket_closed")  # the handler died before its reply came back
+    h.start_registry()
+    snapshot = await h.sync()
+    assert snapshot["nodes"] == [] and snapshot["pools"] == {}
+    await trio.testing.wait_all_tasks_blocked()  # the register task has its reply
+    assert len(replies) == 1 and not isinstance(replies[0], str)
+    assert drain(outbox_recv) == []
+
+
+async def test_a_submit_cancelled_from_outside_is_abandoned_and_makes_no_job(nursery: trio.Nursery,
+                                                                             autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config())
+    node = await h.node("node-a")
+    h.stop_registry()
+    await trio.testing.wait_all_tasks_blocked()
+    s = h.session("s")
+    with trio.move_on_after(1):  # the session's own teardown, not the submit's deadline (100 s)
+        await s.submit(0, patience=100)
+    h.start_registry()
+    snapshot = await h.sync()
+    assert snapshot["jobs"]["total"] == 0 and snapshot["counters"]["submits_abandoned"] == 1
+    assert node.assigns() == []
 
 
 # ============================================================================================ reconnect
