@@ -21,6 +21,7 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from trioscheduler.config import Config, config_with
 from trioscheduler.policy.capability import direction_key
@@ -40,13 +41,19 @@ from trioscheduler.registry.actor import Dispatch, Registry
 from trioscheduler.registry.requests import (
     CloseLink,
     JobSpec,
+    NodeGone,
     NodeLink,
     Outcome,
     Passthrough,
+    Register,
     RegistryClient,
+    Reply,
+    Snapshot,
+    Submit,
     SubmitReply,
     open_registry_channel,
 )
+from trioscheduler.registry.requests import Result as RegistryResult
 from trioscheduler.registry.state import JobState
 
 ZH_EN = LanguageCapabilities(asr_languages=["zh", "en"], tts_languages=["zh", "en"], semantic_languages=["zh", "en"])
@@ -61,7 +68,8 @@ def make_config(**scheduler: Any) -> Config:
     return config_with(Config(), scheduler=scheduler)
 
 
-def spec_for(session_id: str, index: int, src: str = "zh", tgt: str = "en", turn_id: str | None = None) -> JobSpec:
+def spec_for(session_id: str, index: int, src: str = "zh", tgt: str = "en", turn_id: str | None = None,
+             finalized_at: float | None = None) -> JobSpec:
     return JobSpec(
         session_id=session_id,
         utterance_index=index,
@@ -75,7 +83,7 @@ def spec_for(session_id: str, index: int, src: str = "zh", tgt: str = "en", turn
         sample_rate=16000,
         turn_id=turn_id,
         cut_reason="manual",
-        finalized_at=trio.current_time(),
+        finalized_at=trio.current_time() if finalized_at is None else finalized_at,
         is_manual_cut=True,
     )
 
@@ -1526,3 +1534,134 @@ def test_submits_racing_deadlines_never_lose_or_duplicate_outcomes(
         event(f"node lost: {reason}")
     assert len(replies) == len(plan)
     assert not violations, violations
+
+
+# ============================================================================================ waiting queues
+
+
+class ListSink:
+    """A session sink that keeps everything (never full)."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def send_nowait(self, value: Any) -> None:
+        self.items.append(value)
+
+
+PAIRS = [("zh", "en"), ("ja", "en"), ("en", "zh")]
+NODE_LANGUAGES = [ZH_EN, JA_EN, LanguageCapabilities(asr_languages=["zh", "ja", "en"],
+                                                     tts_languages=["zh", "ja", "en"],
+                                                     semantic_languages=["zh", "ja", "en"])]
+
+
+class WaitingQueues(RuleBasedStateMachine):
+    """The registry driven request by request (``handle``, no task, time frozen): nodes come and go and finish
+    jobs, sessions submit. After every step: waiting jobs leave their key's queue in the order they entered it,
+    no job waits while a node that serves its key has a free slot, and every node's in_flight equals the jobs
+    holding a slot on it, within its capacity."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        inbox_send, inbox_recv = open_registry_channel(16)
+        self.registry = Registry(make_config(pending_timeout_seconds=1000, job_timeout_seconds=1000), inbox_recv,
+                                 rng=random.Random(0))
+        self.sink = ListSink()
+        self.now = 0.0
+        self.conn_ids = itertools.count(1)
+        self.node_numbers = itertools.count(1)
+        self.links: dict[str, tuple[NodeLink, trio.MemoryReceiveChannel[Any]]] = {}
+        self.assigns: dict[str, list[JobAssign]] = {}  # per node_id, not yet answered
+        self.queued: dict[str, list[str]] = {}  # per selection key, job keys in the order they started waiting
+        self.index = 0
+
+    def _snapshot(self) -> dict[str, Any]:
+        request = Snapshot(Reply(), detail=True)
+        self.registry.handle(request, self.now)
+        return request.reply.value  # type: ignore[no-any-return]
+
+    def _job_key(self, job: dict[str, Any]) -> str:
+        return f"{job['session_id']}/{job['utterance_index']}"
+
+    def _collect(self, before: dict[str, str]) -> None:
+        """Note jobs that started waiting since ``before`` (their state per job key), and new assigns."""
+        jobs = self._snapshot()["job_list"]
+        for job in sorted(jobs, key=lambda j: (j["utterance_index"])):
+            if job["state"] == "waiting" and before.get(self._job_key(job)) != "waiting":
+                self.queued.setdefault(job["selection_key"], []).append(self._job_key(job))
+        for node_id, (_, outbox) in self.links.items():
+            for item in drain(outbox):
+                if isinstance(item, Dispatch):
+                    self.assigns.setdefault(node_id, []).append(item.assign)
+
+    def _states(self) -> dict[str, str]:
+        return {self._job_key(job): job["state"] for job in self._snapshot()["job_list"]}
+
+    @rule(languages=st.integers(0, len(NODE_LANGUAGES) - 1), capacity=st.integers(1, 3))
+    def node_registers(self, languages: int, capacity: int) -> None:
+        before = self._states()
+        node_id = f"node-{next(self.node_numbers)}"
+        outbox_send, outbox_recv = trio.open_memory_channel[Any](1000)
+        link = NodeLink(next(self.conn_ids), outbox_send, "peer")
+        request = Register(link, NodeRegister(node_id=node_id, language_capabilities=NODE_LANGUAGES[languages],
+                                              max_concurrent_jobs=capacity), self.now, Reply())
+        self.registry.handle(request, self.now)
+        assert request.reply.value == node_id
+        self.links[node_id] = (link, outbox_recv)
+        self._collect(before)
+
+    @rule(pair=st.integers(0, len(PAIRS) - 1))
+    def session_submits(self, pair: int) -> None:
+        before = self._states()
+        src, tgt = PAIRS[pair]
+        request = Submit(spec_for("s", self.index, src, tgt, finalized_at=self.now), self.sink, Reply())
+        self.index += 1
+        self.now += 0.001
+        self.registry.handle(request, self.now)
+        self._collect(before)
+
+    @precondition(lambda self: any(self.assigns.values()))
+    @rule(data=st.data())
+    def node_answers(self, data: st.DataObject) -> None:
+        before = self._states()
+        node_id = data.draw(st.sampled_from(sorted(n for n, a in self.assigns.items() if a)))
+        assign = self.assigns[node_id].pop(data.draw(st.integers(0, len(self.assigns[node_id]) - 1)))
+        self.registry.handle(RegistryResult(self.links[node_id][0], ok_result(assign), self.now), self.now)
+        self._collect(before)
+
+    @precondition(lambda self: bool(self.links))
+    @rule(data=st.data())
+    def node_goes(self, data: st.DataObject) -> None:
+        before = self._states()
+        node_id = data.draw(st.sampled_from(sorted(self.links)))
+        link, _ = self.links.pop(node_id)
+        self.assigns.pop(node_id, None)
+        self.registry.handle(NodeGone(link, "socket_closed"), self.now)
+        self._collect(before)
+
+    @invariant()
+    def fifo_per_key_no_idle_slot_and_slots_add_up(self) -> None:
+        snapshot = self._snapshot()
+        states = {self._job_key(job): job["state"] for job in snapshot["job_list"]}
+        # FIFO: in each key's queue, once a job has left waiting, every job queued before it has too
+        for key, queue in self.queued.items():
+            still = [states.get(job) == "waiting" for job in queue]
+            if True in still:
+                first_waiting = still.index(True)
+                assert all(still[first_waiting:]), (key, queue, still)
+            self.queued[key] = [job for job, waits in zip(queue, still) if waits]
+        # no waiting job while a node serving its key has a free slot
+        waiting_keys = set(snapshot["waiting_by_key"])
+        for node in snapshot["nodes"]:
+            if node["in_flight"] < node["capacity"]:
+                assert not waiting_keys & set(node["pairs"]), (node, snapshot["waiting_by_key"])
+            assert 0 <= node["in_flight"] <= node["capacity"]
+            assert node["in_flight"] == node["slot_holders"] == node["jobs"]
+        assert sum(snapshot["waiting_by_key"].values()) == snapshot["jobs"]["waiting"] == \
+            sum(1 for job in snapshot["job_list"] if job["state"] == "waiting")
+        assert snapshot["slots"]["in_flight"] == sum(1 for job in snapshot["job_list"] if job["holds_slot"])
+
+
+TestWaitingQueues = WaitingQueues.TestCase
+TestWaitingQueues.settings = settings(max_examples=60, stateful_step_count=40, deadline=None,
+                                      suppress_health_check=[HealthCheck.too_slow])

@@ -13,6 +13,7 @@ messages that end a job (outcomes.py) live beside it.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import math
 import random
@@ -81,6 +82,7 @@ class Registry:
         self.selection_latency = LatencyHistogram(SELECTION_BUCKETS)
         self.dispatch_delay = LatencyHistogram(DISPATCH_BUCKETS)
         self._timers = TimerHeap()
+        self._job_numbers = itertools.count()
         self._handlers: dict[type, Callable[[Any, float], None]] = {
             rq.Submit: self._on_submit,
             rq.CancelJobs: self._on_cancel,
@@ -194,6 +196,7 @@ class Registry:
             job_id=new_job_id(),
             services=spec.pipeline.required_services(),
             created_at=now,
+            number=next(self._job_numbers),
         )
         job.attempt_ids.append(job.job_id)
         self.jobs_by_key[job.key] = job
@@ -431,7 +434,7 @@ class Registry:
         if self.nodes.get(node.node_id) is node:
             del self.nodes[node.node_id]
         self._node_by_conn.pop(node.link.conn_id, None)
-        orphans = sorted(node.jobs, key=lambda j: j.created_at)
+        orphans = sorted(node.jobs, key=lambda j: j.number)  # oldest first, whatever the set's order
         node.jobs.clear()
         node.in_flight = 0
         for job in orphans:

@@ -55,6 +55,8 @@ class Job:
     job_id: str
     services: frozenset[str]
     created_at: float
+    #: Order of creation in the registry: ties in time are broken by it.
+    number: int = 0
     state: JobState = JobState.WAITING
     attempt: int = 0
     attempt_ids: list[str] = attrs.field(factory=list)
