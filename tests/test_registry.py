@@ -1539,6 +1539,34 @@ def test_submits_racing_deadlines_never_lose_or_duplicate_outcomes(
 # ============================================================================================ waiting queues
 
 
+async def test_a_freed_slot_goes_to_the_oldest_waiter_of_its_keys_without_a_selection_per_waiting_job(
+        nursery: trio.Nursery, autojump_clock: Any) -> None:
+    """Overload: every node full, many jobs waiting (some for a key no node serves). A result frees one slot;
+    it goes to the oldest waiter its node can serve, and no selection runs for the other waiting jobs."""
+    h = Harness(nursery, make_config(pending_timeout_seconds=1000, job_timeout_seconds=1000), inbox_size=0)
+    nodes = [await h.node(f"node-{i}", max_jobs=1) for i in range(20)]
+    s = h.session("s")
+    for index in range(20):
+        await s.submit(index)
+    running = {a.utterance_index: (node, a) for node in nodes for a in node.assigns()}
+    assert sorted(running) == list(range(20))
+    for index in range(20, 220):
+        await s.submit(index, src="ja" if index % 2 else "zh")
+    snapshot = await h.sync()
+    assert snapshot["waiting_by_key"] == {"zh>en": 100, "ja>en": 100}
+    selections = snapshot["latency"]["selection_seconds"]["count"]
+    node, assign = running[7]
+    await node.result(ok_result(assign))
+    [next_assign] = node.assigns()
+    assert next_assign.utterance_index == 20  # the oldest zh→en waiter
+    snapshot = await h.sync()
+    assert snapshot["waiting_by_key"] == {"zh>en": 99, "ja>en": 100}
+    assert snapshot["latency"]["selection_seconds"]["count"] == selections
+    assert all(other.assigns() == [] for other in nodes if other is not node)
+
+
+
+
 class ListSink:
     """A session sink that keeps everything (never full)."""
 
