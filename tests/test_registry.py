@@ -8,6 +8,7 @@ whose outbox the test reads, a fake session is the memory channel passed as ``si
 from __future__ import annotations
 
 import base64
+import collections
 import itertools
 import math
 import random
@@ -54,7 +55,6 @@ from trioscheduler.registry.requests import (
     open_registry_channel,
 )
 from trioscheduler.registry.requests import Result as RegistryResult
-from trioscheduler.registry.state import JobState
 
 ZH_EN = LanguageCapabilities(asr_languages=["zh", "en"], tts_languages=["zh", "en"], semantic_languages=["zh", "en"])
 JA_EN = LanguageCapabilities(asr_languages=["ja", "en"], tts_languages=["ja", "en"], semantic_languages=["ja", "en"])
@@ -230,6 +230,9 @@ class Harness:
     def session(self, session_id: str) -> FakeSession:
         return FakeSession(self, session_id)
 
+    async def counters(self) -> dict[str, int]:
+        return (await self.sync())["counters"]  # type: ignore[no-any-return]
+
     async def in_flight(self) -> dict[str, int]:
         snapshot = await self.sync()
         return {n["node_id"]: n["in_flight"] for n in snapshot["nodes"]}
@@ -286,7 +289,7 @@ async def test_pool_created_on_register_and_removed_when_node_goes(nursery: trio
     snapshot = await h.sync()
     assert snapshot["pools"] == {}
     assert snapshot["nodes"] == []
-    assert h.registry.counters["pools_removed"] == 2
+    assert (await h.counters())["pools_removed"] == 2
 
 
 async def test_capacity_from_register_else_config_default(nursery: trio.Nursery, autojump_clock: Any) -> None:
@@ -921,7 +924,7 @@ async def test_reconnect_replaces_old_link_and_fails_over_its_jobs(nursery: trio
     # a result for it over the old socket is foreign; over the new one it counts
     await old.result(ok_result(assign))
     assert t.poll() == []
-    assert h.registry.counters["results_dropped_foreign_node"] == 1
+    assert (await h.counters())["results_dropped_foreign_node"] == 1
     await new.result(ok_result(assign))
     assert isinstance((await t.outcome(STEP)).message, m.TranslationResult)
     # heartbeats on the old link do not keep anything alive or change anything
@@ -948,12 +951,12 @@ async def test_result_from_old_attempt_is_dropped(nursery: trio.Nursery, autojum
     first_node, first, second_node, second = await _timed_out_once(h, nodes, s)
     await first_node.result(ok_result(first))
     assert s.poll() == []
-    assert h.registry.counters["results_dropped_old_attempt"] == 1
+    assert (await h.counters())["results_dropped_old_attempt"] == 1
     await second_node.result(ok_result(second))
     outcome = await s.outcome(STEP)
     assert outcome.job_id == second.job_id and outcome.message.text_translated == "translated 0"
     await first_node.result(ok_result(first))  # and again once the job is finished
-    assert h.registry.counters["results_dropped_finished_job"] == 1
+    assert (await h.counters())["results_dropped_finished_job"] == 1
     assert s.poll() == []
 
 
@@ -966,7 +969,7 @@ async def test_result_from_node_not_assigned_is_dropped(nursery: trio.Nursery, a
     [stranger] = [n for n in nodes if n is not holder]
     await stranger.result(ok_result(assign))
     assert s.poll() == []
-    assert h.registry.counters["results_dropped_foreign_node"] == 1
+    assert (await h.counters())["results_dropped_foreign_node"] == 1
     assert (await h.in_flight())[holder.node_id] == 1  # the job is untouched
     await holder.result(ok_result(assign))
     assert (await s.outcome(STEP)).job_id == assign.job_id
@@ -980,7 +983,7 @@ async def test_result_from_previous_holder_after_failover_is_dropped(nursery: tr
     first_node, _, second_node, second = await _timed_out_once(h, nodes, s)
     await first_node.result(ok_result(second))  # the new job_id, from the node that no longer holds it
     assert s.poll() == []
-    assert h.registry.counters["results_dropped_foreign_node"] == 1
+    assert (await h.counters())["results_dropped_foreign_node"] == 1
     await second_node.result(ok_result(second))
     assert (await s.outcome(STEP)).job_id == second.job_id
 
@@ -994,7 +997,7 @@ async def test_result_for_unknown_job_is_dropped(nursery: trio.Nursery, autojump
     await node.result(JobResult(job_id="job-never-issued", success=True, attempt_id=1, text_asr="x",
                                 text_translated="y"))
     assert s.poll() == []
-    assert h.registry.counters["results_dropped_unknown_job"] == 1
+    assert (await h.counters())["results_dropped_unknown_job"] == 1
     assert await h.in_flight() == {"node-a": 1}
     await node.result(ok_result(assign))
     assert len(s.poll()) == 1
@@ -1011,7 +1014,7 @@ async def test_result_sent_twice_gives_one_outcome(nursery: trio.Nursery, autoju
     await node.result(failed_result(assign, "LATE_FAILURE"))
     [outcome] = s.poll()
     assert isinstance(outcome.message, m.TranslationResult)
-    assert h.registry.counters["results_dropped_finished_job"] == 2
+    assert (await h.counters())["results_dropped_finished_job"] == 2
     assert await h.in_flight() == {"node-a": 0}
 
 
@@ -1024,7 +1027,7 @@ async def test_result_with_wrong_attempt_id_is_dropped(nursery: trio.Nursery, au
     await node.result(ok_result(assign, attempt_id=assign.attempt_id + 1))
     await node.result(ok_result(assign, attempt_id=0))
     assert s.poll() == []
-    assert h.registry.counters["results_dropped_old_attempt"] == 2
+    assert (await h.counters())["results_dropped_old_attempt"] == 2
     await node.result(ok_result(assign))
     assert isinstance((await s.outcome(STEP)).message, m.TranslationResult)
 
@@ -1075,7 +1078,7 @@ async def test_duplicate_job_id_reply_is_not_forwarded(nursery: trio.Nursery, au
     [assign] = node.assigns()
     await node.result(failed_result(assign, "DUPLICATE_JOB_ID", "job already running"))
     assert s.poll() == []
-    assert h.registry.counters["results_dropped_duplicate_reply"] == 1
+    assert (await h.counters())["results_dropped_duplicate_reply"] == 1
     assert await h.in_flight() == {"node-a": 1}
     assert (await h.sync())["nodes"][0]["jobs_failed"] == 0
     await trio.sleep(10)
@@ -1097,7 +1100,7 @@ async def test_asr_partial_is_relayed_only_from_the_assigned_node(nursery: trio.
     [item] = s.poll()
     assert isinstance(item, Passthrough) and isinstance(item.message, m.AsrPartialOut)
     assert (item.message.text, item.message.utterance_index, item.message.job_id) == ("ni hao", 4, assign.job_id)
-    assert h.registry.counters["partials_dropped_foreign_node"] == 1
+    assert (await h.counters())["partials_dropped_foreign_node"] == 1
     await holder.result(ok_result(assign))
     await h.client.partial(holder.link, m.AsrPartialIn(job_id=assign.job_id, text="late"))
     await h.sync()
@@ -1127,7 +1130,7 @@ async def test_quarantine_after_failures_then_used_again(nursery: trio.Nursery, 
     assert trio.current_time() == pytest.approx(quarantined_at + 30)
     assert assign.utterance_index == 2
     assert (await h.sync())["nodes"][0]["quarantined"] is False
-    assert h.registry.counters["node_quarantines"] == 1
+    assert (await h.counters())["node_quarantines"] == 1
 
 
 async def test_quarantine_routes_new_jobs_to_other_nodes(nursery: trio.Nursery, autojump_clock: Any) -> None:
@@ -1276,7 +1279,7 @@ async def test_same_utterance_submitted_twice_makes_one_job(nursery: trio.Nurser
     assert other_target is not None and other_target.job_id != first.job_id
     assigns = node.assigns()
     assert len(assigns) == 2
-    assert h.registry.counters["jobs_created"] == 2 and h.registry.counters["submits_duplicate"] == 1
+    assert (await h.counters())["jobs_created"] == 2 and (await h.counters())["submits_duplicate"] == 1
     await node.result(ok_result(assigns[0]))
     assert len(s.poll()) == 1
 
@@ -1383,18 +1386,18 @@ def test_submits_racing_deadlines_never_lose_or_duplicate_outcomes(
                 await back_send.send(item)
 
         def check_slots() -> None:
+            # The registry's own snapshot, taken directly: the relay may be stalling its inbox.
             now = trio.current_time()
-            in_flight = sum(n.in_flight for n in registry.nodes.values())
+            snapshot = registry.snapshot(now, detail=True)
+            in_flight = snapshot["slots"]["in_flight"]
             # Without turns every dispatched job holds one slot; the jobs of one turn on one node share a slot.
-            live_dispatched = sum(1 for j in registry.jobs_by_key.values()
-                                  if j.state is JobState.DISPATCHED and getattr(j, "holds_slot", True))
+            live_dispatched = sum(1 for j in snapshot["job_list"] if j["state"] == "dispatched" and j["holds_slot"])
             if in_flight != live_dispatched:
                 violations.append(f"t={now}: in_flight {in_flight} != dispatched {live_dispatched}")
-            for n in registry.nodes.values():
-                holding = sum(1 for j in n.jobs if getattr(j, "holds_slot", True))
-                if not (0 <= n.in_flight <= n.capacity) or n.in_flight != holding:
-                    violations.append(f"t={now}: {n.node_id} in_flight={n.in_flight} cap={n.capacity} "
-                                      f"slot holders={holding} jobs={len(n.jobs)}")
+            for n in snapshot["nodes"]:
+                if not (0 <= n["in_flight"] <= n["capacity"]) or n["in_flight"] != n["slot_holders"]:
+                    violations.append(f"t={now}: {n['node_id']} in_flight={n['in_flight']} cap={n['capacity']} "
+                                      f"slot holders={n['slot_holders']} jobs={n['jobs']}")
 
         async def checker() -> None:
             while True:
@@ -1490,7 +1493,7 @@ def test_submits_racing_deadlines_never_lose_or_duplicate_outcomes(
                         actors.start_soon(cancel, at, session, index)
                     await trio.sleep(60)  # past every deadline: attempts x (pending + job timeout)
                     actors.cancel_scope.cancel()
-                snapshot = await client.snapshot(timeout=10)
+                snapshot = await client.snapshot(timeout=10, detail=True)
             assert snapshot is not None
             check_slots()
             outcomes: dict[tuple[str, int], list[Outcome]] = {}
@@ -1508,22 +1511,22 @@ def test_submits_racing_deadlines_never_lose_or_duplicate_outcomes(
                         violations.append(f"{key}: cancelled but got {len(got)} outcomes")
                 elif len(got) != 1:
                     violations.append(f"{key}: reply {reply} but {len(got)} outcomes: {got}")
+            counters = collections.Counter(snapshot["counters"])
             answered = sum(1 for r in replies.values() if r is not None)
-            if registry.counters["jobs_created"] != answered:
-                violations.append(f"jobs_created {registry.counters['jobs_created']} != answered submits {answered}")
+            if counters["jobs_created"] != answered:
+                violations.append(f"jobs_created {counters['jobs_created']} != answered submits {answered}")
             if snapshot["slots"]["in_flight"] != 0 or snapshot["jobs"]["total"] != 0:
                 violations.append(f"left over at the end: {snapshot['slots']} {snapshot['jobs']}")
             # and the registry holds nothing for them any more (memory back to its idle size)
-            held = {name: len(getattr(registry, name)) for name in
-                    ("jobs_by_key", "jobs_by_id", "waiting", "turns", "turn_slot") if hasattr(registry, name)}
-            held["session_jobs"] = sum(len(jobs) for jobs in registry.session_jobs.values())
+            held = {name: snapshot["held"][name] for name in
+                    ("jobs_by_key", "jobs_by_id", "waiting", "turns", "turn_slot", "session_jobs", "notices")}
             if any(held.values()):
                 violations.append(f"registry still holds job state at the end: {held}")
-            if registry.counters["registry_internal_errors"]:
-                violations.append(f"registry internal errors: {registry.counters['registry_internal_errors']}")
-            stats["abandoned"] = registry.counters["submits_abandoned"]
-            stats["redispatches"] = registry.counters["redispatches"]
-            stats["lost_reasons"] = {k[len("nodes_lost_"):] for k in registry.counters if k.startswith("nodes_lost_")}
+            if counters["registry_internal_errors"]:
+                violations.append(f"registry internal errors: {counters['registry_internal_errors']}")
+            stats["abandoned"] = counters["submits_abandoned"]
+            stats["redispatches"] = counters["redispatches"]
+            stats["lost_reasons"] = {k[len("nodes_lost_"):] for k in counters if k.startswith("nodes_lost_")}
             outer.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
