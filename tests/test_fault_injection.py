@@ -1,6 +1,6 @@
-"""Issue 3 point 9: the fault-injection harness, plus connection-level scenarios for incidents F-7/F-8, F-9/F-10
-and F-14 (lingua-scheduler.md §7.1; F-11 is in test_hazards.py), and deterministic regression tests for the
-scheduler bugs the harness found (the last three tests).
+"""The fault-injection harness, plus connection-level scenarios for incidents the original system had (a node
+answering twice or late, empty answers, a node whose socket is gone while it is still pooled), and deterministic
+regression tests for the scheduler bugs the harness found (the last three tests).
 
 The harness: hypothesis draws a schedule of N simulated nodes (``SimNode`` over in-memory transports) that crash,
 stall, answer slowly, answer twice, answer empty or with errors, stop heartbeating, join late or reconnect with
@@ -699,7 +699,7 @@ async def _first_assign(peers: dict[str, Peer]) -> tuple[str, dict[str, Any]]:
 
 async def test_f14_node_whose_socket_is_gone_when_selected_loses_no_job(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
-    """F-14: the node chosen for a job has just lost its socket (the registry has not heard yet). The job must not
+    """The node chosen for a job has just lost its socket (the registry has not heard yet). The job must not
     be lost in its dead outbox: it fails over at once and the client gets its result."""
     scheduler = Scheduler(harness_config(heartbeat_timeout_seconds=100_000, heartbeat_interval_seconds=1000))
     await nursery.start(scheduler.run)
@@ -730,8 +730,9 @@ async def test_f14_node_whose_socket_is_gone_when_selected_loses_no_job(
 
 async def test_f14_only_node_gone_when_selected_gives_an_error_not_silence(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
-    """F-14 with nowhere to fail over to: the client hears NODE_UNAVAILABLE for that utterance, and the session
-    keeps working once a node is back."""
+    """A node chosen for a job has just lost its socket, with nowhere to fail over to: once pending_timeout_seconds
+    pass with no node coming, the client hears an error for that utterance, and the session keeps working once a
+    node is back."""
     scheduler = Scheduler(harness_config(heartbeat_timeout_seconds=100_000, heartbeat_interval_seconds=1000))
     await nursery.start(scheduler.run)
     a = await memory_node(nursery, scheduler, "node-A")
@@ -749,7 +750,7 @@ async def test_f14_only_node_gone_when_selected_gives_an_error_not_silence(
 
 async def test_f7_f8_duplicate_results_reach_the_client_once(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
-    """F-7/F-8: a node that answers every job twice: one outcome per utterance, the copies counted as dropped."""
+    """A node that answers every job twice: one outcome per utterance, the copies counted as dropped."""
     scheduler = Scheduler(harness_config())
     await nursery.start(scheduler.run)
     sim = await _sim(nursery, scheduler, "node-TWICE", duplicate_rate=1.0, delay_s=0.1)
@@ -766,7 +767,7 @@ async def test_f7_f8_duplicate_results_reach_the_client_once(
 
 async def test_f7_f8_late_results_after_failover_are_dropped_and_no_job_id_is_sent_twice(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
-    """F-7/F-8: a node misses the job timeout, the job fails over under a new job_id, and the first node then
+    """A node misses the job timeout, the job fails over under a new job_id, and the first node then
     answers (twice) after all: both late copies are dropped as old_attempt and never reach the client, which gets
     exactly one outcome (JOB_TIMEOUT: the second node is too slow as well); the node that timed out never gets the
     utterance again, not even after it reconnects with its node_id; no job_id reaches a node twice."""
@@ -801,7 +802,7 @@ async def test_f7_f8_late_results_after_failover_are_dropped_and_no_job_id_is_se
 
 async def test_f9_f10_empty_acks_never_block_later_indices_and_are_not_errors(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
-    """F-9/F-10: indices the node answers empty (held-back text, low RMS) come back as missing_result
+    """Indices the node answers empty (held-back text, low RMS) come back as missing_result
     silence_detected at once, later indices flow without waiting for the gap timeout, and empties neither count
     as failures nor quarantine the node."""
     scheduler = Scheduler(harness_config(quarantine_failures=2, heartbeat_timeout_seconds=100_000,

@@ -424,7 +424,7 @@ async def test_pending_timeout_gives_no_available_node(nursery: trio.Nursery, au
 
 async def test_node_registering_while_job_waits_gets_it_at_once(nursery: trio.Nursery,
                                                                autojump_clock: Any) -> None:
-    """H-2: a node is reachable as soon as it is in a pool (the original needed the 15 s renewal tick)."""
+    """A node is reachable as soon as it is in a pool (the original waited for a periodic renewal)."""
     h = Harness(nursery, make_config(pending_timeout_seconds=30))
     s = h.session("s")
     reply = await s.submit(0)
@@ -646,7 +646,7 @@ async def test_heartbeat_silence_without_jobs_removes_node_and_pool(nursery: tri
 @pytest.mark.parametrize("outbox", ["closed", "full"])
 async def test_node_whose_outbox_fails_is_lost_and_job_goes_elsewhere(nursery: trio.Nursery, autojump_clock: Any,
                                                                       outbox: str) -> None:
-    """F-14: a node whose connection is gone while it is still pooled is never a silent sink for jobs."""
+    """A node whose connection is gone while it is still pooled is never a silent sink for jobs."""
     h = Harness(nursery, make_config())
     broken_send, broken_recv = trio.open_memory_channel[Any](1)
     broken = NodeLink(100, broken_send, "peer")
@@ -672,7 +672,7 @@ async def test_node_whose_outbox_fails_is_lost_and_job_goes_elsewhere(nursery: t
 
 async def test_jobs_of_one_turn_land_on_one_node_sharing_a_slot(nursery: trio.Nursery,
                                                                 autojump_clock: Any) -> None:
-    """F-4/F-5: the jobs of a max-duration chain (one turn_id) go to the node that holds the turn, even when it
+    """The jobs of a max-duration chain (one turn_id) go to the node that holds the turn, even when it
     is full, and cost one slot."""
     h = Harness(nursery, make_config())
     nodes = [await h.node("node-x", max_jobs=1), await h.node("node-y", max_jobs=1)]
@@ -1048,7 +1048,7 @@ async def test_failed_result_becomes_error_with_node_code_without_failover(nurse
     assert sum((await h.in_flight()).values()) == 0
     await trio.sleep(100)
     assert s.poll() == []
-    # F-11: one failure does not bar the node; the session's next job still goes there
+    # one failure does not bar the node; the session's next job still goes there
     reply = await s.submit(10)
     assert reply is not None and reply.node_id == holder.node_id
 

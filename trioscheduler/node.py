@@ -51,8 +51,7 @@ class NodeConnection:
         finally:
             self._link.outbox.close()
             if self._node_id is not None:
-                with trio.CancelScope(shield=True), trio.move_on_after(5):
-                    await self._registry.node_gone(self._link, self._close_reason)
+                self._registry.node_gone_nowait(self._link, self._close_reason)
                 emit(log, INFO, "node_disconnected", node_id=self._node_id, reason=self._close_reason,
                      peer=self._transport.peer)
 
