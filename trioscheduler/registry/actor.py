@@ -446,7 +446,7 @@ class Registry:
             # The job was lost with the connection, not refused by the node: the same node_id on a new
             # connection may take it again. (A job that timed out keeps its node excluded: see _job_timed_out.)
             job.tried.discard(node.node_id)
-            job.lost_on.add(node.node_id)
+            job.lost_on |= {node.node_id}
             self._retry(job, now)
 
     # ------------------------------------------------------------------------------------------ outcomes
@@ -468,9 +468,10 @@ class Registry:
         if job.state is JobState.DONE:
             return
         was_dispatched = job.state is JobState.DISPATCHED
+        if job.state is JobState.WAITING:
+            self.waiting.discard(job)
         job.state = JobState.DONE
         job.timer_token += 1
-        self.waiting.discard(job)
         self.jobs_by_key.pop(job.key, None)
         for attempt_id in job.attempt_ids:
             self.jobs_by_id.pop(attempt_id, None)

@@ -64,7 +64,7 @@ class Job:
     #: Nodes that had this job and may not have it again (a node lost with its connection is taken out again).
     tried: set[str] = attrs.field(factory=set)
     #: Nodes whose connection was lost while they had this job: they may take it again on a new connection.
-    lost_on: set[str] = attrs.field(factory=set)
+    lost_on: frozenset[str] = frozenset()
     dispatched_at: float = 0.0
     #: Whether this job holds a slot on its node; the jobs of one turn on one node share a single slot.
     holds_slot: bool = False

@@ -52,6 +52,9 @@ class WaitingJobs:
     def __len__(self) -> int:
         return self._count
 
+    def __bool__(self) -> bool:
+        return self._count > 0
+
     def __iter__(self) -> Iterator[Job]:
         for queue in self._queues.values():
             yield from queue
