@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-from tests.wire import (b64, connect, memory_node, memory_session, pcm, registered_node, result_for,
+from tests.wire import (b64, connect, memory_node, memory_session, pcm, registered_node, result_for, session,
                         start_daemon)
 from trioscheduler.app import Scheduler
 from trioscheduler.config import Config
@@ -47,8 +47,9 @@ async def test_registry_that_cannot_answer_gives_scheduler_busy_and_session_keep
     assert assign["utterance_index"] == 3  # abandoned requests made no job
     await node.send(**result_for(assign))
     assert (await client.recv_type("translation_result"))["utterance_index"] == 3
-    assert scheduler.registry.counters["submits_abandoned"] >= 1
-    assert scheduler.registry.counters["jobs_created"] == 1
+    counters = (await scheduler.stats())["counters"]  # type: ignore[index]
+    assert counters["submits_abandoned"] >= 1
+    assert counters["jobs_created"] == 1
 
 
 async def test_gap_timeout_releases_missing_then_later_results_and_drops_late_one(
@@ -73,7 +74,7 @@ async def test_gap_timeout_releases_missing_then_later_results_and_drops_late_on
     await node.send(**result_for(first))
     await client.nothing_for(5)
     await trio.sleep(0.1)
-    dropped = scheduler.registry.counters
+    dropped = (await scheduler.stats())["counters"]  # type: ignore[index]
     assert dropped["results_dropped_finished_job"] == 1
 
 
@@ -145,6 +146,27 @@ async def test_node_socket_close_fails_over_at_once(
     assert second["job_id"] != first["job_id"] and second["attempt_id"] == 2
     await b.send(**result_for(second))
     assert (await client.recv_type("translation_result"))["job_id"] == second["job_id"]
+
+
+async def test_only_node_dies_then_a_node_registering_later_delivers_the_result(
+        nursery: trio.Nursery, make_config: Callable[..., Config]) -> None:
+    """Over real sockets: the one node holding the job goes away, another registers half a second later; the
+    job waited for it (pending_timeout_seconds) and the client gets its translation, not NODE_UNAVAILABLE."""
+    daemon = await start_daemon(nursery, make_config(scheduler={"pending_timeout_seconds": 10,
+                                                                "job_timeout_seconds": 30}))
+    async with session(daemon.session_url, audio_format="pcm16") as (client, sid):
+        async with registered_node(daemon.node_url, "node-A") as (a, _):
+            await _utterance(client, sid, 0)
+            first = await a.recv_type("job_assign")
+        await trio.sleep(0.5)  # node-A's socket is closed; nothing else serves zh→en yet
+        async with registered_node(daemon.node_url, "node-B") as (b, _):
+            second = await b.recv_type("job_assign")
+            assert second["utterance_index"] == 0 and second["attempt_id"] == 2
+            assert second["job_id"] != first["job_id"]
+            await b.send(**result_for(second))
+            result = await client.recv_type("translation_result", skip=("server_heartbeat",))
+            assert result["job_id"] == second["job_id"] and result["utterance_index"] == 0
+        assert not any(m["type"] == "error" for m in client.received)
 
 
 async def test_reconnect_with_same_node_id_closes_old_socket(nursery: trio.Nursery,

@@ -8,6 +8,7 @@ whose outbox the test reads, a fake session is the memory channel passed as ``si
 from __future__ import annotations
 
 import base64
+import collections
 import itertools
 import math
 import random
@@ -21,6 +22,7 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from trioscheduler.config import Config, config_with
 from trioscheduler.policy.capability import direction_key
@@ -40,14 +42,19 @@ from trioscheduler.registry.actor import Dispatch, Registry
 from trioscheduler.registry.requests import (
     CloseLink,
     JobSpec,
+    NodeGone,
     NodeLink,
     Outcome,
     Passthrough,
+    Register,
     RegistryClient,
+    Reply,
+    Snapshot,
+    Submit,
     SubmitReply,
     open_registry_channel,
 )
-from trioscheduler.registry.state import JobState
+from trioscheduler.registry.requests import Result as RegistryResult
 
 ZH_EN = LanguageCapabilities(asr_languages=["zh", "en"], tts_languages=["zh", "en"], semantic_languages=["zh", "en"])
 JA_EN = LanguageCapabilities(asr_languages=["ja", "en"], tts_languages=["ja", "en"], semantic_languages=["ja", "en"])
@@ -61,7 +68,8 @@ def make_config(**scheduler: Any) -> Config:
     return config_with(Config(), scheduler=scheduler)
 
 
-def spec_for(session_id: str, index: int, src: str = "zh", tgt: str = "en", turn_id: str | None = None) -> JobSpec:
+def spec_for(session_id: str, index: int, src: str = "zh", tgt: str = "en", turn_id: str | None = None,
+             finalized_at: float | None = None) -> JobSpec:
     return JobSpec(
         session_id=session_id,
         utterance_index=index,
@@ -75,7 +83,7 @@ def spec_for(session_id: str, index: int, src: str = "zh", tgt: str = "en", turn
         sample_rate=16000,
         turn_id=turn_id,
         cut_reason="manual",
-        finalized_at=trio.current_time(),
+        finalized_at=trio.current_time() if finalized_at is None else finalized_at,
         is_manual_cut=True,
     )
 
@@ -177,10 +185,27 @@ class Harness:
     def __init__(self, nursery: trio.Nursery, config: Config, *, inbox_size: int = 256) -> None:
         send, recv = open_registry_channel(inbox_size)
         self.config = config
+        self.send_channel = send
         self.registry = Registry(config, recv, rng=random.Random(0))
-        nursery.start_soon(self.registry.run)
-        self.client = RegistryClient(send)
+        self._nursery = nursery
+        self._running = trio.CancelScope()
+        self.start_registry()
+        self.client = RegistryClient(send, self.registry.notices)
         self._conn_ids = itertools.count(1)
+
+    def start_registry(self) -> None:
+        """Run the registry task (again): its state is kept while it is stopped."""
+        self._running = trio.CancelScope()
+
+        async def run(scope: trio.CancelScope) -> None:
+            with scope:
+                await self.registry.run()
+
+        self._nursery.start_soon(run, self._running)
+
+    def stop_registry(self) -> None:
+        """The registry stops taking requests, as if it were stalled; requests pile up in its inbox."""
+        self._running.cancel()
 
     async def sync(self) -> dict[str, Any]:
         """A barrier: the inbox is FIFO, so once the snapshot answers every earlier request has been handled."""
@@ -204,6 +229,9 @@ class Harness:
 
     def session(self, session_id: str) -> FakeSession:
         return FakeSession(self, session_id)
+
+    async def counters(self) -> dict[str, int]:
+        return (await self.sync())["counters"]  # type: ignore[no-any-return]
 
     async def in_flight(self) -> dict[str, int]:
         snapshot = await self.sync()
@@ -261,7 +289,7 @@ async def test_pool_created_on_register_and_removed_when_node_goes(nursery: trio
     snapshot = await h.sync()
     assert snapshot["pools"] == {}
     assert snapshot["nodes"] == []
-    assert h.registry.counters["pools_removed"] == 2
+    assert (await h.counters())["pools_removed"] == 2
 
 
 async def test_capacity_from_register_else_config_default(nursery: trio.Nursery, autojump_clock: Any) -> None:
@@ -396,7 +424,7 @@ async def test_pending_timeout_gives_no_available_node(nursery: trio.Nursery, au
 
 async def test_node_registering_while_job_waits_gets_it_at_once(nursery: trio.Nursery,
                                                                autojump_clock: Any) -> None:
-    """A node is reachable as soon as it is in a pool (the original needed the 15 s renewal tick)."""
+    """A node is reachable as soon as it is in a pool (the original waited for a periodic renewal)."""
     h = Harness(nursery, make_config(pending_timeout_seconds=30))
     s = h.session("s")
     reply = await s.submit(0)
@@ -454,14 +482,16 @@ async def test_job_timeout_fails_over_to_new_nodes_then_errors(nursery: trio.Nur
     assert snapshot["slots"]["in_flight"] == 0 and snapshot["jobs"]["total"] == 0
 
 
-async def test_job_timeout_with_no_other_node_errors(nursery: trio.Nursery, autojump_clock: Any) -> None:
-    h = Harness(nursery, make_config(job_timeout_seconds=5, failover_max_attempts=5))
+async def test_job_timeout_with_no_other_node_errors_after_the_pending_timeout(nursery: trio.Nursery,
+                                                                                autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(job_timeout_seconds=5, pending_timeout_seconds=3, failover_max_attempts=5))
     a = await h.node("node-a")
     s = h.session("s")
     await s.submit(0)
     [assign] = a.assigns()
-    outcome = await s.outcome(10)
-    assert trio.current_time() == pytest.approx(5)
+    outcome = await s.outcome(20)
+    # it waited pending_timeout_seconds for another node, then got the last failure's code
+    assert trio.current_time() == pytest.approx(5 + 3)
     assert isinstance(outcome.message, m.ErrorMessage) and outcome.message.code == "JOB_TIMEOUT"
     assert [type(i) for i in a.poll()] == [JobCancel]
     # never back to the node that already had it, even though it is free again
@@ -684,6 +714,186 @@ async def test_heartbeat_updates_languages_and_pools(nursery: trio.Nursery, auto
     assert reply is not None and reply.state == "waiting"
 
 
+# ============================================================================================ failover waits for a node
+
+
+async def test_only_node_dies_and_a_node_registering_later_takes_the_job(nursery: trio.Nursery,
+                                                                         autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(pending_timeout_seconds=5, job_timeout_seconds=30))
+    a = await h.node("node-a")
+    s = h.session("s")
+    await s.submit(0)
+    [first] = a.assigns()
+    await a.gone()
+    snapshot = await h.sync()
+    assert s.poll() == []  # no error yet: the job waits for a node
+    assert snapshot["waiting_by_key"] == {"zh>en": 1} and snapshot["jobs"]["waiting"] == 1
+    await trio.sleep(0.5)
+    b = await h.node("node-b")
+    [second] = b.assigns()
+    assert second.attempt_id == 2 and second.job_id != first.job_id and second.utterance_index == 0
+    await b.result(ok_result(second))
+    outcome = await s.outcome(STEP)
+    assert isinstance(outcome.message, m.TranslationResult) and outcome.job_id == second.job_id
+    assert (await h.sync())["jobs"]["total"] == 0
+
+
+async def test_failover_with_no_node_coming_errors_with_the_last_failure_after_pending_timeout(
+        nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(pending_timeout_seconds=5, job_timeout_seconds=30))
+    a = await h.node("node-a")
+    s = h.session("s")
+    await s.submit(0)
+    a.assigns()
+    await trio.sleep(1)
+    await a.gone()
+    lost_at = trio.current_time()
+    outcome = await s.outcome(10)
+    assert trio.current_time() == pytest.approx(lost_at + 5)
+    assert isinstance(outcome.message, m.ErrorMessage) and outcome.message.code == "NODE_UNAVAILABLE"
+    snapshot = await h.sync()
+    assert snapshot["jobs"]["total"] == 0 and snapshot["waiting_by_key"] == {}
+
+
+async def test_node_reconnecting_after_its_connection_was_lost_takes_back_the_lost_job(
+        nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(pending_timeout_seconds=5))
+    old = await h.node("node-a")
+    s = h.session("s")
+    await s.submit(0)
+    [first] = old.assigns()
+    await old.gone()
+    await trio.sleep(2)
+    new = await h.node("node-a")
+    assert new.link.conn_id != old.link.conn_id
+    [second] = new.assigns()
+    assert second.attempt_id == 2 and second.job_id != first.job_id
+    await new.result(ok_result(second))
+    assert isinstance((await s.outcome(STEP)).message, m.TranslationResult)
+
+
+async def test_reconnected_node_that_refuses_the_lost_job_as_a_duplicate_is_passed_over_at_once(
+        nursery: trio.Nursery, autojump_clock: Any) -> None:
+    """A node that remembers the utterance from its lost connection refuses it: that is no user-facing error and
+    no failure of the node; the job goes to another node without waiting for its deadline."""
+    h = Harness(nursery, make_config(pending_timeout_seconds=5, job_timeout_seconds=30))
+    old = await h.node("node-a")
+    s = h.session("s")
+    await s.submit(0)
+    old.assigns()
+    await old.gone()
+    new = await h.node("node-a")
+    [second] = new.assigns()
+    await new.result(failed_result(second, "PROCESSING_ERROR", "DUPLICATE_UTTERANCE_INDEX"))
+    snapshot = await h.sync()
+    assert s.poll() == [] and snapshot["waiting_by_key"] == {"zh>en": 1}
+    assert snapshot["nodes"][0]["in_flight"] == 0 and snapshot["nodes"][0]["jobs_failed"] == 0
+    b = await h.node("node-b")
+    [third] = b.assigns()
+    assert third.attempt_id == 3
+    assert new.assigns() == []
+    await b.result(ok_result(third))
+    assert isinstance((await s.outcome(STEP)).message, m.TranslationResult)
+
+
+async def test_job_that_timed_out_on_a_node_never_goes_back_to_it_even_after_it_reconnects(
+        nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(pending_timeout_seconds=5, job_timeout_seconds=2, failover_max_attempts=3))
+    old = await h.node("node-a")
+    s = h.session("s")
+    await s.submit(0)
+    old.assigns()
+    await trio.sleep(2.5)  # timed out at t=2: waiting for another node
+    await old.gone()
+    new = await h.node("node-a")
+    outcome = await s.outcome(10)
+    assert trio.current_time() == pytest.approx(2 + 5)
+    assert isinstance(outcome.message, m.ErrorMessage) and outcome.message.code == "JOB_TIMEOUT"
+    assert new.assigns() == []
+
+
+async def test_failover_max_attempts_still_bounds_a_job_that_waited(nursery: trio.Nursery,
+                                                                    autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(pending_timeout_seconds=5, failover_max_attempts=1))
+    a = await h.node("node-a")
+    s = h.session("s")
+    await s.submit(0)
+    a.assigns()
+    await a.gone()
+    b = await h.node("node-b")
+    [second] = b.assigns()
+    assert second.attempt_id == 2
+    await b.gone()
+    outcome = await s.outcome(STEP)  # at once: its one re-dispatch is spent
+    assert isinstance(outcome.message, m.ErrorMessage) and outcome.message.code == "NODE_UNAVAILABLE"
+    c = await h.node("node-c")
+    assert c.assigns() == []
+
+
+# ============================================================================================ gone notices
+
+
+async def test_gone_notices_are_applied_when_the_inbox_is_full(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(), inbox_size=1)
+    node = await h.node("node-a", max_jobs=4)
+    s = h.session("s")
+    for index in range(3):
+        await s.submit(index)
+    assert len(node.assigns()) == 3
+    h.stop_registry()
+    await trio.testing.wait_all_tasks_blocked()
+    h.client.post_heartbeat(node.link, NodeHeartbeat(node_id="node-a"), trio.current_time())  # fills the inbox
+    with pytest.raises(trio.WouldBlock):
+        h.send_channel.send_nowait(object())
+    h.client.session_ended_nowait("s")  # neither blocks nor raises
+    h.client.node_gone_nowait(node.link, "socket_closed")
+    h.start_registry()
+    snapshot = await h.sync()
+    assert snapshot["nodes"] == [] and snapshot["jobs"]["total"] == 0
+    assert (await h.client.snapshot(detail=True))["held"] == {  # type: ignore[index]
+        "nodes": 0, "node_conns": 0, "indexes": 0, "jobs_by_key": 0, "jobs_by_id": 0, "waiting": 0,
+        "session_jobs": 0, "sessions": 0, "affinity": 0, "turns": 0, "turn_slot": 0, "notices": 0}
+    assert s.poll() == []  # the session wanted no outcome
+
+
+async def test_a_registration_overtaken_by_its_gone_notice_is_refused(nursery: trio.Nursery,
+                                                                      autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config(), inbox_size=1)
+    h.stop_registry()
+    await trio.testing.wait_all_tasks_blocked()
+    outbox_send, outbox_recv = trio.open_memory_channel[Any](10)
+    link = NodeLink(77, outbox_send, "peer")
+    replies: list[Any] = []
+
+    async def register() -> None:
+        replies.append(await h.client.register(link, NodeRegister(node_id="node-z", language_capabilities=ZH_EN)))
+
+    nursery.start_soon(register)
+    await trio.testing.wait_all_tasks_blocked()  # the registration fills the inbox
+    h.client.node_gone_nowait(link, "socket_closed")  # the handler died before its reply came back
+    h.start_registry()
+    snapshot = await h.sync()
+    assert snapshot["nodes"] == [] and snapshot["pools"] == {}
+    await trio.testing.wait_all_tasks_blocked()  # the register task has its reply
+    assert len(replies) == 1 and not isinstance(replies[0], str)
+    assert drain(outbox_recv) == []
+
+
+async def test_a_submit_cancelled_from_outside_is_abandoned_and_makes_no_job(nursery: trio.Nursery,
+                                                                             autojump_clock: Any) -> None:
+    h = Harness(nursery, make_config())
+    node = await h.node("node-a")
+    h.stop_registry()
+    await trio.testing.wait_all_tasks_blocked()
+    s = h.session("s")
+    with trio.move_on_after(1):  # the session's own teardown, not the submit's deadline (100 s)
+        await s.submit(0, patience=100)
+    h.start_registry()
+    snapshot = await h.sync()
+    assert snapshot["jobs"]["total"] == 0 and snapshot["counters"]["submits_abandoned"] == 1
+    assert node.assigns() == []
+
+
 # ============================================================================================ reconnect
 
 
@@ -714,7 +924,7 @@ async def test_reconnect_replaces_old_link_and_fails_over_its_jobs(nursery: trio
     # a result for it over the old socket is foreign; over the new one it counts
     await old.result(ok_result(assign))
     assert t.poll() == []
-    assert h.registry.counters["results_dropped_foreign_node"] == 1
+    assert (await h.counters())["results_dropped_foreign_node"] == 1
     await new.result(ok_result(assign))
     assert isinstance((await t.outcome(STEP)).message, m.TranslationResult)
     # heartbeats on the old link do not keep anything alive or change anything
@@ -741,12 +951,12 @@ async def test_result_from_old_attempt_is_dropped(nursery: trio.Nursery, autojum
     first_node, first, second_node, second = await _timed_out_once(h, nodes, s)
     await first_node.result(ok_result(first))
     assert s.poll() == []
-    assert h.registry.counters["results_dropped_old_attempt"] == 1
+    assert (await h.counters())["results_dropped_old_attempt"] == 1
     await second_node.result(ok_result(second))
     outcome = await s.outcome(STEP)
     assert outcome.job_id == second.job_id and outcome.message.text_translated == "translated 0"
     await first_node.result(ok_result(first))  # and again once the job is finished
-    assert h.registry.counters["results_dropped_finished_job"] == 1
+    assert (await h.counters())["results_dropped_finished_job"] == 1
     assert s.poll() == []
 
 
@@ -759,7 +969,7 @@ async def test_result_from_node_not_assigned_is_dropped(nursery: trio.Nursery, a
     [stranger] = [n for n in nodes if n is not holder]
     await stranger.result(ok_result(assign))
     assert s.poll() == []
-    assert h.registry.counters["results_dropped_foreign_node"] == 1
+    assert (await h.counters())["results_dropped_foreign_node"] == 1
     assert (await h.in_flight())[holder.node_id] == 1  # the job is untouched
     await holder.result(ok_result(assign))
     assert (await s.outcome(STEP)).job_id == assign.job_id
@@ -773,7 +983,7 @@ async def test_result_from_previous_holder_after_failover_is_dropped(nursery: tr
     first_node, _, second_node, second = await _timed_out_once(h, nodes, s)
     await first_node.result(ok_result(second))  # the new job_id, from the node that no longer holds it
     assert s.poll() == []
-    assert h.registry.counters["results_dropped_foreign_node"] == 1
+    assert (await h.counters())["results_dropped_foreign_node"] == 1
     await second_node.result(ok_result(second))
     assert (await s.outcome(STEP)).job_id == second.job_id
 
@@ -787,7 +997,7 @@ async def test_result_for_unknown_job_is_dropped(nursery: trio.Nursery, autojump
     await node.result(JobResult(job_id="job-never-issued", success=True, attempt_id=1, text_asr="x",
                                 text_translated="y"))
     assert s.poll() == []
-    assert h.registry.counters["results_dropped_unknown_job"] == 1
+    assert (await h.counters())["results_dropped_unknown_job"] == 1
     assert await h.in_flight() == {"node-a": 1}
     await node.result(ok_result(assign))
     assert len(s.poll()) == 1
@@ -804,7 +1014,7 @@ async def test_result_sent_twice_gives_one_outcome(nursery: trio.Nursery, autoju
     await node.result(failed_result(assign, "LATE_FAILURE"))
     [outcome] = s.poll()
     assert isinstance(outcome.message, m.TranslationResult)
-    assert h.registry.counters["results_dropped_finished_job"] == 2
+    assert (await h.counters())["results_dropped_finished_job"] == 2
     assert await h.in_flight() == {"node-a": 0}
 
 
@@ -817,7 +1027,7 @@ async def test_result_with_wrong_attempt_id_is_dropped(nursery: trio.Nursery, au
     await node.result(ok_result(assign, attempt_id=assign.attempt_id + 1))
     await node.result(ok_result(assign, attempt_id=0))
     assert s.poll() == []
-    assert h.registry.counters["results_dropped_old_attempt"] == 2
+    assert (await h.counters())["results_dropped_old_attempt"] == 2
     await node.result(ok_result(assign))
     assert isinstance((await s.outcome(STEP)).message, m.TranslationResult)
 
@@ -838,7 +1048,7 @@ async def test_failed_result_becomes_error_with_node_code_without_failover(nurse
     assert sum((await h.in_flight()).values()) == 0
     await trio.sleep(100)
     assert s.poll() == []
-    # One failure does not bar the node; the session's next job still goes there
+    # one failure does not bar the node; the session's next job still goes there
     reply = await s.submit(10)
     assert reply is not None and reply.node_id == holder.node_id
 
@@ -868,7 +1078,7 @@ async def test_duplicate_job_id_reply_is_not_forwarded(nursery: trio.Nursery, au
     [assign] = node.assigns()
     await node.result(failed_result(assign, "DUPLICATE_JOB_ID", "job already running"))
     assert s.poll() == []
-    assert h.registry.counters["results_dropped_duplicate_reply"] == 1
+    assert (await h.counters())["results_dropped_duplicate_reply"] == 1
     assert await h.in_flight() == {"node-a": 1}
     assert (await h.sync())["nodes"][0]["jobs_failed"] == 0
     await trio.sleep(10)
@@ -890,7 +1100,7 @@ async def test_asr_partial_is_relayed_only_from_the_assigned_node(nursery: trio.
     [item] = s.poll()
     assert isinstance(item, Passthrough) and isinstance(item.message, m.AsrPartialOut)
     assert (item.message.text, item.message.utterance_index, item.message.job_id) == ("ni hao", 4, assign.job_id)
-    assert h.registry.counters["partials_dropped_foreign_node"] == 1
+    assert (await h.counters())["partials_dropped_foreign_node"] == 1
     await holder.result(ok_result(assign))
     await h.client.partial(holder.link, m.AsrPartialIn(job_id=assign.job_id, text="late"))
     await h.sync()
@@ -920,7 +1130,7 @@ async def test_quarantine_after_failures_then_used_again(nursery: trio.Nursery, 
     assert trio.current_time() == pytest.approx(quarantined_at + 30)
     assert assign.utterance_index == 2
     assert (await h.sync())["nodes"][0]["quarantined"] is False
-    assert h.registry.counters["node_quarantines"] == 1
+    assert (await h.counters())["node_quarantines"] == 1
 
 
 async def test_quarantine_routes_new_jobs_to_other_nodes(nursery: trio.Nursery, autojump_clock: Any) -> None:
@@ -955,8 +1165,8 @@ async def test_failures_spread_beyond_window_do_not_quarantine(nursery: trio.Nur
 
 
 async def test_job_timeouts_count_towards_quarantine(nursery: trio.Nursery, autojump_clock: Any) -> None:
-    h = Harness(nursery, make_config(job_timeout_seconds=2, quarantine_failures=2, quarantine_window_seconds=60,
-                                     quarantine_cooldown_seconds=30))
+    h = Harness(nursery, make_config(job_timeout_seconds=2, pending_timeout_seconds=1, quarantine_failures=2,
+                                     quarantine_window_seconds=60, quarantine_cooldown_seconds=30))
     node = await h.node("node-a")
     s = h.session("s")
     for index in (0, 1):
@@ -1069,7 +1279,7 @@ async def test_same_utterance_submitted_twice_makes_one_job(nursery: trio.Nurser
     assert other_target is not None and other_target.job_id != first.job_id
     assigns = node.assigns()
     assert len(assigns) == 2
-    assert h.registry.counters["jobs_created"] == 2 and h.registry.counters["submits_duplicate"] == 1
+    assert (await h.counters())["jobs_created"] == 2 and (await h.counters())["submits_duplicate"] == 1
     await node.result(ok_result(assigns[0]))
     assert len(s.poll()) == 1
 
@@ -1156,7 +1366,7 @@ def test_submits_racing_deadlines_never_lose_or_duplicate_outcomes(
         front_send, front_recv = open_registry_channel(inbox_size)
         back_send, back_recv = trio.open_memory_channel[Any](0)
         registry = Registry(config, back_recv, rng=random.Random(1))
-        client = RegistryClient(front_send)
+        client = RegistryClient(front_send, registry.notices)
         sinks = {f"s{i}": trio.open_memory_channel[Any](math.inf) for i in range(3)}
 
         def stalled_until(now: float) -> float | None:
@@ -1176,18 +1386,18 @@ def test_submits_racing_deadlines_never_lose_or_duplicate_outcomes(
                 await back_send.send(item)
 
         def check_slots() -> None:
+            # The registry's own snapshot, taken directly: the relay may be stalling its inbox.
             now = trio.current_time()
-            in_flight = sum(n.in_flight for n in registry.nodes.values())
+            snapshot = registry.snapshot(now, detail=True)
+            in_flight = snapshot["slots"]["in_flight"]
             # Without turns every dispatched job holds one slot; the jobs of one turn on one node share a slot.
-            live_dispatched = sum(1 for j in registry.jobs_by_key.values()
-                                  if j.state is JobState.DISPATCHED and getattr(j, "holds_slot", True))
+            live_dispatched = sum(1 for j in snapshot["job_list"] if j["state"] == "dispatched" and j["holds_slot"])
             if in_flight != live_dispatched:
                 violations.append(f"t={now}: in_flight {in_flight} != dispatched {live_dispatched}")
-            for n in registry.nodes.values():
-                holding = sum(1 for j in n.jobs if getattr(j, "holds_slot", True))
-                if not (0 <= n.in_flight <= n.capacity) or n.in_flight != holding:
-                    violations.append(f"t={now}: {n.node_id} in_flight={n.in_flight} cap={n.capacity} "
-                                      f"slot holders={holding} jobs={len(n.jobs)}")
+            for n in snapshot["nodes"]:
+                if not (0 <= n["in_flight"] <= n["capacity"]) or n["in_flight"] != n["slot_holders"]:
+                    violations.append(f"t={now}: {n['node_id']} in_flight={n['in_flight']} cap={n['capacity']} "
+                                      f"slot holders={n['slot_holders']} jobs={n['jobs']}")
 
         async def checker() -> None:
             while True:
@@ -1283,7 +1493,7 @@ def test_submits_racing_deadlines_never_lose_or_duplicate_outcomes(
                         actors.start_soon(cancel, at, session, index)
                     await trio.sleep(60)  # past every deadline: attempts x (pending + job timeout)
                     actors.cancel_scope.cancel()
-                snapshot = await client.snapshot(timeout=10)
+                snapshot = await client.snapshot(timeout=10, detail=True)
             assert snapshot is not None
             check_slots()
             outcomes: dict[tuple[str, int], list[Outcome]] = {}
@@ -1301,22 +1511,22 @@ def test_submits_racing_deadlines_never_lose_or_duplicate_outcomes(
                         violations.append(f"{key}: cancelled but got {len(got)} outcomes")
                 elif len(got) != 1:
                     violations.append(f"{key}: reply {reply} but {len(got)} outcomes: {got}")
+            counters = collections.Counter(snapshot["counters"])
             answered = sum(1 for r in replies.values() if r is not None)
-            if registry.counters["jobs_created"] != answered:
-                violations.append(f"jobs_created {registry.counters['jobs_created']} != answered submits {answered}")
+            if counters["jobs_created"] != answered:
+                violations.append(f"jobs_created {counters['jobs_created']} != answered submits {answered}")
             if snapshot["slots"]["in_flight"] != 0 or snapshot["jobs"]["total"] != 0:
                 violations.append(f"left over at the end: {snapshot['slots']} {snapshot['jobs']}")
             # and the registry holds nothing for them any more (memory back to its idle size)
-            held = {name: len(getattr(registry, name)) for name in
-                    ("jobs_by_key", "jobs_by_id", "waiting", "turns", "turn_slot") if hasattr(registry, name)}
-            held["session_jobs"] = sum(len(jobs) for jobs in registry.session_jobs.values())
+            held = {name: snapshot["held"][name] for name in
+                    ("jobs_by_key", "jobs_by_id", "waiting", "turns", "turn_slot", "session_jobs", "notices")}
             if any(held.values()):
                 violations.append(f"registry still holds job state at the end: {held}")
-            if registry.counters["registry_internal_errors"]:
-                violations.append(f"registry internal errors: {registry.counters['registry_internal_errors']}")
-            stats["abandoned"] = registry.counters["submits_abandoned"]
-            stats["redispatches"] = registry.counters["redispatches"]
-            stats["lost_reasons"] = {k[len("nodes_lost_"):] for k in registry.counters if k.startswith("nodes_lost_")}
+            if counters["registry_internal_errors"]:
+                violations.append(f"registry internal errors: {counters['registry_internal_errors']}")
+            stats["abandoned"] = counters["submits_abandoned"]
+            stats["redispatches"] = counters["redispatches"]
+            stats["lost_reasons"] = {k[len("nodes_lost_"):] for k in counters if k.startswith("nodes_lost_")}
             outer.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
@@ -1327,3 +1537,162 @@ def test_submits_racing_deadlines_never_lose_or_duplicate_outcomes(
         event(f"node lost: {reason}")
     assert len(replies) == len(plan)
     assert not violations, violations
+
+
+# ============================================================================================ waiting queues
+
+
+async def test_a_freed_slot_goes_to_the_oldest_waiter_of_its_keys_without_a_selection_per_waiting_job(
+        nursery: trio.Nursery, autojump_clock: Any) -> None:
+    """Overload: every node full, many jobs waiting (some for a key no node serves). A result frees one slot;
+    it goes to the oldest waiter its node can serve, and no selection runs for the other waiting jobs."""
+    h = Harness(nursery, make_config(pending_timeout_seconds=1000, job_timeout_seconds=1000), inbox_size=0)
+    nodes = [await h.node(f"node-{i}", max_jobs=1) for i in range(20)]
+    s = h.session("s")
+    for index in range(20):
+        await s.submit(index)
+    running = {a.utterance_index: (node, a) for node in nodes for a in node.assigns()}
+    assert sorted(running) == list(range(20))
+    for index in range(20, 220):
+        await s.submit(index, src="ja" if index % 2 else "zh")
+    snapshot = await h.sync()
+    assert snapshot["waiting_by_key"] == {"zh>en": 100, "ja>en": 100}
+    selections = snapshot["latency"]["selection_seconds"]["count"]
+    node, assign = running[7]
+    await node.result(ok_result(assign))
+    [next_assign] = node.assigns()
+    assert next_assign.utterance_index == 20  # the oldest zh→en waiter
+    snapshot = await h.sync()
+    assert snapshot["waiting_by_key"] == {"zh>en": 99, "ja>en": 100}
+    assert snapshot["latency"]["selection_seconds"]["count"] == selections
+    assert all(other.assigns() == [] for other in nodes if other is not node)
+
+
+
+
+class ListSink:
+    """A session sink that keeps everything (never full)."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def send_nowait(self, value: Any) -> None:
+        self.items.append(value)
+
+
+PAIRS = [("zh", "en"), ("ja", "en"), ("en", "zh")]
+NODE_LANGUAGES = [ZH_EN, JA_EN, LanguageCapabilities(asr_languages=["zh", "ja", "en"],
+                                                     tts_languages=["zh", "ja", "en"],
+                                                     semantic_languages=["zh", "ja", "en"])]
+
+
+class WaitingQueues(RuleBasedStateMachine):
+    """The registry driven request by request (``handle``, no task, time frozen): nodes come and go and finish
+    jobs, sessions submit. After every step: waiting jobs leave their key's queue in the order they entered it,
+    no job waits while a node that serves its key has a free slot, and every node's in_flight equals the jobs
+    holding a slot on it, within its capacity."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        inbox_send, inbox_recv = open_registry_channel(16)
+        self.registry = Registry(make_config(pending_timeout_seconds=1000, job_timeout_seconds=1000), inbox_recv,
+                                 rng=random.Random(0))
+        self.sink = ListSink()
+        self.now = 0.0
+        self.conn_ids = itertools.count(1)
+        self.node_numbers = itertools.count(1)
+        self.links: dict[str, tuple[NodeLink, trio.MemoryReceiveChannel[Any]]] = {}
+        self.assigns: dict[str, list[JobAssign]] = {}  # per node_id, not yet answered
+        self.queued: dict[str, list[str]] = {}  # per selection key, job keys in the order they started waiting
+        self.index = 0
+
+    def _snapshot(self) -> dict[str, Any]:
+        request = Snapshot(Reply(), detail=True)
+        self.registry.handle(request, self.now)
+        return request.reply.value  # type: ignore[no-any-return]
+
+    def _job_key(self, job: dict[str, Any]) -> str:
+        return f"{job['session_id']}/{job['utterance_index']}"
+
+    def _collect(self, before: dict[str, str]) -> None:
+        """Note jobs that started waiting since ``before`` (their state per job key), and new assigns."""
+        jobs = self._snapshot()["job_list"]
+        for job in sorted(jobs, key=lambda j: (j["utterance_index"])):
+            if job["state"] == "waiting" and before.get(self._job_key(job)) != "waiting":
+                self.queued.setdefault(job["selection_key"], []).append(self._job_key(job))
+        for node_id, (_, outbox) in self.links.items():
+            for item in drain(outbox):
+                if isinstance(item, Dispatch):
+                    self.assigns.setdefault(node_id, []).append(item.assign)
+
+    def _states(self) -> dict[str, str]:
+        return {self._job_key(job): job["state"] for job in self._snapshot()["job_list"]}
+
+    @rule(languages=st.integers(0, len(NODE_LANGUAGES) - 1), capacity=st.integers(1, 3))
+    def node_registers(self, languages: int, capacity: int) -> None:
+        before = self._states()
+        node_id = f"node-{next(self.node_numbers)}"
+        outbox_send, outbox_recv = trio.open_memory_channel[Any](1000)
+        link = NodeLink(next(self.conn_ids), outbox_send, "peer")
+        request = Register(link, NodeRegister(node_id=node_id, language_capabilities=NODE_LANGUAGES[languages],
+                                              max_concurrent_jobs=capacity), self.now, Reply())
+        self.registry.handle(request, self.now)
+        assert request.reply.value == node_id
+        self.links[node_id] = (link, outbox_recv)
+        self._collect(before)
+
+    @rule(pair=st.integers(0, len(PAIRS) - 1))
+    def session_submits(self, pair: int) -> None:
+        before = self._states()
+        src, tgt = PAIRS[pair]
+        request = Submit(spec_for("s", self.index, src, tgt, finalized_at=self.now), self.sink, Reply())
+        self.index += 1
+        self.now += 0.001
+        self.registry.handle(request, self.now)
+        self._collect(before)
+
+    @precondition(lambda self: any(self.assigns.values()))
+    @rule(data=st.data())
+    def node_answers(self, data: st.DataObject) -> None:
+        before = self._states()
+        node_id = data.draw(st.sampled_from(sorted(n for n, a in self.assigns.items() if a)))
+        assign = self.assigns[node_id].pop(data.draw(st.integers(0, len(self.assigns[node_id]) - 1)))
+        self.registry.handle(RegistryResult(self.links[node_id][0], ok_result(assign), self.now), self.now)
+        self._collect(before)
+
+    @precondition(lambda self: bool(self.links))
+    @rule(data=st.data())
+    def node_goes(self, data: st.DataObject) -> None:
+        before = self._states()
+        node_id = data.draw(st.sampled_from(sorted(self.links)))
+        link, _ = self.links.pop(node_id)
+        self.assigns.pop(node_id, None)
+        self.registry.handle(NodeGone(link, "socket_closed"), self.now)
+        self._collect(before)
+
+    @invariant()
+    def fifo_per_key_no_idle_slot_and_slots_add_up(self) -> None:
+        snapshot = self._snapshot()
+        states = {self._job_key(job): job["state"] for job in snapshot["job_list"]}
+        # FIFO: in each key's queue, once a job has left waiting, every job queued before it has too
+        for key, queue in self.queued.items():
+            still = [states.get(job) == "waiting" for job in queue]
+            if True in still:
+                first_waiting = still.index(True)
+                assert all(still[first_waiting:]), (key, queue, still)
+            self.queued[key] = [job for job, waits in zip(queue, still) if waits]
+        # no waiting job while a node serving its key has a free slot
+        waiting_keys = set(snapshot["waiting_by_key"])
+        for node in snapshot["nodes"]:
+            if node["in_flight"] < node["capacity"]:
+                assert not waiting_keys & set(node["pairs"]), (node, snapshot["waiting_by_key"])
+            assert 0 <= node["in_flight"] <= node["capacity"]
+            assert node["in_flight"] == node["slot_holders"] == node["jobs"]
+        assert sum(snapshot["waiting_by_key"].values()) == snapshot["jobs"]["waiting"] == \
+            sum(1 for job in snapshot["job_list"] if job["state"] == "waiting")
+        assert snapshot["slots"]["in_flight"] == sum(1 for job in snapshot["job_list"] if job["holds_slot"])
+
+
+TestWaitingQueues = WaitingQueues.TestCase
+TestWaitingQueues.settings = settings(max_examples=60, stateful_step_count=40, deadline=None,
+                                      suppress_health_check=[HealthCheck.too_slow])

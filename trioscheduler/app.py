@@ -42,7 +42,7 @@ class Scheduler:
         self.config = config
         send, receive = open_registry_channel(config.scheduler.registry_inbox_size)
         self.registry = Registry(config, receive, rng=rng)
-        self.client = RegistryClient(send)
+        self.client = RegistryClient(send, self.registry.notices)
         self.sessions = SessionMetrics()
         self.connections_crashed = 0
         self.edge = EdgeMetrics()

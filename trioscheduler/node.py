@@ -88,12 +88,9 @@ class NodeConnection:
                     nursery.cancel_scope.cancel()
         finally:
             self._link.outbox.close()
+            # Always, registered or not: a registration the registry has not applied yet is refused after this.
+            self._registry.node_gone_nowait(self._link, self._close_reason)
             with trio.CancelScope(shield=True):
-                # Always, registered or not: a registration still in the registry's inbox is applied before this.
-                # It waits for room in the inbox; the bound only ends the wait when the registry is gone (shutdown):
-                # after heartbeat_timeout_seconds the registry drops a silent node by itself anyway.
-                with trio.move_on_after(self._config.scheduler.heartbeat_timeout_seconds):
-                    await self._registry.node_gone(self._link, self._close_reason)  # gone notice
                 if self._closing is not None:
                     code, reason = self._closing
                     emit(log, WARNING, "node_connection_closing", node_id=self._node_id, reason=self._close_reason,

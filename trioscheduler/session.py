@@ -230,8 +230,7 @@ class SessionConnection:
             if self._wakeup is not None:
                 self._wakeup.set()
             if self._state is not None:
-                with trio.CancelScope(shield=True), trio.move_on_after(5):
-                    await self._registry.session_ended(self._state.session_id)
+                self._registry.session_ended_nowait(self._state.session_id)
                 emit(log, INFO, "session_ended", session_id=self._state.session_id, reason="socket_closed")
 
     # ------------------------------------------------------------------------------------------ reader

@@ -1,15 +1,18 @@
 """The registry task: sole owner of nodes, pools and jobs. It answers requests from its inbox, one at a time.
 
 It never awaits a socket: messages for nodes and sessions go into their channels with ``send_nowait``. A node
-whose outbox is full or closed is treated as lost, so a slow node cannot stall scheduling (the field report's
-1.8–3.0 s lock holds, in another form). Deadlines (job, pending, heartbeat, quarantine) live in one heap and the
-receive loop wakes for the earliest, so every job ends in an outcome without a polling scanner.
+whose outbox is full or closed is treated as lost, so a slow node cannot stall scheduling. Deadlines (job,
+pending, heartbeat, quarantine) live in one heap and the receive loop wakes for the earliest, so every job ends in
+an outcome without a polling scanner.
+
+This module is the loop and the job state machine (waiting → dispatched → done, with failover back to waiting);
+the deadlines (timers.py), the waiting queues (waiting.py), the quarantine policy (quarantine.py) and the
+messages that end a job (outcomes.py) live beside it.
 """
 
 from __future__ import annotations
 
 import collections
-import heapq
 import itertools
 import logging
 import math
@@ -28,18 +31,17 @@ from trioscheduler.policy.selection import MemberList, choose_node, rejection_re
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.errors import ErrorCode, ProtocolError
 from trioscheduler.registry import requests as rq
+from trioscheduler.registry.outcomes import error_outcome, job_assign, partial_message, success_outcome
+from trioscheduler.registry.quarantine import failure_trips_quarantine
 from trioscheduler.registry.state import Job, JobState, NodeRecord
+from trioscheduler.registry.timers import TimerHeap
+from trioscheduler.registry.waiting import WaitingJobs
 
 log = logging.getLogger("trioscheduler.registry")
 INFO, WARNING, DEBUG = logging.INFO, logging.WARNING, logging.DEBUG
 
-EMPTY_REASONS = frozenset({"ASR_EMPTY", "NO_TEXT_ASSIGNED"})
 FINISHED_MEMORY = 20_000  # finished job ids remembered to tell a late result from a foreign one
 DRAIN_BATCH = 512  # requests handled per scheduler trip before yielding
-
-
-def wall_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Registry:
@@ -48,12 +50,16 @@ class Registry:
         config: Config,
         inbox: trio.MemoryReceiveChannel[Any],
         *,
+        notices: rq.Notices | None = None,
         rng: random.Random | None = None,
         node_id_factory: Callable[[], str] = new_node_id,
     ) -> None:
         self._config = config
         self._sched = config.scheduler
         self._inbox = inbox
+        #: Gone notices that did not fit in the inbox; share it with the RegistryClient (``RegistryClient(send,
+        #: registry.notices)``).
+        self.notices = notices if notices is not None else rq.Notices()
         self._rand = (rng or random.Random()).random
         self._new_node_id = node_id_factory
         self.nodes: dict[str, NodeRecord] = {}
@@ -67,19 +73,19 @@ class Registry:
         self.turns: dict[str, set[Job]] = {}
         #: The job holding each open turn's slot; the turn's next job on that node takes the slot over.
         self.turn_slot: dict[str, Job] = {}
-        self.waiting: dict[Job, None] = {}
+        self.waiting = WaitingJobs()
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.counters: collections.Counter[str] = collections.Counter()
         #: Time inside choose_node per selection, and finalize → job_assign queued for the node, per dispatch.
         self.selection_latency = LatencyHistogram(SELECTION_BUCKETS)
         self.dispatch_delay = LatencyHistogram(DISPATCH_BUCKETS)
-        self._timers: list[tuple[float, int, str, Any, int]] = []
-        self._timer_seq = itertools.count()
+        self._timers = TimerHeap()
+        self._job_numbers = itertools.count()
         self._handlers: dict[type, Callable[[Any, float], None]] = {
             rq.Submit: self._on_submit,
             rq.CancelJobs: self._on_cancel,
             rq.SessionEnded: self._on_session_ended,
-            rq.Register: self._on_register,
+            rq.Register: self._on_register_from_live_link,
             rq.HeartbeatReady: self._on_heartbeat,
             rq.Result: self._on_result,
             rq.Partial: self._on_partial,
@@ -93,12 +99,17 @@ class Registry:
         task_status.started()
         inbox = self._inbox
         timers = self._timers
+        notices = self.notices
         while True:
-            if timers and timers[0][0] <= trio.current_time():
+            if notices:
+                self._drain_notices(trio.current_time())
+            deadline = timers.next_deadline()
+            if deadline is not None and deadline <= trio.current_time():
                 self._fire_timers(trio.current_time())
-            if timers:
+                deadline = timers.next_deadline()
+            if deadline is not None:
                 request = None
-                with trio.move_on_at(timers[0][0]):
+                with trio.move_on_at(deadline):
                     request = await inbox.receive()
                 if request is None:
                     continue
@@ -115,6 +126,11 @@ class Registry:
                     break
                 self.handle(request, now)
 
+    def _drain_notices(self, now: float) -> None:
+        notices = self.notices
+        while (notice := notices.take()) is not None:
+            self.handle(notice, now)
+
     def handle(self, request: Any, now: float) -> None:
         """Apply one request; an exception here is a bug, logged, and never kills the registry."""
         try:
@@ -129,12 +145,12 @@ class Registry:
     # ------------------------------------------------------------------------------------------ timers
 
     def _schedule(self, deadline: float, kind: str, subject: Any, token: int) -> None:
-        heapq.heappush(self._timers, (deadline, next(self._timer_seq), kind, subject, token))
+        self._timers.schedule(deadline, kind, subject, token)
 
     def _fire_timers(self, now: float) -> None:
         timers = self._timers
-        while timers and timers[0][0] <= now:
-            _, _, kind, subject, token = heapq.heappop(timers)
+        while (due := timers.pop_due(now)) is not None:
+            kind, subject, token = due
             if kind == "job":
                 job = self.jobs_by_id.get(subject)
                 if job is None or job.timer_token != token:
@@ -148,8 +164,10 @@ class Registry:
                 node = self.nodes.get(node_id)
                 if node is not None and node.alive and node.link.conn_id == conn_id:
                     self._check_heartbeat(node, now)
-            elif kind == "wake":
-                self._capacity_changed(now)
+            elif kind == "quarantine_end":
+                node = self.nodes.get(subject[0])
+                if node is not None and node.alive and node.link.conn_id == subject[1]:
+                    self._offer_slots(node, now)
 
     def _arm(self, job: Job, deadline: float) -> None:
         """Timers name jobs by id, never hold them: a finished job (and its audio) is freed at once."""
@@ -176,6 +194,7 @@ class Registry:
             job_id=new_job_id(),
             services=spec.pipeline.required_services(),
             created_at=now,
+            number=next(self._job_numbers),
         )
         job.attempt_ids.append(job.job_id)
         self.jobs_by_key[job.key] = job
@@ -200,7 +219,7 @@ class Registry:
     def _cancel(self, jobs: list[Job], reason: str, now: float) -> None:
         """The session no longer wants these jobs: tell their nodes, free the slots, send no outcome."""
         for job in jobs:  # out of the queue first, so a freed slot cannot go to a job being cancelled
-            self.waiting.pop(job, None)
+            self.waiting.discard(job)
         for job in jobs:
             if job.state is JobState.DISPATCHED:
                 self._send_cancel(job, reason)
@@ -218,7 +237,7 @@ class Registry:
             return
         job.state = JobState.WAITING
         job.node_id = None
-        self.waiting[job] = None
+        self.waiting.add(job)
         self._arm(job, now + self._sched.pending_timeout_seconds)
         self.counters["jobs_waited"] += 1
         self._stage(job, "waiting", now, level=INFO, candidates=len(self.indexes.get(job.spec.selection_key, ())))
@@ -243,7 +262,8 @@ class Registry:
         return None if node_id is None else self.nodes[node_id]
 
     def _dispatch(self, job: Job, node: NodeRecord, now: float) -> None:
-        self.waiting.pop(job, None)
+        if job.state is JobState.WAITING:
+            self.waiting.discard(job)
         job.attempt += 1
         if job.attempt > 1:
             job.job_id = new_job_id()
@@ -267,32 +287,7 @@ class Registry:
         self._stage(job, "selected", now, attempt_id=job.attempt, in_flight=node.in_flight,
                     capacity=node.capacity)
         spec = job.spec
-        assign = m.JobAssign(
-            job_id=job.job_id,
-            attempt_id=job.attempt,
-            session_id=spec.session_id,
-            utterance_index=spec.utterance_index,
-            src_lang=spec.src_lang,
-            tgt_lang=spec.tgt_lang,
-            pipeline=spec.pipeline,
-            audio=job.audio_b64(),
-            audio_format=spec.audio_format,
-            sample_rate=spec.sample_rate,
-            trace_id=spec.trace_id,
-            enable_streaming_asr=spec.enable_streaming_asr,
-            partial_update_interval_ms=spec.partial_update_interval_ms,
-            dialect=spec.dialect,
-            features=spec.features,
-            mode=spec.mode,
-            lang_a=spec.lang_a,
-            lang_b=spec.lang_b,
-            auto_langs=spec.auto_langs,
-            padding_ms=spec.padding_ms,
-            turn_id=spec.turn_id,
-            is_manual_cut=spec.is_manual_cut or None,
-            is_timeout_triggered=spec.is_timeout_triggered or None,
-            is_max_duration_triggered=spec.is_max_duration_triggered or None,
-        )
+        assign = job_assign(job)
         self.counters["dispatches"] += 1
         self.dispatch_delay.observe(now - spec.finalized_at)
         if job.attempt > 1:
@@ -335,22 +330,24 @@ class Registry:
         if job.holds_slot:
             job.holds_slot = False
             node.in_flight -= 1
-            self._capacity_changed(now)
+            if self.waiting:
+                self._offer_slots(node, now)
 
-    def _capacity_changed(self, now: float) -> None:
-        """A slot freed or a node appeared: waiting jobs go first, oldest first."""
-        if not self.waiting:
-            return
-        for job in list(self.waiting):
-            if job.state is not JobState.WAITING:
-                continue
-            node = self._select(job, now)
-            if node is not None:
-                self._dispatch(job, node, now)
+    def _offer_slots(self, node: NodeRecord, now: float) -> None:
+        """The node has room (a slot freed, it registered, its capability changed, its quarantine ended): give
+        its free slots to the longest-waiting jobs it may take, over the keys it serves only."""
+        waiting = self.waiting
+        while waiting and node.alive and node.in_flight < node.capacity and node.quarantined_until <= now:
+            job = waiting.first_fit(node)
+            if job is None:
+                return
+            self._dispatch(job, node, now)
 
     # ------------------------------------------------------------------------------------------ failures
 
     def _job_timed_out(self, job: Job, now: float) -> None:
+        """The node stays excluded for this job, even if it re-registers: it may still be working on it, and a
+        second assign would double the work (unlike a job lost with its connection, see _lose_node)."""
         node = self.nodes.get(job.node_id or "")
         self.counters["job_timeouts"] += 1
         self._stage(job, "deadline_missed", now, level=WARNING, why="no job_result within job_timeout_seconds",
@@ -382,7 +379,8 @@ class Registry:
         self._fail(job, job.last_failure, message, now, details={"candidates": reasons})
 
     def _retry(self, job: Job, now: float) -> None:
-        """Re-dispatch to a node that has not had this utterance yet, within failover_max_attempts."""
+        """Re-dispatch to a node that has not had this utterance yet, within failover_max_attempts, now or when
+        one has room."""
         if job.attempt - 1 >= self._sched.failover_max_attempts:
             self._fail(job, job.last_failure,
                        f"gave up after {job.attempt} attempts (failover_max_attempts="
@@ -392,26 +390,22 @@ class Registry:
         if node is not None:
             self._dispatch(job, node, now)
             return
-        members = self.indexes.get(job.spec.selection_key, ())
-        if any(node_id not in job.tried for node_id in members):
-            # Other nodes serve the pair but are busy or cooling down: wait for a slot like a new job.
-            self._place(job, now)
-            return
-        self._fail(job, job.last_failure, "no other node can take the job", now)
+        # No eligible node right now: wait like a new job, up to pending_timeout_seconds, for a slot or a node
+        # (one that registers later included); if none comes the client gets the last failure's code.
+        self._place(job, now)
 
     def _record_failure(self, node: NodeRecord, now: float) -> None:
         window = self._sched.quarantine_window_seconds
-        node.failures.append(now)
-        while node.failures and node.failures[0] < now - window:
-            node.failures.popleft()
-        if len(node.failures) >= self._sched.quarantine_failures and node.quarantined_until <= now:
+        tripped = failure_trips_quarantine(node.failures, now, window=window,
+                                           threshold=self._sched.quarantine_failures)
+        if tripped and node.quarantined_until <= now:
             node.quarantined_until = now + self._sched.quarantine_cooldown_seconds
             node.failures.clear()
             self.counters["node_quarantines"] += 1
             emit(log, WARNING, "node_quarantined", node_id=node.node_id,
                  cooldown_s=self._sched.quarantine_cooldown_seconds,
                  failures=self._sched.quarantine_failures, window_s=window)
-            self._schedule(node.quarantined_until, "wake", None, 0)
+            self._schedule(node.quarantined_until, "quarantine_end", (node.node_id, node.link.conn_id), 0)
 
     def _check_heartbeat(self, node: NodeRecord, now: float) -> None:
         timeout = self._sched.heartbeat_timeout_seconds
@@ -438,7 +432,7 @@ class Registry:
         if self.nodes.get(node.node_id) is node:
             del self.nodes[node.node_id]
         self._node_by_conn.pop(node.link.conn_id, None)
-        orphans = sorted(node.jobs, key=lambda j: j.created_at)
+        orphans = sorted(node.jobs, key=lambda j: j.number)  # oldest first, whatever the set's order
         node.jobs.clear()
         node.in_flight = 0
         for job in orphans:
@@ -447,17 +441,17 @@ class Registry:
         for job in orphans:
             self._stage(job, "node_lost", now, level=WARNING, reason=reason)
             job.last_failure = ErrorCode.NODE_UNAVAILABLE
+            # The job was lost with the connection, not refused by the node: the same node_id on a new
+            # connection may take it again. (A job that timed out keeps its node excluded: see _job_timed_out.)
+            job.tried.discard(node.node_id)
+            job.lost_on |= {node.node_id}
             self._retry(job, now)
 
     # ------------------------------------------------------------------------------------------ outcomes
 
     def _fail(self, job: Job, code: str, message: str, now: float, details: Any = None) -> None:
         self.counters[f"outcome_error_{code}"] += 1
-        spec = job.spec
-        self._finish(job, m.ErrorMessage(
-            code=code, message=message, details=details, session_id=spec.session_id,
-            utterance_index=spec.utterance_index, job_id=job.job_id, trace_id=spec.trace_id,
-        ), now)
+        self._finish(job, error_outcome(job, code, message, details), now)
 
     def _finish(self, job: Job, message: Any, now: float) -> None:
         self._retire(job, now)
@@ -472,9 +466,10 @@ class Registry:
         if job.state is JobState.DONE:
             return
         was_dispatched = job.state is JobState.DISPATCHED
+        if job.state is JobState.WAITING:
+            self.waiting.discard(job)
         job.state = JobState.DONE
         job.timer_token += 1
-        self.waiting.pop(job, None)
         self.jobs_by_key.pop(job.key, None)
         for attempt_id in job.attempt_ids:
             self.jobs_by_id.pop(attempt_id, None)
@@ -496,6 +491,15 @@ class Registry:
             self._release_slot(job, now)
 
     # ------------------------------------------------------------------------------------------ nodes
+
+    def _on_register_from_live_link(self, request: rq.Register, now: float) -> None:
+        if request.link.gone:
+            # Its gone notice overtook it (the notice went around a full inbox): registering now would leave a
+            # node in the pools with no socket behind it.
+            self.counters["registrations_from_gone_links"] += 1
+            request.reply.set(ProtocolError("the node's connection is gone", field="node_id"))
+            return
+        self._on_register(request, now)
 
     def _on_register(self, request: rq.Register, now: float) -> None:
         """Apply a registration whose capability the node's connection already derived: only its keys are
@@ -540,7 +544,7 @@ class Registry:
              pool_count=len(pools), pair_count=len(capability.pairs), pools_created=created,
              pools_removed=removed)
         request.reply.set(node_id)
-        self._capacity_changed(now)
+        self._offer_slots(node, now)
 
     def _on_heartbeat(self, request: rq.HeartbeatReady, now: float) -> None:
         """Liveness and load from the newest heartbeat; a capability the connection derived is only re-indexed."""
@@ -565,7 +569,7 @@ class Registry:
         emit(log, INFO, "node_capability_changed", node_id=node.node_id, pools=describe_keys(pools),
              pool_count=len(pools), pair_count=len(capability.pairs), pools_created=created,
              pools_removed=removed)
-        self._capacity_changed(now)
+        self._offer_slots(node, now)
 
     def _reindex(self, node: NodeRecord, capability: NodeCapability, now: float) -> tuple[int, int]:
         """Move the node to ``capability``'s index keys: work in the keys that differ, no log line per key.
@@ -636,8 +640,18 @@ class Registry:
         node = self.nodes.get(job.node_id or "")
         if not message.success:
             error = message.error or m.ResultError()
-            if error.code.startswith("DUPLICATE_") or error.message.startswith("DUPLICATE_"):
-                # The node already has this job (F-8): not a user-facing error; the job keeps its deadline.
+            duplicate = error.code.startswith("DUPLICATE_") or error.message.startswith("DUPLICATE_")
+            if duplicate and job.node_id in job.lost_on:
+                # Sent again to a node that reconnected after losing the job with its old connection, and the
+                # node remembers the utterance: it will not run it. Not the node's failure; go elsewhere now.
+                self.counters["results_dropped_duplicate_after_reconnect"] += 1
+                job.tried.add(job.node_id)  # type: ignore[arg-type]
+                self._release_slot(job, now)
+                self._retry(job, now)
+                return
+            if duplicate:
+                # The node already has this job id (it refuses a job_id it has seen): not a user-facing
+                # error; the job keeps its deadline.
                 self.counters["results_dropped_duplicate_reply"] += 1
                 emit(log, WARNING, "result_dropped", reason="node_reports_duplicate", job_id=job.job_id,
                      node_id=job.node_id, session_id=spec.session_id, utterance_index=spec.utterance_index)
@@ -650,47 +664,10 @@ class Registry:
             return
         if node is not None:
             node.jobs_done += 1
-        extra = message.extra or {}
         self._stage(job, "result", now, success=True)
-        text_asr = message.text_asr or ""
-        text_translated = message.text_translated or ""
-        tts_audio = message.tts_audio or ""
-        if extra.get("reason") in EMPTY_REASONS or not (text_asr.strip() or text_translated.strip() or tts_audio):
-            self.counters["outcome_missing_silence"] += 1
-            self._finish(job, m.MissingResult(
-                session_id=spec.session_id, utterance_index=spec.utterance_index, reason="silence_detected",
-                created_at_ms=wall_ms(), trace_id=spec.trace_id, job_id=job.job_id,
-            ), now)
-            return
-        timings = message.service_timings or extra.get("service_timings")
-        if timings is None and message.processing_time_ms is not None:
-            timings = {"total_ms": message.processing_time_ms}
-        self.counters["outcome_result"] += 1
-        self._finish(job, m.TranslationResult(
-            session_id=spec.session_id,
-            utterance_index=spec.utterance_index,
-            job_id=job.job_id,
-            text_asr=text_asr,
-            text_translated=text_translated,
-            tts_audio=tts_audio,
-            tts_format=message.tts_format or "pcm16",
-            trace_id=spec.trace_id,
-            scheduler_sent_at_ms=wall_ms(),
-            extra=message.extra,
-            service_timings=timings,
-            network_timings={
-                "scheduler_queue_ms": round((job.dispatched_at - spec.finalized_at) * 1000.0, 3),
-                "node_round_trip_ms": round((now - job.dispatched_at) * 1000.0, 3),
-            },
-            node_id=job.node_id,
-            group_id=message.group_id,
-            part_index=message.part_index,
-            asr_quality_level=message.asr_quality_level,
-            reason_codes=message.reason_codes,
-            quality_score=message.quality_score,
-            rerun_count=message.rerun_count,
-            segments_meta=message.segments_meta,
-        ), now)
+        outcome = success_outcome(job, message, now)
+        self.counters["outcome_result" if outcome.TYPE == m.TranslationResult.TYPE else "outcome_missing_silence"] += 1
+        self._finish(job, outcome, now)
 
     def _on_partial(self, request: rq.Partial, now: float) -> None:
         message = request.message
@@ -698,12 +675,8 @@ class Registry:
         if job is None:
             self.counters[f"partials_dropped_{why}"] += 1
             return
-        spec = job.spec
         try:
-            job.sink.send_nowait(rq.Passthrough(m.AsrPartialOut(
-                session_id=spec.session_id, utterance_index=spec.utterance_index, job_id=job.job_id,
-                text=message.text, is_final=message.is_final, trace_id=spec.trace_id,
-            )))
+            job.sink.send_nowait(rq.Passthrough(partial_message(job, message)))
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             self.counters["partials_undeliverable"] += 1
 
@@ -712,14 +685,18 @@ class Registry:
     def _on_snapshot(self, request: rq.Snapshot, now: float) -> None:
         if request.reply.abandoned:
             return
-        request.reply.set(self.snapshot(now))
+        request.reply.set(self.snapshot(now, detail=request.detail))
 
-    def snapshot(self, now: float) -> dict[str, Any]:
+    def snapshot(self, now: float, *, detail: bool = False) -> dict[str, Any]:
+        """Plain data (also the future HTTP API). With ``detail``, every job and the size of every job table."""
         nodes = [
             {
                 "node_id": node.node_id,
+                "state": _node_state(node, now),
                 "in_flight": node.in_flight,
                 "capacity": node.capacity,
+                "slot_holders": sum(1 for job in node.jobs if job.holds_slot),
+                "jobs": len(node.jobs),
                 "pools": sorted(node.capability.pools()),
                 "pairs": sorted(f"{s}>{t}" for s, t in node.capability.pairs),
                 "ready_services": None if node.capability.ready_services is None
@@ -735,10 +712,11 @@ class Registry:
         ]
         pools = {key: sorted(members) for key, members in self.indexes.items() if ">" not in key}
         dispatched = sum(1 for job in self.jobs_by_key.values() if job.state is JobState.DISPATCHED)
-        return {
+        snapshot = {
             "nodes": nodes,
             "pools": pools,
             "jobs": {"dispatched": dispatched, "waiting": len(self.waiting), "total": len(self.jobs_by_key)},
+            "waiting_by_key": self.waiting.per_key(),
             "slots": {"in_flight": sum(n.in_flight for n in self.nodes.values()),
                       "capacity": sum(n.capacity for n in self.nodes.values())},
             "sessions_with_jobs": sum(1 for jobs in self.session_jobs.values() if jobs),
@@ -747,6 +725,23 @@ class Registry:
             "latency": {"selection_seconds": self.selection_latency.snapshot(),
                         "dispatch_delay_seconds": self.dispatch_delay.snapshot()},
         }
+        if detail:
+            snapshot["job_list"] = [_job_view(job) for job in self.jobs_by_key.values()]
+            snapshot["held"] = {
+                "nodes": len(self.nodes),
+                "node_conns": len(self._node_by_conn),
+                "indexes": len(self.indexes),
+                "jobs_by_key": len(self.jobs_by_key),
+                "jobs_by_id": len(self.jobs_by_id),
+                "waiting": len(self.waiting),
+                "session_jobs": sum(len(jobs) for jobs in self.session_jobs.values()),
+                "sessions": len(self.session_jobs),
+                "affinity": len(self.affinity),
+                "turns": len(self.turns),
+                "turn_slot": len(self.turn_slot),
+                "notices": len(self.notices),
+            }
+        return snapshot
 
     def _stage(self, job: Job, stage: str, now: float, *, level: int = INFO, **fields: Any) -> None:
         if log.isEnabledFor(level):
@@ -754,6 +749,27 @@ class Registry:
             emit(log, level, f"job_{stage}", session_id=spec.session_id, utterance_index=spec.utterance_index,
                  job_id=job.job_id, node_id=job.node_id, trace_id=spec.trace_id,
                  elapsed_ms=round((now - spec.finalized_at) * 1000.0, 3), **fields)
+
+
+def _node_state(node: NodeRecord, now: float) -> str:
+    if node.quarantined_until > now:
+        return "quarantined"
+    return "full" if node.in_flight >= node.capacity else "ready"
+
+
+def _job_view(job: Job) -> dict[str, Any]:
+    spec = job.spec
+    return {
+        "job_id": job.job_id,
+        "session_id": spec.session_id,
+        "utterance_index": spec.utterance_index,
+        "tgt_lang": spec.tgt_lang,
+        "selection_key": spec.selection_key,
+        "state": job.state.value,
+        "node_id": job.node_id,
+        "attempt": job.attempt,
+        "holds_slot": job.holds_slot,
+    }
 
 
 class Dispatch:

@@ -1,12 +1,17 @@
 """What other tasks may ask of the registry, and the one client object they ask through.
 
-Each request that needs an answer carries a Reply: a trio.Event plus a value slot (about 30 % cheaper than a reply
-channel, ecosystem.md §2). A waiter that gives up marks the Reply abandoned; the registry checks that flag before
-doing anything, and the waiter checks ``done`` after its deadline, so a reservation is never made for nobody.
+Each request that needs an answer carries a Reply: a trio.Event plus a value slot (cheaper than a reply channel).
+A waiter that gives up (its deadline passed, or it was cancelled) marks the Reply abandoned; the registry checks
+that flag before doing anything, and the waiter checks ``done`` after its deadline, so a reservation is never made
+for nobody.
+
+Gone notices (a session ended, a node's socket is gone) are never lost: the client's ``*_nowait`` methods put them
+in the inbox when it has room, and otherwise in a ``Notices`` queue the registry drains on every loop iteration.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 from typing import Any, Protocol
 
@@ -75,6 +80,9 @@ class NodeLink:
     #: What this socket last claimed, as handed to the registry: the base a heartbeat's fields are laid over.
     #: Kept for the connection; the registry never reads it.
     claim: CapabilityClaim | None = None
+    #: Set by ``RegistryClient.node_gone_nowait``: the socket is gone, so a registration from it that the registry
+    #: reads after the notice (it may overtake requests still in the inbox) is refused.
+    gone: bool = False
 
 
 @attrs.frozen
@@ -207,13 +215,36 @@ class NodeGone:
 @attrs.define(eq=False)
 class Snapshot:
     reply: Reply
+    #: Also list every job and the size of every job table (tests, operators' detail view); off for metrics.
+    detail: bool = False
+
+
+class Notices:
+    """Gone notices that did not fit in the registry's inbox. The client appends, the registry task drains it on
+    every loop iteration; unbounded, but it holds at most one notice per connection that ended."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self) -> None:
+        self._queue: collections.deque[SessionEnded | NodeGone] = collections.deque()
+
+    def post(self, notice: SessionEnded | NodeGone) -> None:
+        self._queue.append(notice)
+
+    def take(self) -> SessionEnded | NodeGone | None:
+        return self._queue.popleft() if self._queue else None
+
+    def __len__(self) -> int:
+        return len(self._queue)
 
 
 class RegistryClient:
-    """The only way into the registry: every call is a message on its bounded inbox."""
+    """The only way into the registry: every call is a message on its bounded inbox (or, for gone notices that do
+    not fit, on the registry's ``Notices``)."""
 
-    def __init__(self, inbox: trio.MemorySendChannel[Any]) -> None:
+    def __init__(self, inbox: trio.MemorySendChannel[Any], notices: Notices) -> None:
         self._inbox = inbox
+        self._notices = notices
 
     async def submit(
         self, spec: JobSpec, sink: Sink, deadline: float
@@ -221,12 +252,16 @@ class RegistryClient:
         """None when the registry did not answer by ``deadline`` (the caller reports SCHEDULER_BUSY); then the
         request is abandoned and the registry will not create the job."""
         request = Submit(spec, sink, Reply())
-        with trio.move_on_at(deadline):
-            await self._inbox.send(request)
-            await request.reply.event.wait()
+        try:
+            with trio.move_on_at(deadline):
+                await self._inbox.send(request)
+                await request.reply.event.wait()
+        finally:
+            # Also when cancelled from outside: a submit nobody waits for must not become a job.
+            if not request.reply.done:
+                request.reply.abandoned = True
         if request.reply.done:
             return request.reply.value  # type: ignore[no-any-return]
-        request.reply.abandoned = True
         return None
 
     async def cancel_jobs(self, session_id: str, indices: tuple[int, ...] | None, reason: str) -> None:
@@ -234,6 +269,26 @@ class RegistryClient:
 
     async def session_ended(self, session_id: str) -> None:
         await self._inbox.send(SessionEnded(session_id))
+
+    def session_ended_nowait(self, session_id: str) -> None:
+        """Tell the registry the session is gone: its jobs are cancelled and their slots freed. Never blocks,
+        never lost (safe in a ``finally`` of a cancelled task); applied once."""
+        self._post_notice(SessionEnded(session_id))
+
+    def node_gone_nowait(self, link: NodeLink, reason: str) -> None:
+        """Tell the registry the node's socket is gone: it leaves every pool and its jobs fail over. Never blocks,
+        never lost; a registration from this link that the registry has not applied yet is refused."""
+        link.gone = True
+        self._post_notice(NodeGone(link, reason))
+
+    def _post_notice(self, notice: SessionEnded | NodeGone) -> None:
+        try:
+            self._inbox.send_nowait(notice)
+        except trio.WouldBlock:
+            # The inbox is full, so the registry is not asleep: it drains the notices on its next iteration.
+            self._notices.post(notice)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the registry is gone: there is nothing left to tell
 
     async def register(self, link: NodeLink, message: m.NodeRegister,
                        limits: LimitsConfig = DEFAULT_LIMITS) -> Any:
@@ -299,8 +354,8 @@ class RegistryClient:
     async def node_gone(self, link: NodeLink, reason: str) -> None:
         await self._inbox.send(NodeGone(link, reason))
 
-    async def snapshot(self, timeout: float = 2.0) -> dict[str, Any] | None:
-        request = Snapshot(Reply())
+    async def snapshot(self, timeout: float = 2.0, *, detail: bool = False) -> dict[str, Any] | None:
+        request = Snapshot(Reply(), detail)
         with trio.move_on_after(timeout):
             await self._inbox.send(request)
             await request.reply.event.wait()

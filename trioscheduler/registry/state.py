@@ -52,11 +52,16 @@ class Job:
     job_id: str
     services: frozenset[str]
     created_at: float
+    #: Order of creation in the registry: ties in time are broken by it.
+    number: int = 0
     state: JobState = JobState.WAITING
     attempt: int = 0
     attempt_ids: list[str] = attrs.field(factory=list)
     node_id: str | None = None
+    #: Nodes that had this job and may not have it again (a node lost with its connection is taken out again).
     tried: set[str] = attrs.field(factory=set)
+    #: Nodes whose connection was lost while they had this job: they may take it again on a new connection.
+    lost_on: frozenset[str] = frozenset()
     dispatched_at: float = 0.0
     #: Whether this job holds a slot on its node; the jobs of one turn on one node share a single slot.
     holds_slot: bool = False
