@@ -6,6 +6,7 @@ behaviour is the socket's own (handshake timeout, close codes on the wire).
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 from collections.abc import Callable
@@ -19,8 +20,10 @@ import trio_websocket
 from tests.wire import (Peer, b64, connect, memory_node, memory_session, pcm, result_for, start_daemon)
 from trioscheduler.app import Scheduler
 from trioscheduler.config import Config
+from trioscheduler.outcome_writer import OutcomeWriter, Send
+from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.errors import CloseCode
-from trioscheduler.registry.requests import RegistryClient, SessionEnded, open_registry_channel
+from trioscheduler.registry.requests import Passthrough, RegistryClient, SessionEnded, open_registry_channel
 from trioscheduler.transport import MemoryTransport, memory_transport_pair
 
 
@@ -285,3 +288,28 @@ async def test_pipelined_session_after_close_is_served(
     assert second != sid
     received = json.dumps(client.received)
     assert received.count("translation_result") == 1
+
+
+async def test_a_burst_of_partials_is_dropped_at_the_queue_bound_and_anything_else_closes(
+        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock,
+        make_config: Callable[..., Config]) -> None:
+    """The writer's inbox at limits.max_send_queue: a partial is refused (trio.WouldBlock, the registry counts it)
+    and the socket stays; any other item closes it as a slow consumer and is refused too."""
+    config = _config(make_config, limits={"max_send_queue": 4})
+    server_side, _client_side = _pair(to_client_buffer=0)
+    send, _inbox = open_registry_channel(8)
+    writer = OutcomeWriter(server_side, RegistryClient(send), config, collections.Counter(), nursery)
+    writer.send_nowait(Send(m.ServerHeartbeat(session_id="s-1", timestamp=1)))
+    await trio.sleep(1)  # the writer took it and is blocked on the socket
+    partial = Passthrough(m.AsrPartialOut(session_id="s-1", utterance_index=0, job_id="j", text="t", is_final=False,
+                                          trace_id="t"))
+    for _ in range(4):
+        writer.send_nowait(partial)
+    with pytest.raises(trio.WouldBlock):
+        writer.send_nowait(partial)
+    assert not server_side.closed and writer.footprint()["writer_queue"] == 4
+    with pytest.raises(trio.ClosedResourceError):
+        writer.send_nowait(Send(m.ServerHeartbeat(session_id="s-1", timestamp=2)))
+    await _until(lambda: server_side.closed)
+    assert server_side.close_code == CloseCode.SLOW_CONSUMER and writer.footprint()["writer_queue"] == 0
+    await _until(lambda: not writer.running)

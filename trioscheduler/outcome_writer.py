@@ -7,8 +7,9 @@ the session's reader hand it items with ``send_nowait``, which never blocks. Gua
   outcome, or ``missing_result`` once its gap wait or the close deadline is over;
 - ``CloseSession`` is answered with ``session_close_ack`` only after every outcome owed (or the close deadline);
   its ``done`` event is set whenever the writer can no longer answer it (socket gone, crash, slow consumer);
-- the inbox holds fewer than ``limits.max_send_queue`` items: at that size the client is not reading its socket,
-  and the socket is closed with CloseCode.SLOW_CONSUMER (then the session's jobs are cancelled by its teardown);
+- the inbox holds at most ``limits.max_send_queue`` items: an item that finds it full means the client is not
+  reading its socket, which is closed with CloseCode.SLOW_CONSUMER (then the session's jobs are cancelled by its
+  teardown); only a partial, which is best effort, is dropped instead;
 - a crash is kept for the session's handler to raise (it logs it); the client first gets ``error`` with
   INTERNAL_ERROR and the socket is closed with CloseCode.INTERNAL_ERROR.
 
@@ -18,6 +19,7 @@ queued, owed or timed. It runs in a nursery shared by all sessions, which it nev
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import time
@@ -83,8 +85,8 @@ class OutcomeWriter:
                  "_queue", "_wakeup", "_running", "_scope", "_orderer", "_owed", "_closing", "_close_deadline",
                  "_closed_sessions")
 
-    def __init__(self, transport: Transport, registry: RegistryClient, config: Config, counters: Any,
-                 tasks: trio.Nursery) -> None:
+    def __init__(self, transport: Transport, registry: RegistryClient, config: Config,
+                 counters: collections.Counter[str], tasks: trio.Nursery) -> None:
         self._transport = transport
         self._registry = registry
         self._config = config
@@ -126,11 +128,16 @@ class OutcomeWriter:
     def send_nowait(self, item: Any) -> None:
         """The inbox, for the reader and the registry (this is the sink of the session's jobs): queue the item
         and wake the writer, or start one. Never blocks; raises trio.ClosedResourceError once the connection is
-        ending (the registry counts the item undeliverable), including when this item would fill the queue."""
+        ending (the registry counts the item undeliverable), including when this item would fill the queue, and
+        trio.WouldBlock for a partial (``Passthrough``) that finds the queue full."""
         if self.closed:
             raise trio.ClosedResourceError("session connection is closed")
         queue = self._queue
         if len(queue) >= self._config.limits.max_send_queue:
+            if type(item) is Passthrough:
+                # A partial is best effort: a burst of them (one registry step can relay many) is dropped, and
+                # counted by the registry, rather than taken for a client that does not read.
+                raise trio.WouldBlock
             self._slow_consumer()
             raise trio.ClosedResourceError("session connection is closed: its client does not read")
         if type(item) is Outcome:

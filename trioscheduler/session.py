@@ -33,11 +33,10 @@ from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import CLIENT_CODEC, decode_base64
 from trioscheduler.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from trioscheduler.registry.requests import JobSpec, Outcome, RegistryClient
-from trioscheduler.session_state import (IndexSet, SessionState, check_session_id, implicit_init,
-                                         new_session_state, selection_key_for)
+from trioscheduler.session_state import SessionState, check_session_id, implicit_init, new_session_state
 from trioscheduler.transport import Transport, TransportClosed
 
-__all__ = ["IndexSet", "SessionConnection", "SessionMetrics", "selection_key_for"]
+__all__ = ["SessionConnection", "SessionMetrics"]
 
 log = logging.getLogger("trioscheduler.session")
 INFO, WARNING = logging.INFO, logging.WARNING
