@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tests.wire import (Daemon, b64, connect, opus_packets, pcm, registered_node, result_for,
                         session, start_daemon)
 from trioscheduler.config import Config
-from trioscheduler.session import IndexSet
+from trioscheduler.session_state import IndexSet
 from trioscheduler.transport import MemoryTransport, release_accepted_request, release_spent_handshake
 
 FAST = {"pause_ms": 300, "max_duration_ms": 1000, "max_buffer_bytes": 64000}

@@ -1,0 +1,388 @@
+"""The sole writer of one client socket: its inbox, in-order release of outcomes, and the close handshake.
+
+Acks, partials and outcomes never interleave because only this writer writes to the socket. The registry and
+the session's reader hand it items with ``send_nowait``, which never blocks. Guarantees:
+
+- every index the reader announced (``Expect``) gets exactly one message, in ``utterance_index`` order: its
+  outcome, or ``missing_result`` once its gap wait or the close deadline is over;
+- ``CloseSession`` is answered with ``session_close_ack`` only after every outcome owed (or the close deadline);
+  its ``done`` event is set whenever the writer can no longer answer it (socket gone, crash, slow consumer);
+- the inbox holds at most ``limits.max_send_queue`` items: an item that finds it full means the client is not
+  reading its socket, which is closed with CloseCode.SLOW_CONSUMER (then the session's jobs are cancelled by its
+  teardown); only a partial, which is best effort, is dropped instead;
+- a crash is kept for the session's handler to raise (it logs it); the client first gets ``error`` with
+  INTERNAL_ERROR and the socket is closed with CloseCode.INTERNAL_ERROR.
+
+The writer task runs only while it has work: the first item queued starts it, and it ends once nothing is
+queued, owed or timed. It runs in a nursery shared by all sessions, which it never fails.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import time
+from typing import Any
+
+import attrs
+import trio
+
+from trioscheduler.config import Config
+from trioscheduler.logs import emit
+from trioscheduler.policy.ordering import Added, Release, ResultOrderer
+from trioscheduler.protocol import messages as m
+from trioscheduler.protocol.codec import encode, encode_wire, to_wire
+from trioscheduler.protocol.errors import CloseCode, ErrorCode
+from trioscheduler.registry.requests import Outcome, Passthrough, RegistryClient
+from trioscheduler.session_state import SessionState
+from trioscheduler.transport import Transport, TransportClosed
+
+log = logging.getLogger("trioscheduler.session")
+INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
+
+#: How long a writer with nothing left to do waits for more before it ends: a session exchanging messages keeps
+#: its writer, an idle one loses it after this.
+WRITER_LINGER_SECONDS = 1.0
+#: How long closing a socket may take (a peer that does not read cannot take the close frame).
+CLOSE_TIMEOUT_SECONDS = 1.0
+
+#: What the inbox returns when the writer has nothing left to do (it ends; the next item starts one).
+_SETTLED = object()
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@attrs.frozen
+class Send:
+    """Send at once, unordered: acks, heartbeats, errors not tied to an utterance."""
+
+    message: Any
+
+
+@attrs.frozen
+class Expect:
+    """The reader accepted this index: the writer owes it exactly one outcome."""
+
+    utterance_index: int
+    finalized_at: float
+
+
+@attrs.frozen
+class CloseSession:
+    """session_close: deliver every outcome owed, then session_close_ack, then set ``done``."""
+
+    session_id: str
+    done: trio.Event
+
+
+class OutcomeWriter:
+    """One socket's writer. The session sets ``session`` to its current SessionState (None between sessions)."""
+
+    __slots__ = ("_transport", "_registry", "_config", "_counters", "_tasks", "session", "crash", "closed",
+                 "_queue", "_wakeup", "_running", "_scope", "_orderer", "_owed", "_closing", "_close_deadline",
+                 "_closed_sessions")
+
+    def __init__(self, transport: Transport, registry: RegistryClient, config: Config,
+                 counters: collections.Counter[str], tasks: trio.Nursery) -> None:
+        self._transport = transport
+        self._registry = registry
+        self._config = config
+        self._counters = counters
+        #: Where the writer task and the job cancellations it asks for run: the scheduler's, shared by sessions.
+        self._tasks = tasks
+        self.session: SessionState | None = None
+        #: The exception the writer crashed with, for the session's handler to raise.
+        self.crash: Exception | None = None
+        #: Nothing more is accepted: the socket is gone or closing.
+        self.closed = False
+        self._queue: list[Any] = []
+        self._wakeup: trio.Event | None = None
+        self._running = False
+        self._scope: trio.CancelScope | None = None
+        #: Outcomes waiting for lower indices (made with the session's first utterance), index -> finalized_at
+        #: for each outcome still owed, and the session_close being completed.
+        self._orderer: ResultOrderer[Any] | None = None
+        self._owed: dict[int, float] = {}
+        self._closing: CloseSession | None = None
+        self._close_deadline = math.inf
+        #: Sessions this socket closed: their late outcomes must not reach the next session's orderer.
+        self._closed_sessions: tuple[str, ...] = ()
+
+    @property
+    def running(self) -> bool:
+        """Whether the writer task exists now; false for an idle session."""
+        return self._running
+
+    def footprint(self) -> dict[str, int]:
+        return {
+            "outcomes_held": self._orderer.pending_count if self._orderer is not None else 0,
+            "outcomes_owed": len(self._owed),
+            "writer_queue": len(self._queue),
+        }
+
+    # ------------------------------------------------------------------------------------------ inbox
+
+    def send_nowait(self, item: Any) -> None:
+        """The inbox, for the reader and the registry (this is the sink of the session's jobs): queue the item
+        and wake the writer, or start one. Never blocks; raises trio.ClosedResourceError once the connection is
+        ending (the registry counts the item undeliverable), including when this item would fill the queue, and
+        trio.WouldBlock for a partial (``Passthrough``) that finds the queue full."""
+        if self.closed:
+            raise trio.ClosedResourceError("session connection is closed")
+        queue = self._queue
+        if len(queue) >= self._config.limits.max_send_queue:
+            if type(item) is Passthrough:
+                # A partial is best effort: a burst of them (one registry step can relay many) is dropped, and
+                # counted by the registry, rather than taken for a client that does not read.
+                raise trio.WouldBlock
+            self._slow_consumer()
+            raise trio.ClosedResourceError("session connection is closed: its client does not read")
+        if type(item) is Outcome:
+            session = self.session
+            if session is not None and item.message.session_id == session.session_id:
+                session.jobs.release(item.utterance_index)
+        queue.append(item)
+        if self._wakeup is not None:
+            self._wakeup.set()
+        elif not self._running:
+            self._running = True
+            self._tasks.start_soon(self._run)
+
+    def end(self) -> None:
+        """The connection is ending: accept nothing more, wake a waiting writer (it ends), answer a pending close."""
+        self.closed = True
+        self._queue.clear()
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._closing is not None:
+            self._closing.done.set()
+
+    def _slow_consumer(self) -> None:
+        session = self.session
+        self._counters["sessions_closed_slow_consumer"] += 1
+        emit(log, WARNING, "session_slow_consumer", session_id=session.session_id if session else None,
+             peer=self._transport.peer, queued=len(self._queue),
+             why="the client does not read its socket: limits.max_send_queue reached; closing with "
+                 f"{int(CloseCode.SLOW_CONSUMER)}")
+        self.end()
+        if self._scope is not None:
+            self._scope.cancel()  # a send blocked on the socket would hold the close back
+        self._tasks.start_soon(self._close_transport, CloseCode.SLOW_CONSUMER, "slow consumer")
+
+    # ------------------------------------------------------------------------------------------ task
+
+    async def _run(self) -> None:
+        """The writer task. It never raises: when the socket is gone, or on a crash (kept in ``crash``), it
+        closes the socket, which ends the session's reader."""
+        try:
+            with trio.CancelScope() as self._scope:
+                await self._write_loop()
+        except TransportClosed:
+            self.end()
+            await self._close_transport(CloseCode.NORMAL, "")
+        except Exception as exc:
+            self.crash = exc
+            await self.fail(exc, "writer")
+        finally:
+            self._scope = None
+            self._running = False
+
+    async def close(self, code: CloseCode, reason: str) -> None:
+        """End the connection from the session's side: accept nothing more and close the socket with ``code``."""
+        self.end()
+        await self._close_transport(code, reason)
+
+    async def fail(self, exc: Exception, task: str) -> None:
+        """A crash of the session's ``task``: tell the client (``error`` INTERNAL_ERROR) and close the socket with
+        CloseCode.INTERNAL_ERROR. The session's handler raises the exception, which logs its traceback."""
+        self.end()
+        session = self.session
+        session_id = session.session_id if session is not None else None
+        self._counters["sessions_crashed"] += 1
+        emit(log, ERROR, "session_crashed", task=task, session_id=session_id, peer=self._transport.peer,
+             error=f"{type(exc).__name__}: {exc}")
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_SECONDS):
+            try:
+                await self._transport.send_message(encode(m.ErrorMessage(
+                    code=ErrorCode.INTERNAL_ERROR, message="internal error in the scheduler; session closed",
+                    session_id=session_id)))
+            except Exception:
+                pass  # the socket is what failed, or is gone: the close below still ends the session
+        await self._close_transport(CloseCode.INTERNAL_ERROR, "internal error")
+
+    async def _close_transport(self, code: CloseCode, reason: str) -> None:
+        """Runs in the shared nursery too, so nothing may escape it."""
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_SECONDS):
+            try:
+                await self._transport.aclose(code, reason)
+            except Exception:
+                log.exception("closing session socket of %s failed", self._transport.peer)
+
+    async def _next_item(self) -> Any:
+        """The next queued item, None when the gap or close deadline came first, or ``_SETTLED`` when there is
+        nothing left to wait for (nothing queued, owed or timed) and nothing came for WRITER_LINGER_SECONDS: then
+        the writer ends, and the next item starts another. The check and the end are one step (no checkpoint
+        between), so no item is ever left unseen."""
+        queue = self._queue
+        if self.closed:
+            return _SETTLED
+        if not queue:
+            orderer = self._orderer
+            gap = orderer.gap_deadline() if orderer is not None else None
+            deadline = self._close_deadline if gap is None else min(gap, self._close_deadline)
+            settled = deadline == math.inf and not self._owed
+            if settled:
+                deadline = trio.current_time() + WRITER_LINGER_SECONDS
+            wakeup = self._wakeup = trio.Event()
+            try:
+                if deadline == math.inf:
+                    await wakeup.wait()
+                else:
+                    with trio.move_on_at(deadline):
+                        await wakeup.wait()
+            finally:
+                self._wakeup = None
+            if self.closed:
+                return _SETTLED
+            if not queue:
+                return _SETTLED if settled else None
+        return queue.pop(0)
+
+    async def _write_loop(self) -> None:
+        """Releases outcomes strictly in utterance_index order, each exactly once."""
+        owed = self._owed
+        transport = self._transport
+        while True:
+            item = await self._next_item()
+            if item is _SETTLED:
+                return
+            orderer = self._orderer
+            match item:
+                case Send():
+                    await transport.send_message(encode(item.message))
+                case Outcome():
+                    if item.message.session_id in self._closed_sessions:
+                        # Raced the close: the session already had its outcome for this index and its ack.
+                        self._counters["outcomes_dropped_after_close"] += 1
+                        continue
+                    if orderer is None:
+                        orderer = self._orderer = self._new_orderer()
+                    added = orderer.add(item.utterance_index, item, trio.current_time())
+                    if added is Added.ACCEPTED:
+                        await self._release(orderer.ready())
+                    else:
+                        self._counters[f"outcomes_dropped_{added.value}"] += 1
+                        emit(log, WARNING, "outcome_dropped", reason=added.value,
+                             session_id=item.message.session_id, utterance_index=item.utterance_index,
+                             job_id=item.job_id)
+                case Passthrough():
+                    if getattr(item.message, "session_id", None) in self._closed_sessions:
+                        self._counters["outcomes_dropped_after_close"] += 1
+                        continue
+                    await transport.send_message(encode(item.message))
+                case Expect():
+                    if orderer is None:
+                        orderer = self._orderer = self._new_orderer()
+                    if item.utterance_index >= orderer.next_index:
+                        owed[item.utterance_index] = item.finalized_at
+                    else:
+                        # Already released (as missing, after its gap wait): the job could only produce a second
+                        # outcome, so stop it at once.
+                        self._counters["utterances_already_released"] += 1
+                        self._cancel_job(item.utterance_index, "already_released")
+                case CloseSession():
+                    self._closing = item
+                    self._close_deadline = trio.current_time() + self._max_job_lifetime()
+                case None:
+                    await self._on_deadline(orderer)
+            closing = self._closing
+            if closing is not None and not owed:
+                if orderer is not None:
+                    await self._release(orderer.drain())
+                await transport.send_message(encode(m.SessionCloseAck(session_id=closing.session_id)))
+                self._closed_sessions += (closing.session_id,)
+                closing.done.set()
+                self._closing = None
+                self._close_deadline = math.inf
+                self._orderer = None  # the next session on this socket starts from index 0
+
+    async def _on_deadline(self, orderer: ResultOrderer[Any] | None) -> None:
+        """A gap wait or the close deadline is over: release what it held back (holes as missing)."""
+        now = trio.current_time()
+        owed = self._owed
+        released = orderer.expire(now) if orderer is not None else []
+        give_up = self._closing is not None and now >= self._close_deadline
+        if give_up and orderer is not None:
+            released += orderer.drain()
+            released += [Release(index, None) for index in sorted(owed) if index >= orderer.next_index]
+        await self._release(released)
+        if give_up:
+            owed.clear()
+
+    def _new_orderer(self) -> ResultOrderer[Any]:
+        return ResultOrderer(gap_timeout=self._config.results.gap_timeout_seconds)
+
+    def _cancel_job(self, index: int, why: str) -> None:
+        """Stop the job of ``index`` without waiting for the registry (the writer must not block on its inbox);
+        what it held no longer counts against the session's bounds."""
+        session = self.session
+        if session is None:
+            return
+        session.jobs.release(index)
+        self._tasks.start_soon(self._cancel_jobs_task, session.session_id, (index,), why)
+
+    async def _cancel_jobs_task(self, session_id: str, indices: tuple[int, ...], why: str) -> None:
+        """Runs in the nursery shared by all sessions, so nothing may escape it."""
+        try:
+            await self._registry.cancel_jobs(session_id, indices, why)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the registry is gone: the scheduler is stopping
+        except Exception:
+            log.exception("cancelling jobs of session %s failed", session_id)
+
+    async def _release(self, released: list[Any]) -> None:
+        session = self.session
+        owed = self._owed
+        transport = self._transport
+        now = trio.current_time()
+        for release in released:
+            index = release.index
+            finalized_at = owed.pop(index, None)
+            if release.outcome is None:
+                if session is None:
+                    continue
+                self._counters["outcome_missing_gap_timeout"] += 1
+                message: Any = m.MissingResult(session_id=session.session_id, utterance_index=index,
+                                               reason="gap_timeout", created_at_ms=wall_ms(),
+                                               trace_id=session.trace_id)
+                if finalized_at is not None:
+                    # Still running somewhere: stop it, its result could only be dropped now.
+                    self._cancel_job(index, "gap_timeout")
+                emit(log, WARNING, "job_deadline_missed", session_id=session.session_id, utterance_index=index,
+                     trace_id=session.trace_id, stage="result_gap",
+                     why="no outcome within gap_timeout_seconds of a later index's outcome")
+                job_id = None
+            else:
+                message = release.outcome.message
+                job_id = release.outcome.job_id
+            if type(message) is m.TranslationResult:
+                wire = to_wire(message)
+                wire["scheduler_sent_at_ms"] = wall_ms()  # when it leaves, not when the registry built it
+                await transport.send_message(encode_wire(wire))
+            else:
+                await transport.send_message(encode(message))
+            self._counters[f"delivered_{message.TYPE}"] += 1
+            if log.isEnabledFor(INFO):
+                emit(log, INFO, "job_delivered", session_id=getattr(message, "session_id", None),
+                     utterance_index=index, job_id=job_id, node_id=getattr(message, "node_id", None),
+                     trace_id=getattr(message, "trace_id", None), kind=message.TYPE,
+                     elapsed_ms=None if finalized_at is None else round((now - finalized_at) * 1000.0, 3))
+
+    def _max_job_lifetime(self) -> float:
+        """The longest a job can take in the registry (waits, then every attempt times out), plus slack."""
+        sched = self._config.scheduler
+        attempts = sched.failover_max_attempts + 1
+        return attempts * (sched.pending_timeout_seconds + sched.job_timeout_seconds) + 5.0
