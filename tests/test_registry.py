@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from trioscheduler.config import Config, config_with
-from trioscheduler.policy.capability import direction_key
+from trioscheduler.policy.capability import claim_of_register, direction_key
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.messages import (
     JobAssign,
@@ -1634,8 +1634,9 @@ class WaitingQueues(RuleBasedStateMachine):
         node_id = f"node-{next(self.node_numbers)}"
         outbox_send, outbox_recv = trio.open_memory_channel[Any](1000)
         link = NodeLink(next(self.conn_ids), outbox_send, "peer")
-        request = Register(link, NodeRegister(node_id=node_id, language_capabilities=NODE_LANGUAGES[languages],
-                                              max_concurrent_jobs=capacity), self.now, Reply())
+        message = NodeRegister(node_id=node_id, language_capabilities=NODE_LANGUAGES[languages],
+                               max_concurrent_jobs=capacity)
+        request = Register(link, message, claim_of_register(message).capability, self.now, Reply())
         self.registry.handle(request, self.now)
         assert request.reply.value == node_id
         self.links[node_id] = (link, outbox_recv)
