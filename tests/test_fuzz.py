@@ -52,8 +52,6 @@ REGISTER_AND_HANG_UP = [Hostile("node", hostile_register(None), (), Ending.CLOSE
 
 # ------------------------------------------------------------------------------------------ generated
 
-@pytest.mark.xfail(strict=True, reason="issue 8 point 6: utterance_index >= 2**64 or 1e308 crashes the sender's "
-                   "session (explicit example)")
 @settings(max_examples=fuzz_examples())
 @example(plans=HUGE_INDEX)
 @given(plans=hostile_plans(endpoints=("session",), endings=CONNECTED_ENDINGS))
@@ -61,8 +59,6 @@ def test_fuzz_session_endpoint(plans: list[Hostile]) -> None:
     run_example(plans)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 point 7: a node that registers and hangs up at once can stay "
-                   "registered and pooled (explicit example)")
 @settings(max_examples=fuzz_examples())
 @example(plans=REGISTER_AND_HANG_UP)
 @given(plans=hostile_plans(endpoints=("node",), endings=CONNECTED_ENDINGS))
@@ -70,8 +66,6 @@ def test_fuzz_node_endpoint(plans: list[Hostile]) -> None:
     run_example(plans)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 point 1: an aborted handshake ends the daemon's serve task "
-                   "(explicit example)")
 @settings(max_examples=fuzz_examples())
 @example(plans=ABORTED_HANDSHAKES[:1])
 @given(plans=hostile_plans())
@@ -101,33 +95,24 @@ def test_fuzz_malformed_frames(plans: list[Hostile]) -> None:
 
 # ------------------------------------------------------------------------------------------ reproducers
 
-@pytest.mark.xfail(strict=True, reason="issue 8 point 1: request.accept() raises outside the handlers' crash "
-                   "isolation and ends serve()")
 @pytest.mark.parametrize("plan", ABORTED_HANDSHAKES, ids=["session", "node"])
 def test_aborted_handshake_leaves_the_daemon_serving(plan: Hostile) -> None:
     run_example([plan])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 point 2: features nested 300 deep cannot be re-encoded for the "
-                   "node, and the encode error kills that node's connection")
 def test_deep_features_do_not_cost_the_node_its_connection() -> None:
     run_example(DEEP_FEATURES)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 point 6: 'Integer exceeds 64-bit range' crashes the session")
 @pytest.mark.parametrize("plans", [HUGE_INDEX, FLOAT_INDEX], ids=["2**64", "1e308"])
 def test_out_of_range_utterance_index_is_an_error_not_a_crash(plans: list[Hostile]) -> None:
     run_example(plans)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 point 7: NodeConnection cancelled before its register reply "
-                   "sends no node_gone")
 def test_nodes_that_register_and_hang_up_at_once_leave_no_node() -> None:
     run_example(REGISTER_AND_HANG_UP)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 point 6: invalid UTF-8 in a text frame drops TCP without a close "
-                   "frame")
 def test_invalid_utf8_text_frame_is_closed_with_1007() -> None:
     async def main() -> None:
         live = LiveDaemon()

@@ -17,6 +17,7 @@ import attrs
 import trio
 
 from trioscheduler.config import Config
+from trioscheduler.protocol.errors import CloseCode
 from trioscheduler.logs import emit
 from trioscheduler.node import NodeConnection
 from trioscheduler.registry.actor import Registry
@@ -88,7 +89,7 @@ class Scheduler:
         self.connections_crashed += 1
         log.exception("%s connection from %s crashed; closing it", kind, transport.peer)
         with trio.CancelScope(shield=True), trio.move_on_after(1):
-            await transport.aclose()
+            await transport.aclose(CloseCode.INTERNAL_ERROR, "internal error")
 
     async def stats(self, timeout: float = 5.0) -> dict[str, Any] | None:
         snapshot = await self.client.snapshot(timeout)

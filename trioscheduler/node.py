@@ -21,14 +21,14 @@ from trioscheduler.config import Config
 from trioscheduler.logs import emit
 from trioscheduler.policy.capability import CAPABILITY_FIELDS, claim_of_heartbeat
 from trioscheduler.protocol import messages as m
-from trioscheduler.protocol.codec import NODE_CODEC, encode
+from trioscheduler.protocol.codec import EncodeError, encode, node_codec
 from trioscheduler.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from trioscheduler.registry.actor import Dispatch
 from trioscheduler.registry.requests import CloseLink, NodeLink, RegistryClient
 from trioscheduler.transport import Transport, TransportClosed
 
 log = logging.getLogger("trioscheduler.node")
-INFO, WARNING, DEBUG = logging.INFO, logging.WARNING, logging.DEBUG
+INFO, WARNING, DEBUG, ERROR = logging.INFO, logging.WARNING, logging.DEBUG, logging.ERROR
 #: How long a closing handshake may take before the TCP connection is dropped (a peer that does not read never
 #: answers the close frame).
 CLOSE_GRACE_SECONDS = 1.0
@@ -61,6 +61,7 @@ class NodeConnection:
         self._transport = transport
         self._registry = registry
         self._config = config
+        self._codec = node_codec(config.limits)
         outbox_send, self._outbox = trio.open_memory_channel[Any](config.scheduler.node_outbox_size)
         #: Set by _request_close, or by the outbox when it overflows (then _closing is still None).
         self._close_requested = trio.Event()
@@ -141,15 +142,15 @@ class NodeConnection:
                 self._send(exc.to_message())
 
     def _decode(self, frame: str | bytes) -> Any:
-        data = NODE_CODEC.parse(frame)
+        data = self._codec.parse(frame)
         if data.get("type") != "node_heartbeat":
-            return NODE_CODEC.structure_typed(data)
+            return self._codec.structure_typed(data)
         capability = tuple(map(data.get, CAPABILITY_FIELDS))
         if capability == self._last_capability and self._node_id is not None:
             # Only liveness and load changed: the rest is decoded as strictly as any message (a bad
             # resource_usage is an error naming its field), just without the capability lists.
-            return NODE_CODEC.structure_typed({k: v for k, v in data.items() if k not in CAPABILITY_FIELDS})
-        message = NODE_CODEC.structure_typed(data)
+            return self._codec.structure_typed({k: v for k, v in data.items() if k not in CAPABILITY_FIELDS})
+        message = self._codec.structure_typed(data)
         self._last_capability = capability
         return message
 
@@ -200,11 +201,25 @@ class NodeConnection:
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
+    async def _unencodable_assign(self, assign: m.JobAssign, exc: EncodeError) -> None:
+        """A job_assign that cannot be encoded fails that job (as if the node had answered INTERNAL_ERROR, so it
+        fails over and ends in an error for its utterance), never this connection."""
+        emit(log, ERROR, "message_unencodable", kind=assign.TYPE, node_id=self._node_id, job_id=assign.job_id,
+             session_id=assign.session_id, utterance_index=assign.utterance_index, error=str(exc))
+        await self._registry.result(self._link, m.JobResult(
+            job_id=assign.job_id, success=False, attempt_id=assign.attempt_id,
+            error=m.ResultError(code=m.Code(ErrorCode.INTERNAL_ERROR), message="job_assign could not be encoded")))
+
     async def _writer(self, nursery: trio.Nursery) -> None:
         try:
             async for item in self._outbox:
                 if type(item) is Dispatch:
-                    await self._transport.send_message(encode(item.assign))
+                    try:
+                        text = encode(item.assign)
+                    except EncodeError as exc:
+                        await self._unencodable_assign(item.assign, exc)
+                        continue
+                    await self._transport.send_message(text)
                     if log.isEnabledFor(INFO):
                         assign = item.assign
                         emit(log, INFO, "job_dispatched", session_id=assign.session_id,
@@ -215,7 +230,12 @@ class NodeConnection:
                     self._request_close(CloseCode.NORMAL, item.reason, item.reason)
                     return
                 else:
-                    await self._transport.send_message(encode(item))
+                    try:
+                        text = encode(item)
+                    except EncodeError as exc:
+                        emit(log, ERROR, "message_unencodable", kind=item.TYPE, node_id=self._node_id, error=str(exc))
+                        continue
+                    await self._transport.send_message(text)
         except TransportClosed:
             pass
         nursery.cancel_scope.cancel()

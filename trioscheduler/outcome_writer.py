@@ -32,7 +32,7 @@ from trioscheduler.config import Config
 from trioscheduler.logs import emit
 from trioscheduler.policy.ordering import Added, Release, ResultOrderer
 from trioscheduler.protocol import messages as m
-from trioscheduler.protocol.codec import encode, encode_wire, to_wire
+from trioscheduler.protocol.codec import EncodeError, encode, encode_wire, to_wire
 from trioscheduler.protocol.errors import CloseCode, ErrorCode
 from trioscheduler.registry.requests import Outcome, Passthrough, RegistryClient
 from trioscheduler.session_state import SessionState
@@ -262,7 +262,7 @@ class OutcomeWriter:
             orderer = self._orderer
             match item:
                 case Send():
-                    await transport.send_message(encode(item.message))
+                    await self._send(item.message)
                 case Outcome():
                     if item.message.session_id in self._closed_sessions:
                         # Raced the close: the session already had its outcome for this index and its ack.
@@ -282,7 +282,7 @@ class OutcomeWriter:
                     if getattr(item.message, "session_id", None) in self._closed_sessions:
                         self._counters["outcomes_dropped_after_close"] += 1
                         continue
-                    await transport.send_message(encode(item.message))
+                    await self._send(item.message)
                 case Expect():
                     if orderer is None:
                         orderer = self._orderer = self._new_orderer()
@@ -302,7 +302,7 @@ class OutcomeWriter:
             if closing is not None and not owed:
                 if orderer is not None:
                     await self._release(orderer.drain())
-                await transport.send_message(encode(m.SessionCloseAck(session_id=closing.session_id)))
+                await self._send(m.SessionCloseAck(session_id=closing.session_id))
                 self._closed_sessions += (closing.session_id,)
                 closing.done.set()
                 self._closing = None
@@ -343,6 +343,30 @@ class OutcomeWriter:
         except Exception:
             log.exception("cancelling jobs of session %s failed", session_id)
 
+    async def _send(self, message: Any) -> None:
+        """Write one message. A message that cannot be encoded is that message's failure, never the socket's: an
+        outcome becomes ``error INTERNAL_ERROR`` for its utterance (still exactly one outcome), anything else is
+        logged and dropped."""
+        try:
+            if type(message) is m.TranslationResult:
+                wire = to_wire(message)
+                wire["scheduler_sent_at_ms"] = wall_ms()  # when it leaves, not when the registry built it
+                text = encode_wire(wire)
+            else:
+                text = encode(message)
+        except EncodeError as exc:
+            self._counters["messages_unencodable"] += 1
+            index = getattr(message, "utterance_index", None)
+            emit(log, ERROR, "message_unencodable", kind=message.TYPE, session_id=getattr(message, "session_id", None),
+                 utterance_index=index, error=str(exc))
+            if index is None or type(message) is m.AsrPartialOut:
+                return
+            text = encode(m.ErrorMessage(
+                code=ErrorCode.INTERNAL_ERROR, message=f"the {message.TYPE} for this utterance could not be encoded",
+                session_id=message.session_id, utterance_index=index, job_id=getattr(message, "job_id", None),
+                trace_id=getattr(message, "trace_id", None)))
+        await self._transport.send_message(text)
+
     async def _release(self, released: list[Any]) -> None:
         session = self.session
         owed = self._owed
@@ -368,12 +392,7 @@ class OutcomeWriter:
             else:
                 message = release.outcome.message
                 job_id = release.outcome.job_id
-            if type(message) is m.TranslationResult:
-                wire = to_wire(message)
-                wire["scheduler_sent_at_ms"] = wall_ms()  # when it leaves, not when the registry built it
-                await transport.send_message(encode_wire(wire))
-            else:
-                await transport.send_message(encode(message))
+            await self._send(message)
             self._counters[f"delivered_{message.TYPE}"] += 1
             if log.isEnabledFor(INFO):
                 emit(log, INFO, "job_delivered", session_id=getattr(message, "session_id", None),

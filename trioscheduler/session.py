@@ -30,7 +30,7 @@ from trioscheduler.logs import emit
 from trioscheduler.outcome_writer import CloseSession, Expect, OutcomeWriter, Send, wall_ms
 from trioscheduler.policy.segmentation import Cut, audio_duration_ms, unframed_opus_duration_ms
 from trioscheduler.protocol import messages as m
-from trioscheduler.protocol.codec import CLIENT_CODEC, decode_base64
+from trioscheduler.protocol.codec import client_codec, decode_base64
 from trioscheduler.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from trioscheduler.registry.requests import JobSpec, Outcome, RegistryClient
 from trioscheduler.session_state import SessionState, check_session_id, implicit_init, new_session_state
@@ -56,7 +56,7 @@ class SessionMetrics:
 
 
 class SessionConnection:
-    __slots__ = ("_transport", "_registry", "_config", "_metrics", "_state", "_writer", "_early_frames",
+    __slots__ = ("_transport", "_registry", "_config", "_codec", "_metrics", "_state", "_writer", "_early_frames",
                  "_handshake_deadline")
 
     def __init__(
@@ -70,6 +70,7 @@ class SessionConnection:
         self._transport = transport
         self._registry = registry
         self._config = config
+        self._codec = client_codec(config.limits)
         self._metrics = metrics
         self._state: SessionState | None = None
         self._writer = OutcomeWriter(transport, registry, config, metrics.counters, tasks)
@@ -155,7 +156,7 @@ class SessionConnection:
                     continue
             try:
                 try:
-                    await self._handle(CLIENT_CODEC.decode(frame))
+                    await self._handle(self._codec.decode(frame))
                 except ProtocolError as exc:
                     self._metrics.counters[f"client_errors_{exc.code}"] += 1
                     self._send_now(exc.to_message(session_id=self._state.session_id if self._state else None,

@@ -15,6 +15,7 @@ import trio
 import trio_websocket
 import wsproto
 import wsproto.events
+import wsproto.utilities
 from wsproto.connection import ConnectionState
 from wsproto.frame_protocol import CloseReason, FrameDecoder, Opcode, ParseFailed, RsvBits
 from wsproto.handshake import H11Handshake
@@ -205,7 +206,8 @@ class WebSocketTransport:
     async def send_message(self, message: str) -> None:
         try:
             await self._ws.send_message(message)
-        except trio_websocket.ConnectionClosed:
+        except (trio_websocket.ConnectionClosed, wsproto.utilities.LocalProtocolError):
+            # LocalProtocolError: this side is already closing (e.g. it refused an oversize or invalid frame).
             raise TransportClosed from None
 
     async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
