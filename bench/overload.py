@@ -186,7 +186,7 @@ async def scenario(P: dict[str, Any], recorder: Recorder) -> None:
     send, receive = open_registry_channel(config.scheduler.registry_inbox_size)
     registry = Registry(config, receive, rng=random.Random(P["seed"]))
     timed_handle(registry, recorder)
-    client = RegistryClient(send)
+    client = RegistryClient(send, registry.notices)
     rnd = random.Random(P["seed"])
     async with trio.open_nursery() as nursery:
         await nursery.start(registry.run)
