@@ -236,7 +236,7 @@ def configure_logging(level: str, *, queue_records: int = 10_000, sink: Sink | N
     writes to ``sink`` (default: the process's stderr) and holds at most ``queue_records`` records."""
     # Records carry nothing the formatter does not print: no caller lookup (a stack walk per record), no thread
     # or process names (the logging HOWTO's "Optimization" list).
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

@@ -26,7 +26,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ConnectionState
+from hypercorn.typing import ASGIFramework, ConnectionState
 from hypercorn.utils import wrap_app
 from wsproto import ConnectionType
 
@@ -300,13 +300,15 @@ def _bound_port(binds: list[str]) -> int:
     return int(binds[0].rsplit(":", 1)[1])
 
 
-def _hypercorn_connection(app: Callable[..., Awaitable[None]],
+def _hypercorn_connection(app: ASGIFramework,
                           hc: HypercornConfig) -> Callable[[trio.abc.Stream], Awaitable[None]]:
     """hypercorn's own per-connection server for a stream the door hands over (one-port mode)."""
     wrapped = wrap_app(app, hc.wsgi_max_body_size, "asgi")
     context = WorkerContext(None)
 
     async def serve_http(stream: trio.abc.Stream) -> None:
+        # hypercorn annotates the stream as an SSLStream, yet it serves plain streams too (as its own serve does:
+        # it falls back to ``stream.socket`` when there is no TLS handshake to do).
         await TCPServer(wrapped, hc, context, ConnectionState({}), stream)  # type: ignore[arg-type]
 
     return serve_http

@@ -156,7 +156,7 @@ def implicit_init(message: m.Utterance) -> m.SessionInit:
     return m.SessionInit(
         src_lang=message.src_lang, tgt_lang=message.tgt_lang, mode=message.mode, lang_a=message.lang_a,
         lang_b=message.lang_b, trace_id=message.trace_id, audio_format="pcm16",
-        sample_rate=message.sample_rate or 16000, pipeline=message.pipeline,
+        sample_rate=message.sample_rate or m.SampleRate(16000), pipeline=message.pipeline,
     )
 
 
@@ -200,5 +200,5 @@ _SHARED_FIELDS = ("src_lang", "tgt_lang", "client_version", "platform", "dialect
 def _shared_strings(init: m.SessionInit) -> m.SessionInit:
     """The session keeps its session_init for its whole life; interned, all sessions share one copy of each of
     these values instead of one per session."""
-    shared = {name: sys.intern(value) for name in _SHARED_FIELDS if type(value := getattr(init, name)) is str}
+    shared: dict[str, Any] = {name: sys.intern(value) for name in _SHARED_FIELDS if type(value := getattr(init, name)) is str}
     return attrs.evolve(init, **shared)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import math
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import trio
 import trio_websocket
@@ -172,8 +172,9 @@ def refuse_oversize_frames(ws: trio_websocket.WebSocketConnection, max_bytes: in
     if type(decoder) is not FrameDecoder:
         return False
     decoder.__class__ = _SizedFrameDecoder
-    decoder.max_message_bytes = max_bytes
-    decoder.message_bytes = 0
+    sized = cast(_SizedFrameDecoder, decoder)
+    sized.max_message_bytes = max_bytes
+    sized.message_bytes = 0
     return True
 
 

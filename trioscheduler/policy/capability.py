@@ -207,10 +207,15 @@ class CapabilityClaim:
     capability: NodeCapability
 
 
+def _derive(reported: tuple[Any, ...], limits: LimitsConfig) -> NodeCapability:
+    languages, capability_by_type, installed_services, extra_pairs = reported
+    return derive_capability(languages, capability_by_type, installed_services, extra_pairs, limits)
+
+
 def claim_of_register(message: NodeRegister, limits: LimitsConfig = DEFAULT_LIMITS) -> CapabilityClaim:
     """The claim of a node_register (every field as sent). Raises ProtocolError as derive_capability does."""
     reported = tuple(getattr(message, field) for field in CAPABILITY_FIELDS)
-    return CapabilityClaim(reported, derive_capability(*reported, limits=limits))
+    return CapabilityClaim(reported, _derive(reported, limits))
 
 
 def claim_of_heartbeat(previous: CapabilityClaim | None, message: NodeHeartbeat,
@@ -222,7 +227,7 @@ def claim_of_heartbeat(previous: CapabilityClaim | None, message: NodeHeartbeat,
                      for old, new in zip(before, (getattr(message, field) for field in CAPABILITY_FIELDS)))
     if previous is not None and reported == previous.reported:
         return None
-    return CapabilityClaim(reported, derive_capability(*reported, limits=limits))
+    return CapabilityClaim(reported, _derive(reported, limits))
 
 
 def describe_keys(keys: Iterable[str], shown: int = 8) -> str:
