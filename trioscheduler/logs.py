@@ -198,7 +198,7 @@ class QueueingHandler(logging.Handler):
                 try:
                     self._sink("".join([formatter.format(record) + "\n" for record in batch])
                                .encode("utf-8", "replace"))
-                except Exception:  # noqa: BLE001 - a sink that fails loses its lines, never the writer
+                except Exception:  # a sink that fails loses its lines, never the writer
                     self._sink_failures += len(batch)
             if stop:
                 return

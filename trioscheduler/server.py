@@ -13,6 +13,7 @@ stays with it, any other request is handed, with the bytes already read, to hype
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -265,11 +266,9 @@ class Door:
                 else:
                     await self._scheduler.handle_node(transport)
             finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_SECONDS):
-                    try:
-                        await ws.aclose()
-                    except Exception:
-                        pass
+                with (trio.CancelScope(shield=True), trio.move_on_after(CLOSE_SECONDS),
+                      contextlib.suppress(Exception)):
+                    await ws.aclose()
                 nursery.cancel_scope.cancel()
 
     async def _read(self, ws: EdgeWebSocketConnection, peer: str, handshake: trio.CancelScope) -> None:

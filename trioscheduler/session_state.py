@@ -27,7 +27,7 @@ class IndexSet:
     """Indices used so far, in O(gaps) memory: a low-water mark plus the few above it (no set at all while the
     indices come in order, which is every idle and most busy sessions)."""
 
-    __slots__ = ("low", "above")
+    __slots__ = ("above", "low")
 
     def __init__(self) -> None:
         self.low = 0
@@ -65,7 +65,7 @@ class JobBudget:
     ``limits.max_session_audio_bytes``); ``hold`` and ``release`` keep the count. Releasing an index not held is a
     no-op, so an outcome and a cancellation of the same index never release twice."""
 
-    __slots__ = ("audio_bytes", "_held")
+    __slots__ = ("_held", "audio_bytes")
 
     def __init__(self) -> None:
         self.audio_bytes = 0
@@ -200,5 +200,6 @@ _SHARED_FIELDS = ("src_lang", "tgt_lang", "client_version", "platform", "dialect
 def _shared_strings(init: m.SessionInit) -> m.SessionInit:
     """The session keeps its session_init for its whole life; interned, all sessions share one copy of each of
     these values instead of one per session."""
-    shared: dict[str, Any] = {name: sys.intern(value) for name in _SHARED_FIELDS if type(value := getattr(init, name)) is str}
+    shared: dict[str, Any] = {name: sys.intern(value)
+                              for name in _SHARED_FIELDS if type(value := getattr(init, name)) is str}
     return attrs.evolve(init, **shared)

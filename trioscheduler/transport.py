@@ -7,6 +7,7 @@ where real sockets would race the mocked clock) all look the same from the sched
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 from collections.abc import Iterator
 from typing import Any, Protocol, cast
@@ -212,10 +213,8 @@ class WebSocketTransport:
             raise TransportClosed from None
 
     async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        try:
+        with contextlib.suppress(Exception):  # a peer gone mid-close is that peer's; closing never fails the caller
             await self._ws.aclose(int(code), reason or None)
-        except Exception:  # a peer gone mid-close is that peer's; closing never fails the caller
-            pass
 
 
 class MemoryTransport:
