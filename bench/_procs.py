@@ -4,6 +4,7 @@ stopped on exit (normal, error, Ctrl-C or SIGTERM). Also starts the systems unde
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import re
@@ -82,34 +83,26 @@ class Procs:
 
     def stop(self, proc: Proc, timeout: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
         if proc.alive():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
             try:
                 proc.p.wait(timeout)
             except subprocess.TimeoutExpired:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 proc.p.wait(5)
         else:
             # the leader exited; make sure nothing it started in its group lingers (e.g. prefork children)
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         if proc in self.live:
             self.live.remove(proc)
         return proc.p.returncode
 
     def stop_all(self) -> None:
         for proc in list(reversed(self.live)):
-            try:
+            with contextlib.suppress(Exception):
                 self.stop(proc, timeout=5)
-            except Exception:  # noqa: BLE001
-                pass
 
     def wait(self, proc: Proc, timeout: float) -> int:
         try:
@@ -295,7 +288,7 @@ def metrics_text(http_port: int) -> str:
     try:
         with urllib.request.urlopen(f"http://{HOST}:{http_port}/metrics", timeout=3) as r:
             return r.read().decode("utf-8", "replace")
-    except Exception:  # noqa: BLE001
+    except Exception:
         return ""
 
 
@@ -309,10 +302,8 @@ def parse_metrics(text: str, needle: str = "select") -> dict[str, float]:
             continue
         m = _SAMPLE.match(line)
         if m:
-            try:
+            with contextlib.suppress(ValueError):
                 out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
-            except ValueError:
-                pass
     return out
 
 

@@ -30,9 +30,18 @@ import time
 from urllib.parse import urlparse
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import (  # noqa: E402
-    CHUNK_SECONDS, MAX_MESSAGE, RECEIVE_BUFFER, CpuWatch, audio_b64, parse_watch, pcm_chunk_b64, summarize_ns,
-    template, utterance_dict, write_json,
+from _common import (
+    CHUNK_SECONDS,
+    MAX_MESSAGE,
+    RECEIVE_BUFFER,
+    CpuWatch,
+    audio_b64,
+    parse_watch,
+    pcm_chunk_b64,
+    summarize_ns,
+    template,
+    utterance_dict,
+    write_json,
 )
 
 
@@ -55,8 +64,8 @@ class Counters:
 
 def _trio_imports():
     global trio, open_websocket, ConnectionClosed, HandshakeError
-    import trio  # noqa: F401
-    from trio_websocket import ConnectionClosed, HandshakeError, open_websocket  # noqa: F401
+    import trio
+    from trio_websocket import ConnectionClosed, HandshakeError, open_websocket
 
 
 class Phase:
@@ -358,7 +367,7 @@ def _counters(cnt: Counters) -> dict:
 
 
 def run_celery(args, watch) -> dict:
-    from celery_app import translate  # noqa: E402  (bench/ is on sys.path)
+    from celery_app import translate  # bench/ is on sys.path
 
     cnt = Counters()
     lock = threading.Lock()
@@ -369,7 +378,7 @@ def run_celery(args, watch) -> dict:
         try:
             translate.delay(utterance_dict("s-warm", 0, "")).get(timeout=5)
             break
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"celery worker not answering: {exc}") from exc
     lat: list[int] = []
@@ -389,7 +398,7 @@ def run_celery(args, watch) -> dict:
             t0 = time.perf_counter_ns()
             try:
                 r = translate.delay(utt).get(timeout=args.rt_timeout)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 with lock:
                     cnt.err(f"celery: {type(exc).__name__}: {exc}")
                 return

@@ -31,7 +31,7 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import MAX_MESSAGE, RECEIVE_BUFFER, template, write_json  # noqa: E402
+from _common import MAX_MESSAGE, RECEIVE_BUFFER, template, write_json
 
 dumps = partial(json.dumps, separators=(",", ":"))
 TTS_AUDIO = "UklGRiQAAABXQVZFZm10IBAAAAABAAEAgD4AAAB9AAACABAAZGF0YQAAAAA=" * 2  # ~120 chars

@@ -33,17 +33,22 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import trio  # noqa: E402
-import trio.testing  # noqa: E402
-from _common import percentile  # noqa: E402
+import trio
+import trio.testing
+from _common import percentile
 
-from trioscheduler import logs  # noqa: E402
-from trioscheduler.config import Config, config_with  # noqa: E402
-from trioscheduler.policy.capability import direction_key  # noqa: E402
-from trioscheduler.protocol import messages as m  # noqa: E402
-from trioscheduler.registry.actor import Dispatch, Registry  # noqa: E402
-from trioscheduler.registry.requests import (  # noqa: E402
-    JobSpec, NodeLink, Outcome, RegistryClient, Result, open_registry_channel,
+from trioscheduler import logs
+from trioscheduler.config import Config, config_with
+from trioscheduler.policy.capability import direction_key
+from trioscheduler.protocol import messages as m
+from trioscheduler.registry.actor import Dispatch, Registry
+from trioscheduler.registry.requests import (
+    JobSpec,
+    NodeLink,
+    Outcome,
+    RegistryClient,
+    Result,
+    open_registry_channel,
 )
 
 PHASES = ("baseline", "overload", "recovery", "drain")
@@ -73,12 +78,21 @@ class Recorder:
         self.busy_s: collections.Counter[str] = collections.Counter()  # phase -> CPU s inside the registry
         self.max_waiting: collections.Counter[str] = collections.Counter()
         self.last_waiting_at = 0.0  # virtual time when a job was last seen waiting
+        self._all_answered: trio.Event | None = None
 
     def outcome(self, session_id: str, index: int, code: str) -> None:
         submitted = self.submitted_at.pop((session_id, index), None)
         now = trio.current_time()
         if submitted is not None:
             self.outcomes.append((now, self.phase_of(submitted), code, now - submitted))
+        if not self.submitted_at and self._all_answered is not None:
+            self._all_answered.set()
+
+    async def wait_all_answered(self) -> None:
+        """Return once every job submitted so far has its outcome (call it after the last submit)."""
+        if self.submitted_at:
+            self._all_answered = trio.Event()
+            await self._all_answered.wait()
 
     def phase_of(self, t: float) -> str:
         current = "baseline"
@@ -196,8 +210,7 @@ async def scenario(P: dict[str, Any], recorder: Recorder) -> None:
         await offer(client, recorder, P, rnd)
         limit = config.scheduler.pending_timeout_seconds + config.scheduler.job_timeout_seconds * 4
         with trio.move_on_after(limit):
-            while recorder.submitted_at:
-                await trio.sleep(0.05)
+            await recorder.wait_all_answered()
         nursery.cancel_scope.cancel()
 
 

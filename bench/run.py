@@ -26,6 +26,7 @@ Experiments (issue 4):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -39,10 +40,23 @@ import time
 import timeit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import audio_b64, utterance_dict  # noqa: E402
-from _procs import (  # noqa: E402
-    BENCH, PY, SCHEDULER_LOG_LEVELS, Procs, StartError, celery_available, histogram_delta, install_signal_handlers,
-    metrics_text, parse_metrics, read_json, scheduler_available, start_nodes, start_system, stop_system,
+from _common import audio_b64, utterance_dict
+from _procs import (
+    BENCH,
+    PY,
+    SCHEDULER_LOG_LEVELS,
+    Procs,
+    StartError,
+    celery_available,
+    histogram_delta,
+    install_signal_handlers,
+    metrics_text,
+    parse_metrics,
+    read_json,
+    scheduler_available,
+    start_nodes,
+    start_system,
+    stop_system,
 )
 
 LOADGEN = os.path.join(BENCH, "loadgen.py")
@@ -145,10 +159,8 @@ def machine() -> dict:
         pass
     vers = {}
     for mod in ("trio", "trio_websocket", "wsproto", "celery", "kombu", "redis"):
-        try:
+        with contextlib.suppress(Exception):
             vers[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001
-            pass
     redis_v = ""
     if shutil.which("redis-server"):
         redis_v = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.strip()
@@ -275,7 +287,8 @@ def exp_storm(procs, rundir, systems, P, config, log) -> list[dict]:
                         try:
                             if n_storm:
                                 sout = os.path.join(rundir, f"storm-{name}-{r}-{n_storm}-{hz}.json")
-                                storm = start_nodes(procs, s, n_storm, sout, hz=hz, record=True, name="storm", ready_timeout=180,
+                                storm = start_nodes(procs, s, n_storm, sout, hz=hz, record=True, name="storm",
+                                                    ready_timeout=180,
                                                     extra=["--node-prefix", f"storm{r}-{n_storm}-{hz:g}hz"])
                                 outs.append(sout)
                                 watch["storm"] = [storm.pid]
@@ -514,24 +527,29 @@ def report_stream(rows: list[dict], title: str, key: str) -> str:
         for S in sorted({r["sessions"] for r in ok}):
             v = []
             for rep in reps:
-                a = next((r for r in ok if r["system"] == "scheduler" and r["sessions"] == S and r["repeat"] == rep), None)
-                b = next((r for r in ok if r["system"] == "relay" and r["sessions"] == S and r["repeat"] == rep), None)
+                a = next((r for r in ok if r["system"] == "scheduler" and r["sessions"] == S and r["repeat"] == rep),
+                         None)
+                b = next((r for r in ok if r["system"] == "relay" and r["sessions"] == S and r["repeat"] == rep),
+                         None)
                 if a and b and a["fin_to_assign"]["p99_ms"] and b["fin_to_assign"]["p99_ms"]:
                     v.append(a["fin_to_assign"]["p99_ms"] / b["fin_to_assign"]["p99_ms"])
             if v:
                 lines.append(f"| scheduler/relay finalize→job_assign p99 | S={S} | {med(v, True)} |")
     else:
         for s in sorted({r["system"] for r in ok}):
-            for n_st, hz in sorted({(r.get("storm_nodes", 0), r.get("storm_hz", 0)) for r in ok if r.get("storm_nodes")}):
+            storms = {(r.get("storm_nodes", 0), r.get("storm_hz", 0)) for r in ok if r.get("storm_nodes")}
+            for n_st, hz in sorted(storms):
                 v = []
                 for rep in reps:
-                    base = next((r for r in ok if r["system"] == s and not r.get("storm_nodes") and r["repeat"] == rep), None)
+                    base = next((r for r in ok if r["system"] == s and not r.get("storm_nodes")
+                                 and r["repeat"] == rep), None)
                     st = next((r for r in ok if r["system"] == s and r.get("storm_nodes") == n_st
                                and r.get("storm_hz") == hz and r["repeat"] == rep), None)
                     if base and st and base["fin_to_assign"]["p99_ms"] and st["fin_to_assign"]["p99_ms"]:
                         v.append(st["fin_to_assign"]["p99_ms"] / base["fin_to_assign"]["p99_ms"])
                 if v:
-                    lines.append(f"| {s}: storm/no storm finalize→job_assign p99 | {n_st} @ {hz:g} Hz | {med(v, True)} |")
+                    lines.append(f"| {s}: storm/no storm finalize→job_assign p99 | {n_st} @ {hz:g} Hz "
+                                 f"| {med(v, True)} |")
     if lines:
         out += ["", "Ratios inside each repeat:", "", "| ratio | point | median [min–max] |", "|---|---|---|", *lines]
     sel = [(r["system"], r.get("storm_nodes", 0), r.get("storm_hz", 0), r.get("selection_metrics")) for r in ok
@@ -561,7 +579,8 @@ def report_targets(res: dict) -> str:
         top = max(r["c"] for r in tp)
         sch, rel = by("scheduler", top), by("relay", top)
         if rel:
-            v = [a["rt_per_s"] / b["rt_per_s"] for a in sch for b in rel if a["repeat"] == b["repeat"] and b["rt_per_s"]]
+            v = [a["rt_per_s"] / b["rt_per_s"] for a in sch for b in rel
+                 if a["repeat"] == b["repeat"] and b["rt_per_s"]]
             if v:
                 m = statistics.median(v)
                 lines.append(f"- throughput ≥ 75 % of relay at c={top}: {m:.0%} → {'met' if m >= 0.75 else 'MISSED'}")
@@ -609,8 +628,7 @@ def render(res: dict) -> str:
            + f". Calibration: json.dumps / loads of the 33 KB utterance = {m['json_dumps_33k_us']:.0f} / "
              f"{m['json_loads_33k_us']:.0f} µs (reference: 43 / 12 µs). "
            + f"Repeats: {P['repeats']}. Systems: {', '.join(res['systems'])}."]
-    for n in res.get("notes", []):
-        out.append(f"- note: {n}")
+    out.extend(f"- note: {n}" for n in res.get("notes", []))
     out.append("")
     sections = [
         ("throughput", lambda: report_throughput(res["throughput"])),
@@ -630,13 +648,13 @@ def render(res: dict) -> str:
         if key in res:
             try:
                 out.append(fn())
-            except Exception as exc:  # noqa: BLE001 - a report bug must not hide the other sections
+            except Exception as exc:  # a report bug must not hide the other sections
                 out.append(f"_{key}: report failed: {type(exc).__name__}: {exc}_\n")
     try:
         t = report_targets(res)
         if t:
             out.append(t)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         out.append(f"_targets: report failed: {exc}_")
     out.append(f"_elapsed {res.get('elapsed_s', 0):.0f} s_")
     return "\n".join(out)
@@ -703,7 +721,7 @@ def main() -> int:
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
-    res: dict = {"machine": machine(), "params": {k: v for k, v in P.items()}, "systems": systems,
+    res: dict = {"machine": machine(), "params": dict(P), "systems": systems,
                  "notes": notes, "quick": a.quick, "scheduler_config": config}
     m = res["machine"]
     log(f"{m['date']}  nproc={m['nproc']}  Python {m['python']}  {m['cpu']}  json dumps/loads 33 KB: "

@@ -23,11 +23,20 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import selection_bench  # noqa: E402
-from _common import rss_bytes  # noqa: E402
-from _procs import (  # noqa: E402
-    BENCH, PY, Procs, StartError, install_signal_handlers, read_json, scheduler_available, start_nodes,
-    start_system, stop_system, wait_line,
+import selection_bench
+from _common import rss_bytes
+from _procs import (
+    BENCH,
+    PY,
+    Procs,
+    StartError,
+    install_signal_handlers,
+    read_json,
+    scheduler_available,
+    start_nodes,
+    start_system,
+    stop_system,
+    wait_line,
 )
 
 LOADGEN = os.path.join(BENCH, "loadgen.py")

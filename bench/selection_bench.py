@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import percentile  # noqa: E402
+from _common import percentile
 
 Step = Callable[[], object]
 
@@ -37,7 +37,7 @@ def bench_selection(n_nodes: int, n_pools: int, seed: int = 1) -> Step:
     from trioscheduler.policy.selection import MemberList, choose_node
 
     class Node:
-        __slots__ = ("node_id", "alive", "in_flight", "capacity", "quarantined_until")
+        __slots__ = ("alive", "capacity", "in_flight", "node_id", "quarantined_until")
 
         def __init__(self, node_id: str, capacity: int) -> None:
             self.node_id, self.alive, self.in_flight = node_id, True, 0

@@ -11,6 +11,7 @@ across reconnects, and logs one line per job. Ctrl-C stops them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -86,10 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name in ("trio-websocket", "trio_websocket"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         trio.run(main_async, args)
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

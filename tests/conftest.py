@@ -13,7 +13,7 @@ A test's own ``@settings(max_examples=...)`` still wins over the profile for tha
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -40,5 +40,5 @@ def make_config() -> Callable[..., Config]:
 
 
 @pytest.fixture
-async def daemon(nursery: trio.Nursery, make_config: Callable[..., Config]) -> AsyncIterator[Daemon]:
-    yield await start_daemon(nursery, make_config())
+async def daemon(nursery: trio.Nursery, make_config: Callable[..., Config]) -> Daemon:
+    return await start_daemon(nursery, make_config())

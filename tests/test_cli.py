@@ -49,7 +49,7 @@ async def _stop(process: trio.Process, signum: int) -> tuple[int, bytes]:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 async def test_daemon_prints_where_it_listens_serves_health_and_stops_cleanly(signum: int) -> None:
     process, urls = await _start("--port", "0", "--http-port", "0", "--log-level", "warning")
-    session_url, node_url, http_url = urls.groups()
+    _, node_url, http_url = urls.groups()
     async with httpx.AsyncClient() as http:
         response = await http.get(f"{http_url}/health")
         assert response.status_code == 200 and response.text == "OK"
@@ -95,7 +95,7 @@ async def test_one_port_carries_websockets_and_http() -> None:
     assert code == 0
 
 
-@pytest.mark.parametrize("content, key", [
+@pytest.mark.parametrize(("content", "key"), [
     ("[scheduler]\nmax_concurrent_jobs_per_node = 0\n", "scheduler.max_concurrent_jobs_per_node"),
     ("[segmentation]\npause = 3\n", "segmentation.pause"),
     ("[results]\ngap_timeout_seconds = \"soon\"\n", "results.gap_timeout_seconds"),
@@ -126,7 +126,8 @@ async def test_examples_sim_node_and_stream_client_against_the_daemon() -> None:
     try:
         async with httpx.AsyncClient() as http:
             with trio.fail_after(20):
-                while len((await http.get(f"{urls.group(3)}/api/v1/stats")).json()["nodes"]) < 2:
+                # Another process: its HTTP stats are all there is to watch.
+                while len((await http.get(f"{urls.group(3)}/api/v1/stats")).json()["nodes"]) < 2:  # noqa: ASYNC110
                     await trio.sleep(0.05)
         client = await trio.run_process(
             [sys.executable, "examples/stream_client.py", "--scheduler", urls.group(1), "--no-realtime",

@@ -4,9 +4,11 @@ two listeners (WebSockets and HTTP on their own ports) and one port carrying bot
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,13 +20,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
 
-from tests.wire import WAIT, Daemon, session, start_daemon
+from tests.wire import WAIT, Daemon, session, start_daemon, until
 from trioscheduler.config import Config
 from trioscheduler.protocol.errors import CloseCode
 from trioscheduler.server import MAX_REQUEST_HEAD_BYTES, RequestHeadTooLarge, read_request_head, request_path
 from trioscheduler.transport import WebSocketTransport, peer_name
 
 MODES = ("two_listeners", "one_port")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _free_port() -> int:
@@ -36,7 +40,7 @@ def _free_port() -> int:
 
 @pytest.fixture(params=MODES)
 async def edge_daemon(request: pytest.FixtureRequest, nursery: trio.Nursery,
-                      make_config: Callable[..., Config]) -> AsyncIterator[Callable[..., Any]]:
+                      make_config: Callable[..., Config]) -> Callable[..., Any]:
     """A factory: ``await edge_daemon(limits={...})`` starts a daemon in this test's listener mode."""
 
     async def start(**sections: dict[str, Any]) -> Daemon:
@@ -45,7 +49,7 @@ async def edge_daemon(request: pytest.FixtureRequest, nursery: trio.Nursery,
             sections["server"] = {**sections.get("server", {}), "port": port, "http_port": port}
         return await start_daemon(nursery, make_config(**sections))
 
-    yield start
+    return start
 
 
 def _address(daemon: Daemon) -> tuple[str, int]:
@@ -183,10 +187,9 @@ async def test_reset_while_the_server_refuses_a_frame(edge_daemon: Callable[...,
 async def test_garbage_instead_of_an_upgrade_is_refused(edge_daemon: Callable[..., Any], garbage: bytes) -> None:
     daemon = await edge_daemon()
     stream = await _raw(daemon)
-    try:
+    # The server may have refused and closed before everything was written.
+    with contextlib.suppress(trio.BrokenResourceError):
         await stream.send_all(garbage)
-    except trio.BrokenResourceError:
-        pass  # the server may have refused and closed before everything was written
     answer = await _read_until_eof(stream)
     assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer[:200]
     await stream.aclose()
@@ -232,9 +235,7 @@ async def test_connections_beyond_the_cap_get_503_and_the_daemon_lives(edge_daem
             assert b"max_connections" in answer
         assert daemon.scheduler.edge.counters["refused_at_capacity"] == 2
         assert daemon.scheduler.edge.open == 2
-    with trio.fail_after(WAIT):
-        while daemon.scheduler.edge.open:
-            await trio.sleep(0.01)
+    await until(lambda: not daemon.scheduler.edge.open)
     await _still_serves(daemon)  # the freed places are usable again
 
 
@@ -374,14 +375,13 @@ async def test_request_head_over_the_bound_is_refused() -> None:
 
 # 2. The daemon raises its soft descriptor limit and logs the cap it runs with.
 
-@pytest.mark.parametrize("hard_limit, warned", [(None, False), (512, True)])
+@pytest.mark.parametrize(("hard_limit", "warned"), [(None, False), (512, True)])
 async def test_daemon_raises_its_fd_limit_and_logs_the_cap(hard_limit: int | None, warned: bool) -> None:
     import os
     import resource
     import signal
     import subprocess
     import sys
-    from pathlib import Path
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     hard = hard if hard_limit is None else hard_limit
@@ -391,7 +391,7 @@ async def test_daemon_raises_its_fd_limit_and_logs_the_cap(hard_limit: int | Non
 
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "trioscheduler", "--port", "0", "--http-port", "0", "--log-level", "info"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT,
         env={**os.environ, "TRIOSCHEDULER_LIMITS_MAX_CONNECTIONS": "1000"}, preexec_fn=low_soft_limit)
     try:
         assert process.stdout is not None and process.stderr is not None

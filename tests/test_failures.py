@@ -5,10 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import trio
+import trio_websocket
 
-from tests.wire import (b64, connect, memory_node, memory_session, pcm, registered_node, result_for, session,
-                        start_daemon)
+from tests.wire import (
+    b64,
+    connect,
+    memory_node,
+    memory_session,
+    pcm,
+    registered_node,
+    result_for,
+    session,
+    start_daemon,
+)
 from trioscheduler.app import Scheduler
 from trioscheduler.config import Config
 
@@ -172,25 +183,21 @@ async def test_only_node_dies_then_a_node_registering_later_delivers_the_result(
 async def test_reconnect_with_same_node_id_closes_old_socket(nursery: trio.Nursery,
                                                            make_config: Callable[..., Config]) -> None:
     daemon = await start_daemon(nursery, make_config())
-    async with registered_node(daemon.node_url, "node-SAME0001") as (old, _):
-        async with registered_node(daemon.node_url, "node-SAME0001") as (new, node_id):
-            assert node_id == "node-SAME0001"
-            with trio.fail_after(5):
-                try:
-                    while True:
-                        await old.recv()
-                except Exception as exc:
-                    assert "Closed" in type(exc).__name__
-            stats = await daemon.scheduler.stats()
-            assert stats is not None and [n["node_id"] for n in stats["nodes"]] == ["node-SAME0001"]
-            assert stats["counters"]["nodes_lost_replaced_by_reconnect"] == 1
-            async with connect(daemon.session_url) as client:
-                await client.send(type="session_init", src_lang="zh", tgt_lang="en", audio_format="pcm16")
-                sid = (await client.recv_type("session_init_ack"))["session_id"]
-                await _utterance(client, sid, 0)
-                assign = await new.recv_type("job_assign")
-                await new.send(**result_for(assign))
-                await client.recv_type("translation_result")
+    async with registered_node(daemon.node_url, "node-SAME0001") as (old, _), \
+            registered_node(daemon.node_url, "node-SAME0001") as (new, node_id):
+        assert node_id == "node-SAME0001"
+        with trio.fail_after(5), pytest.raises(trio_websocket.ConnectionClosed):
+            await old.read_until_closed()
+        stats = await daemon.scheduler.stats()
+        assert stats is not None and [n["node_id"] for n in stats["nodes"]] == ["node-SAME0001"]
+        assert stats["counters"]["nodes_lost_replaced_by_reconnect"] == 1
+        async with connect(daemon.session_url) as client:
+            await client.send(type="session_init", src_lang="zh", tgt_lang="en", audio_format="pcm16")
+            sid = (await client.recv_type("session_init_ack"))["session_id"]
+            await _utterance(client, sid, 0)
+            assign = await new.recv_type("job_assign")
+            await new.send(**result_for(assign))
+            await client.recv_type("translation_result")
 
 
 async def test_misbehaving_node_is_quarantined(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock,

@@ -42,7 +42,7 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-from tests.wire import Peer, b64, heartbeat, memory_node, memory_session, pcm, result_for
+from tests.wire import Peer, b64, heartbeat, memory_node, memory_session, pcm, result_for, until
 from trioscheduler.app import Scheduler
 from trioscheduler.config import Config, config_with
 from trioscheduler.sim.node import SimNode, SimNodeBehaviour, SimNodeError, expected_texts
@@ -122,7 +122,7 @@ def registry_counters(scheduler: Scheduler) -> collections.Counter[str]:
 
 
 def footprint_zero(connection: Any) -> dict[str, int]:
-    return {key: 0 for key in connection.footprint()}
+    return dict.fromkeys(connection.footprint(), 0)
 
 
 # ============================================================================================ schedules
@@ -325,8 +325,8 @@ class Client:
         elif kind == "utterance":
             how = action[1]
             audio = self.next_audio(100)
-            message: dict[str, Any] = dict(type="utterance", session_id=sid, audio=b64(audio),
-                                           audio_format="pcm16", sample_rate=16000)
+            message: dict[str, Any] = {"type": "utterance", "session_id": sid, "audio": b64(audio),
+                                           "audio_format": "pcm16", "sample_rate": 16000}
             if how == "repeat" and model.finalized:
                 message["utterance_index"] = self.fills % model.finalized  # already used: ignored
                 await self.send(**message)
@@ -497,11 +497,12 @@ class Run:
 
 
 async def wait_until(condition: Any, timeout: float) -> bool:
-    with trio.move_on_after(timeout):
-        while not condition():
-            await trio.sleep(0.01)
-        return True
-    return False
+    """Whether ``condition()`` came to hold within ``timeout``."""
+    try:
+        await until(condition, timeout)
+    except trio.TooSlowError:
+        return False
+    return True
 
 
 def run_schedule(nodes: list[NodePlan], clients: list[ClientPlan], seed: int, gap_timeout: float = 5.0) -> None:
@@ -880,10 +881,8 @@ async def test_heartbeat_deadline_that_rounds_below_the_timeout_does_not_spin_th
     node = await memory_node(nursery, scheduler, "node-A")
     await trio.sleep_until(1.05)
     await node.send(**heartbeat("node-A"))
-    with trio.fail_after(5):
-        with pytest.raises(TransportClosed):
-            while True:
-                await node.ws.get_message()  # the scheduler closes the silent node's socket
+    with trio.fail_after(5), pytest.raises(TransportClosed):
+        await node.read_until_closed()  # the scheduler closes the silent node's socket
     assert trio.current_time() == pytest.approx(2.55)
     stats = await scheduler.stats()
     assert stats is not None and stats["nodes"] == []

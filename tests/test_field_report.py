@@ -33,7 +33,8 @@ async def test_field_report_run_under_heartbeat_storm(daemon: Daemon) -> None:
             assert node_id.startswith("node-") and len(node_id) == 13
             stats = await daemon.scheduler.stats()
             assert stats is not None and stats["pools"]["en-zh"] == [node_id]
-            async with session(daemon.session_url, "zh", "en", audio_format="pcm16", timeout=30) as (client, session_id):
+            async with session(daemon.session_url, "zh", "en", audio_format="pcm16",
+                               timeout=30) as (client, session_id):
                 assert session_id.startswith("s-") and len(session_id) == 10
                 # A finalize with an empty buffer is skipped: no job, no index consumed.
                 await client.send(type="audio_chunk", session_id=session_id, seq=0, is_final=True, payload="")

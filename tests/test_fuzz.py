@@ -20,8 +20,20 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.fuzz import MAX_FRAMES, MAX_HOSTILE_CONNECTIONS, fuzz_examples
-from tests.fuzz.actions import (CONNECTED_ENDINGS, GOOD_SRC, GOOD_TGT, Ending, Frame, Hostile, Kind,
-                                hostile_plans, hostile_register, json_values, nested, session_init)
+from tests.fuzz.actions import (
+    CONNECTED_ENDINGS,
+    GOOD_SRC,
+    GOOD_TGT,
+    Ending,
+    Frame,
+    Hostile,
+    Kind,
+    hostile_plans,
+    hostile_register,
+    json_values,
+    nested,
+    session_init,
+)
 from tests.fuzz.frames import OPCODE_TEXT, RawPeer, masked_frame
 from tests.fuzz.harness import LiveDaemon, fuzz_config, run_example, start_live_daemon
 from tests.wire import WAIT, pcm

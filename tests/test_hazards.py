@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from tests.wire import b64, memory_node, memory_session, pcm, result_for
+from tests.wire import b64, memory_node, memory_session, pcm, result_for, until
 from trioscheduler.app import Scheduler
 from trioscheduler.config import Config
 
@@ -154,9 +154,7 @@ async def test_f4_f5_jobs_of_one_turn_land_on_one_node(
             for _ in range(5):
                 await _chunk(client, sid, 200)
         await _chunk(client, sid, 200, is_final=True)
-        with trio.fail_after(5):
-            while len(received) < 4:
-                await trio.sleep(0.01)
+        await until(lambda: len(received) >= 4, 5)
         watchers.cancel_scope.cancel()
     assert len({assign["turn_id"] for _, assign in received}) == 1
     assert len({name for name, _ in received}) == 1

@@ -6,7 +6,8 @@ import random
 import re
 import uuid
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trioscheduler import ids
 

@@ -1,4 +1,5 @@
-"""derive_capability and NodeCapability.index_keys/pools: what a node can serve from what it reports, within the\n[limits] bounds; claims as a heartbeat updates them."""
+"""derive_capability and NodeCapability.index_keys/pools: what a node can serve from what it reports, within the
+[limits] bounds; claims as a heartbeat updates them."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import itertools
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests.refusals import accepted_or_refused
 from trioscheduler.config import LimitsConfig
 from trioscheduler.policy.capability import (
     NodeCapability,
@@ -267,10 +270,9 @@ def test_pairs_never_exceed_max_node_pairs(asr: int, targets: int, max_pairs: in
     limits = LimitsConfig(max_node_pairs=max_pairs)
     lc = LanguageCapabilities(asr_languages=[f"a{i}" for i in range(asr)],
                               tts_languages=[f"t{i}" for i in range(targets)], supported_language_pairs=legacy)
-    try:
-        cap = derive_capability(lc, ready(*ALL), None, limits=limits)
-    except ProtocolError as exc:
-        assert exc.code == ErrorCode.CAPABILITY_LIMIT_EXCEEDED
+    cap = accepted_or_refused(derive_capability, lc, ready(*ALL), None, limits=limits)
+    if isinstance(cap, ProtocolError):
+        assert cap.code == ErrorCode.CAPABILITY_LIMIT_EXCEEDED
         crossed = asr * (targets or asr)  # no targets: NMT makes the ASR languages the targets
         assert crossed > max_pairs or len(legacy) > max_pairs or crossed + len(set(legacy)) > max_pairs
         return
@@ -280,7 +282,8 @@ def test_pairs_never_exceed_max_node_pairs(asr: int, targets: int, max_pairs: in
 
 def test_language_codes_longer_than_the_bound_are_refused() -> None:
     limits = LimitsConfig(max_language_code_chars=5)
-    assert derive_capability(langs(asr=("zh-tw",), tts=("en",), semantic=None), None, None, limits=limits).pairs == {("zh-tw", "en")}
+    short = derive_capability(langs(asr=("zh-tw",), tts=("en",), semantic=None), None, None, limits=limits)
+    assert short.pairs == {("zh-tw", "en")}
     with pytest.raises(ProtocolError) as info:
         derive_capability(langs(asr=("en", "zh-Hant"), tts=("en",), semantic=None), None, None, limits=limits)
     assert info.value.field == "language_capabilities.asr_languages[1]"

@@ -7,7 +7,8 @@ import struct
 from fractions import Fraction
 
 import pytest
-from hypothesis import event, example, given, settings, strategies as st
+from hypothesis import event, example, given, settings
+from hypothesis import strategies as st
 
 from trioscheduler.policy.segmentation import (
     OPUS_FRAME_MS,

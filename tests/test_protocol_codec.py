@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import enum
 import json
 import math
@@ -9,11 +10,11 @@ import typing
 from typing import Any
 
 import attrs
-import base64
-
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests.refusals import accepted_or_refused
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import CLIENT_CODEC, NODE_CODEC, encode, to_wire
 from trioscheduler.protocol.errors import ErrorCode, ProtocolError
@@ -111,7 +112,7 @@ def _check_fields(obj: Any, data: dict[str, Any]) -> None:
 def test_client_messages_decode_from_the_original_field_names(kind: str) -> None:
     data = {"type": kind, **CLIENT_FRAMES[kind], **EXTRA}
     msg = CLIENT_CODEC.decode(json.dumps(data))
-    assert msg.TYPE == kind and type(msg) in m.CLIENT_MESSAGES
+    assert kind == msg.TYPE and type(msg) in m.CLIENT_MESSAGES
     _check_fields(msg, data)
 
 
@@ -119,7 +120,7 @@ def test_client_messages_decode_from_the_original_field_names(kind: str) -> None
 def test_node_messages_decode_from_the_original_field_names(kind: str) -> None:
     data = {"type": kind, **NODE_FRAMES[kind], **EXTRA}
     msg = NODE_CODEC.decode(json.dumps(data))
-    assert msg.TYPE == kind and type(msg) in m.NODE_MESSAGES
+    assert kind == msg.TYPE and type(msg) in m.NODE_MESSAGES
     _check_fields(msg, data)
 
 
@@ -225,8 +226,7 @@ WRONG_CONTAINER_TYPES = [
                          ids=[f"{d['type']}-{f}" for _, d, f in WRONG_CONTAINER_TYPES])
 def test_wrong_container_types_are_rejected(codec, data: dict[str, Any], field: str) -> None:
     with pytest.raises(ProtocolError) as info:
-        decoded = codec.decode(json.dumps(data))
-        pytest.fail(f"accepted as {decoded!r}")
+        codec.decode(json.dumps(data))
     assert info.value.code == ErrorCode.INVALID_MESSAGE
     assert info.value.field == field
 
@@ -300,11 +300,10 @@ FIELD_NAMES = sorted({f.name for cls in m.CLIENT_MESSAGES + m.NODE_MESSAGES for 
 
 def _decode_only_protocol_errors(frame: str) -> None:
     for codec in (CLIENT_CODEC, NODE_CODEC):
-        try:
-            codec.decode(frame)
-        except ProtocolError as exc:
-            assert exc.code in (ErrorCode.INVALID_MESSAGE, ErrorCode.UNSUPPORTED_FEATURE)
-            assert isinstance(exc.message, str) and exc.message
+        decoded = accepted_or_refused(codec.decode, frame)
+        if isinstance(decoded, ProtocolError):
+            assert decoded.code in (ErrorCode.INVALID_MESSAGE, ErrorCode.UNSUPPORTED_FEATURE)
+            assert isinstance(decoded.message, str) and decoded.message
 
 
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])

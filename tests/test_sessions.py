@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,8 +12,18 @@ import trio_websocket
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.wire import (Daemon, b64, connect, opus_packets, pcm, registered_node, result_for,
-                        session, start_daemon)
+from tests.wire import (
+    Daemon,
+    b64,
+    connect,
+    opus_packets,
+    pcm,
+    registered_node,
+    result_for,
+    session,
+    start_daemon,
+    until,
+)
 from trioscheduler.config import Config
 from trioscheduler.session_state import IndexSet
 from trioscheduler.transport import MemoryTransport, release_accepted_request, release_spent_handshake
@@ -22,8 +32,8 @@ FAST = {"pause_ms": 300, "max_duration_ms": 1000, "max_buffer_bytes": 64000}
 
 
 @pytest.fixture
-async def fast(nursery: trio.Nursery, make_config: Callable[..., Config]) -> AsyncIterator[Daemon]:
-    yield await start_daemon(nursery, make_config(
+async def fast(nursery: trio.Nursery, make_config: Callable[..., Config]) -> Daemon:
+    return await start_daemon(nursery, make_config(
         segmentation=FAST, scheduler={"pending_timeout_seconds": 0.5}, results={"gap_timeout_seconds": 1.0}))
 
 
@@ -228,9 +238,7 @@ async def test_results_are_released_in_index_order(fast: Daemon) -> None:
 
 
 async def writer_ends(connection: Any) -> None:
-    with trio.fail_after(3):
-        while connection.writer_running:
-            await trio.sleep(0.01)
+    await until(lambda: not connection.writer_running, 3)
 
 
 async def test_idle_session_has_no_writer_task_and_a_restarted_writer_keeps_order(fast: Daemon) -> None:

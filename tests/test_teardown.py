@@ -13,10 +13,10 @@ no session with jobs, no slot in flight, no live session.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import attrs
-import pytest
 import trio
 import trio.testing
 from hypothesis import given, settings
@@ -91,10 +91,8 @@ async def quietly(what: Any) -> None:
     """A peer action that may find its socket gone (its handler was cancelled) or wait forever for an answer
     that will not come: either way the script goes on."""
     with trio.move_on_after(STEP * 4):
-        try:
+        with contextlib.suppress(TransportClosed):
             await what
-        except TransportClosed:
-            pass
 
 
 async def answer_jobs(node: Peer, node_id: str, answer_every: int) -> None:
@@ -197,10 +195,8 @@ async def session_scenario(at: int, count: int, answer_every: int, close: bool) 
         await quietly(client.send(type="session_init", src_lang="zh", tgt_lang="en", audio_format="pcm16"))
         ack = None
         with trio.move_on_after(STEP * 4):
-            try:
+            with contextlib.suppress(TransportClosed):
                 ack = await client.recv_type("session_init_ack", skip=("translation_result",))
-            except TransportClosed:
-                pass
         if ack is not None:
             await utterances(client, ack["session_id"], count)
             await quietly(client.send(type="audio_chunk", payload=b64(pcm(100)), is_final=False))

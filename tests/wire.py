@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,6 +17,16 @@ from trioscheduler.config import Config
 from trioscheduler.server import Listening, serve
 
 WAIT = 10.0  # every wait in a test has a deadline, so a bug fails instead of hanging
+POLL_SECONDS = 0.01
+
+
+async def until(condition: Callable[[], bool], seconds: float = WAIT) -> None:
+    """Return once ``condition()`` holds; raise trio.TooSlowError after ``seconds`` (virtual under MockClock).
+    For state that another task owns and changes without an event a test could wait on (the door's and the
+    scheduler's counters, a writer that ends)."""
+    with trio.fail_after(seconds):
+        while not condition():  # noqa: ASYNC110 - that state has no event to wait on
+            await trio.sleep(POLL_SECONDS)
 
 
 @attrs.define
@@ -68,6 +78,11 @@ class Peer:
                     continue
                 assert message["type"] in types, message
                 return message
+
+    async def read_until_closed(self) -> None:
+        """Read and drop messages until the connection ends; raises what its end raised."""
+        while True:
+            await self.ws.get_message()
 
     async def nothing_for(self, seconds: float) -> None:
         """Assert no message arrives within ``seconds``."""

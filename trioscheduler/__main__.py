@@ -76,10 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"trioscheduler: configuration error: {exc}", file=sys.stderr)
         return 2
-    if args.command == "demo" and args.log_level is None:
-        level = "warning"  # the demo prints its own story; stage lines would drown it
-    else:
-        level = config.logging.level
+    # The demo prints its own story: stage lines would drown it.
+    level = "warning" if args.command == "demo" and args.log_level is None else config.logging.level
     configure_logging(level, queue_records=config.limits.max_log_queue_records)
     if args.command == "demo":
         from trioscheduler.demo import run_demo

@@ -17,9 +17,9 @@ import attrs
 import trio
 
 from trioscheduler.config import Config
-from trioscheduler.protocol.errors import CloseCode
 from trioscheduler.logs import emit
 from trioscheduler.node import NodeConnection
+from trioscheduler.protocol.errors import CloseCode
 from trioscheduler.registry.actor import Registry
 from trioscheduler.registry.requests import RegistryClient, open_registry_channel
 from trioscheduler.session import SessionConnection, SessionMetrics

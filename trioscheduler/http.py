@@ -7,18 +7,15 @@ WebSockets never reach this app: the door in server.py carries /ws/session and /
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
+from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from trioscheduler.app import Scheduler
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_HISTOGRAMS = (
@@ -69,20 +66,19 @@ class SnapshotCollector(Collector):
                 buckets=[(bound if isinstance(bound, str) else repr(bound), n) for bound, n in hist["buckets"]])
 
 
-def make_app(scheduler: Scheduler) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "lifespan":
+def make_app(scheduler: Scheduler) -> ASGIFramework:
+    async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        if scope["type"] == "lifespan":
             await _lifespan(receive, send)
-        elif kind == "http":
+        elif scope["type"] == "http":
             await _http(scheduler, scope, send)
-        elif kind == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": None})
 
     return app
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
+async def _lifespan(receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
     while True:
         event = await receive()
         if event["type"] == "lifespan.startup":
@@ -92,13 +88,13 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-async def _respond(send: Send, status: int, body: bytes, content_type: str) -> None:
+async def _respond(send: ASGISendCallable, status: int, body: bytes, content_type: str) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _http(scheduler: Scheduler, scope: Scope, send: Send) -> None:
+async def _http(scheduler: Scheduler, scope: HTTPScope, send: ASGISendCallable) -> None:
     path, method = scope["path"], scope["method"]
     if method not in ("GET", "HEAD"):
         await _respond(send, 405, b"method not allowed\n", "text/plain")

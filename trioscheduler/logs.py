@@ -198,7 +198,7 @@ class QueueingHandler(logging.Handler):
                 try:
                     self._sink("".join([formatter.format(record) + "\n" for record in batch])
                                .encode("utf-8", "replace"))
-                except Exception:  # noqa: BLE001 - a sink that fails loses its lines, never the writer
+                except Exception:  # a sink that fails loses its lines, never the writer
                     self._sink_failures += len(batch)
             if stop:
                 return
@@ -236,7 +236,7 @@ def configure_logging(level: str, *, queue_records: int = 10_000, sink: Sink | N
     writes to ``sink`` (default: the process's stderr) and holds at most ``queue_records`` records."""
     # Records carry nothing the formatter does not print: no caller lookup (a stack walk per record), no thread
     # or process names (the logging HOWTO's "Optimization" list).
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

@@ -8,6 +8,7 @@ grow before it is collected cuts both the pauses that reach the p99 of an uttera
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import resource
 
@@ -31,10 +32,9 @@ def raise_fd_limit() -> tuple[int, int]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = FD_CEILING_WHEN_UNLIMITED if hard == resource.RLIM_INFINITY else hard
     if soft != resource.RLIM_INFINITY and soft < target:
-        try:
+        # A refusal (e.g. above the kernel's per-process ceiling) keeps what we have.
+        with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            pass  # e.g. above the kernel's per-process ceiling: keep what we have
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 

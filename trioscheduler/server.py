@@ -13,6 +13,7 @@ stays with it, any other request is handed, with the bytes already read, to hype
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -26,7 +27,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ConnectionState
+from hypercorn.typing import ASGIFramework, ConnectionState
 from hypercorn.utils import wrap_app
 from wsproto import ConnectionType
 
@@ -265,11 +266,9 @@ class Door:
                 else:
                     await self._scheduler.handle_node(transport)
             finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_SECONDS):
-                    try:
-                        await ws.aclose()
-                    except Exception:
-                        pass
+                with (trio.CancelScope(shield=True), trio.move_on_after(CLOSE_SECONDS),
+                      contextlib.suppress(Exception)):
+                    await ws.aclose()
                 nursery.cancel_scope.cancel()
 
     async def _read(self, ws: EdgeWebSocketConnection, peer: str, handshake: trio.CancelScope) -> None:
@@ -300,13 +299,15 @@ def _bound_port(binds: list[str]) -> int:
     return int(binds[0].rsplit(":", 1)[1])
 
 
-def _hypercorn_connection(app: Callable[..., Awaitable[None]],
+def _hypercorn_connection(app: ASGIFramework,
                           hc: HypercornConfig) -> Callable[[trio.abc.Stream], Awaitable[None]]:
     """hypercorn's own per-connection server for a stream the door hands over (one-port mode)."""
     wrapped = wrap_app(app, hc.wsgi_max_body_size, "asgi")
     context = WorkerContext(None)
 
     async def serve_http(stream: trio.abc.Stream) -> None:
+        # hypercorn annotates the stream as an SSLStream, yet it serves plain streams too (as its own serve does:
+        # it falls back to ``stream.socket`` when there is no TLS handshake to do).
         await TCPServer(wrapped, hc, context, ConnectionState({}), stream)  # type: ignore[arg-type]
 
     return serve_http

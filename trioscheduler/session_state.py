@@ -27,7 +27,7 @@ class IndexSet:
     """Indices used so far, in O(gaps) memory: a low-water mark plus the few above it (no set at all while the
     indices come in order, which is every idle and most busy sessions)."""
 
-    __slots__ = ("low", "above")
+    __slots__ = ("above", "low")
 
     def __init__(self) -> None:
         self.low = 0
@@ -65,7 +65,7 @@ class JobBudget:
     ``limits.max_session_audio_bytes``); ``hold`` and ``release`` keep the count. Releasing an index not held is a
     no-op, so an outcome and a cancellation of the same index never release twice."""
 
-    __slots__ = ("audio_bytes", "_held")
+    __slots__ = ("_held", "audio_bytes")
 
     def __init__(self) -> None:
         self.audio_bytes = 0
@@ -156,7 +156,7 @@ def implicit_init(message: m.Utterance) -> m.SessionInit:
     return m.SessionInit(
         src_lang=message.src_lang, tgt_lang=message.tgt_lang, mode=message.mode, lang_a=message.lang_a,
         lang_b=message.lang_b, trace_id=message.trace_id, audio_format="pcm16",
-        sample_rate=message.sample_rate or 16000, pipeline=message.pipeline,
+        sample_rate=message.sample_rate or m.SampleRate(16000), pipeline=message.pipeline,
     )
 
 
@@ -200,5 +200,6 @@ _SHARED_FIELDS = ("src_lang", "tgt_lang", "client_version", "platform", "dialect
 def _shared_strings(init: m.SessionInit) -> m.SessionInit:
     """The session keeps its session_init for its whole life; interned, all sessions share one copy of each of
     these values instead of one per session."""
-    shared = {name: sys.intern(value) for name in _SHARED_FIELDS if type(value := getattr(init, name)) is str}
+    shared: dict[str, Any] = {name: sys.intern(value)
+                              for name in _SHARED_FIELDS if type(value := getattr(init, name)) is str}
     return attrs.evolve(init, **shared)

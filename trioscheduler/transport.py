@@ -7,9 +7,10 @@ where real sockets would race the mocked clock) all look the same from the sched
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import trio
 import trio_websocket
@@ -172,8 +173,9 @@ def refuse_oversize_frames(ws: trio_websocket.WebSocketConnection, max_bytes: in
     if type(decoder) is not FrameDecoder:
         return False
     decoder.__class__ = _SizedFrameDecoder
-    decoder.max_message_bytes = max_bytes
-    decoder.message_bytes = 0
+    sized = cast(_SizedFrameDecoder, decoder)
+    sized.max_message_bytes = max_bytes
+    sized.message_bytes = 0
     return True
 
 
@@ -211,10 +213,8 @@ class WebSocketTransport:
             raise TransportClosed from None
 
     async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        try:
+        with contextlib.suppress(Exception):  # a peer gone mid-close is that peer's; closing never fails the caller
             await self._ws.aclose(int(code), reason or None)
-        except Exception:  # a peer gone mid-close is that peer's; closing never fails the caller
-            pass
 
 
 class MemoryTransport:

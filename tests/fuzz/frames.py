@@ -3,6 +3,7 @@ invalid UTF-8 text frames), reset its TCP connection mid-handshake or mid-stream
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -48,10 +49,8 @@ def upgrade_request(host: str, port: int, path: str) -> bytes:
 
 async def reset(stream: trio.SocketStream) -> None:
     """Close with a TCP reset (SO_LINGER 0): the daemon sees ECONNRESET, not a close handshake."""
-    try:
+    with contextlib.suppress(OSError):
         stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
     await stream.aclose()
 
 
@@ -116,8 +115,6 @@ class RawPeer:
 
     async def close(self) -> None:
         """A polite close frame, then the socket."""
-        try:
+        with contextlib.suppress(PEER_GONE):
             await self.stream.send_all(self.close_bytes())
-        except PEER_GONE:
-            pass
         await self.stream.aclose()

@@ -14,12 +14,14 @@ What every example checks (``run_example`` raises AssertionError naming what bro
 
 from __future__ import annotations
 
+import contextlib
 import math
 import traceback
 from typing import Any
 
 import attrs
 import trio
+import trio.lowlevel
 import trio_websocket
 
 from tests.fuzz.actions import GOOD_SRC, GOOD_TGT, Ending, Frame, Hostile, Kind, encode_json
@@ -164,10 +166,8 @@ async def run_hostile(live: LiveDaemon, plan: Hostile, example_over: trio.Event)
     finally:
         with trio.CancelScope(shield=True):
             if plan.ending is Ending.CLOSE and not plan.at_once:
-                try:
+                with contextlib.suppress(PEER_GONE):
                     await peer.close()
-                except PEER_GONE:
-                    pass
             elif plan.ending is Ending.CLOSE:  # the close frame is sent: wait for the daemon to close
                 with trio.move_on_after(WAIT):
                     await peer.drain()
@@ -213,7 +213,7 @@ async def _run_example(plans: list[Hostile], live: LiveDaemon) -> None:
                         try:
                             for _ in range(GOOD_ROUND_TRIPS_DURING):
                                 await client.round_trip()
-                                await trio.sleep(0)
+                                await trio.lowlevel.checkpoint()
                         finally:
                             example_over.set()
 

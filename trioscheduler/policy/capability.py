@@ -91,9 +91,8 @@ def ready_services(
     if capability_by_type is not None:
         return frozenset(c.type.strip().lower() for c in capability_by_type if c.ready)
     if installed_services is not None:
-        return frozenset(
-            s.type.strip().lower() for s in installed_services if s.status is None or s.status.strip().lower() == "running"
-        )
+        return frozenset(s.type.strip().lower() for s in installed_services
+                         if s.status is None or s.status.strip().lower() == "running")
     return None
 
 
@@ -207,10 +206,15 @@ class CapabilityClaim:
     capability: NodeCapability
 
 
+def _derive(reported: tuple[Any, ...], limits: LimitsConfig) -> NodeCapability:
+    languages, capability_by_type, installed_services, extra_pairs = reported
+    return derive_capability(languages, capability_by_type, installed_services, extra_pairs, limits)
+
+
 def claim_of_register(message: NodeRegister, limits: LimitsConfig = DEFAULT_LIMITS) -> CapabilityClaim:
     """The claim of a node_register (every field as sent). Raises ProtocolError as derive_capability does."""
     reported = tuple(getattr(message, field) for field in CAPABILITY_FIELDS)
-    return CapabilityClaim(reported, derive_capability(*reported, limits=limits))
+    return CapabilityClaim(reported, _derive(reported, limits))
 
 
 def claim_of_heartbeat(previous: CapabilityClaim | None, message: NodeHeartbeat,
@@ -219,10 +223,10 @@ def claim_of_heartbeat(previous: CapabilityClaim | None, message: NodeHeartbeat,
     derivation). Raises ProtocolError as derive_capability does; the previous claim then stands."""
     before = previous.reported if previous is not None else (None,) * len(CAPABILITY_FIELDS)
     reported = tuple(old if new is None else new
-                     for old, new in zip(before, (getattr(message, field) for field in CAPABILITY_FIELDS)))
+                     for old, new in zip(before, (getattr(message, field) for field in CAPABILITY_FIELDS), strict=True))
     if previous is not None and reported == previous.reported:
         return None
-    return CapabilityClaim(reported, derive_capability(*reported, limits=limits))
+    return CapabilityClaim(reported, _derive(reported, limits))
 
 
 def describe_keys(keys: Iterable[str], shown: int = 8) -> str:

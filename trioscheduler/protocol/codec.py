@@ -25,7 +25,8 @@ import pybase64
 from cattrs.preconf.json import make_converter
 
 from trioscheduler.protocol import messages as m
-from trioscheduler.protocol.errors import EncodeError, ErrorCode, ProtocolError
+from trioscheduler.protocol.errors import EncodeError as EncodeError  # re-exported: what encode raises
+from trioscheduler.protocol.errors import ErrorCode, ProtocolError
 
 if typing.TYPE_CHECKING:
     from trioscheduler.config import LimitsConfig
@@ -89,12 +90,11 @@ def _sample_rate(value: Any, _: type) -> int:
 
 
 def _strict_float(value: Any, _: type) -> float:
-    kind = type(value)
-    if kind is float:
+    if type(value) is float:
         if not math.isfinite(value):  # orjson never parses one; a dict built in code might hold one
             raise ValueError("expected a finite number")
         return value
-    if kind is int:
+    if type(value) is int:
         return float(value)  # orjson parses integers up to 64 bits only: always finite
     raise TypeError("expected a number")
 
@@ -125,6 +125,10 @@ def _literal_hook(tp: Any) -> Any:
     return structure
 
 
+def _is_literal(tp: Any) -> bool:
+    return typing.get_origin(tp) is Literal
+
+
 def make_wire_converter() -> cattrs.Converter:
     converter = make_converter()
     converter.register_structure_hook(str, _strict_str)
@@ -135,7 +139,7 @@ def make_wire_converter() -> cattrs.Converter:
     converter.register_structure_hook(m.Code, _code)
     converter.register_structure_hook(m.Count, _count)
     converter.register_structure_hook(m.SampleRate, _sample_rate)
-    converter.register_structure_hook_factory(lambda tp: typing.get_origin(tp) is Literal, _literal_hook)
+    converter.register_structure_hook_factory(_is_literal, _literal_hook)
     return converter
 
 
@@ -353,7 +357,8 @@ def _wire_plan(cls: type) -> tuple[tuple[str, bool], ...]:
 def to_wire(message: Any) -> dict[str, Any]:
     """The message as a JSON-ready dict with its ``type``; None fields are omitted, as the original does."""
     data: dict[str, Any] = {"type": message.TYPE}
-    for name, maybe_attrs in _wire_plan(type(message)):
+    cls: type = type(message)
+    for name, maybe_attrs in _wire_plan(cls):
         value = getattr(message, name)
         if value is None:
             continue
