@@ -322,7 +322,7 @@ async def test_websocket_transport_aclose_never_raises_after_a_reset(nursery: tr
     _reset(client.stream)
     await trio.sleep(0.05)
     with trio.fail_after(WAIT):
-        await transport.aclose(CloseCode.GOING_AWAY, "bye")
+        await transport.aclose(CloseCode.SLOW_CONSUMER, "bye")
         await transport.aclose()
     nursery.cancel_scope.cancel()
 

@@ -23,8 +23,6 @@ class ErrorCode(enum.StrEnum):
     SCHEDULER_BUSY = "SCHEDULER_BUSY"
     INVALID_CAPABILITY_SCHEMA = "INVALID_CAPABILITY_SCHEMA"
     PROCESSING_ERROR = "PROCESSING_ERROR"
-    #: A frame larger than ``limits.max_message_bytes`` (the socket is then closed with MESSAGE_TOO_BIG).
-    MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
     #: A node claimed more than ``limits.max_node_languages`` / ``max_node_pairs`` / ``max_node_services``.
     CAPABILITY_LIMIT_EXCEEDED = "CAPABILITY_LIMIT_EXCEEDED"
     #: The session's audio in waiting and running jobs would exceed ``limits.max_session_audio_bytes``.
@@ -37,16 +35,13 @@ class CloseCode(enum.IntEnum):
     """WebSocket close codes (RFC 6455 §7.4, and private-use 4000-4999 for this scheduler's own reasons)."""
 
     NORMAL = 1000
-    GOING_AWAY = 1001
+    #: A frame wsproto refuses as a protocol error.
+    PROTOCOL_ERROR = 1002
     #: A text frame that is not valid UTF-8.
     INVALID_PAYLOAD = 1007
-    #: The peer broke a bound the connection cannot survive.
-    POLICY_VIOLATION = 1008
     #: A frame over ``limits.max_message_bytes``.
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
-    #: ``limits.max_connections`` reached (for a connection already upgraded).
-    TRY_AGAIN_LATER = 1013
     #: No ``session_init`` / ``node_register`` (or ``utterance``) within ``limits.handshake_timeout_seconds``.
     HANDSHAKE_TIMEOUT = 4008
     #: The peer does not read what it is sent: its outbound queue reached ``limits.max_send_queue``.
