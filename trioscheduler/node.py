@@ -207,7 +207,7 @@ class NodeConnection:
         emit(log, ERROR, "message_unencodable", kind=assign.TYPE, node_id=self._node_id, job_id=assign.job_id,
              session_id=assign.session_id, utterance_index=assign.utterance_index, error=str(exc))
         await self._registry.result(self._link, m.JobResult(
-            job_id=assign.job_id, success=False, attempt_id=assign.attempt_id,
+            job_id=m.Id(assign.job_id), success=False, attempt_id=m.Count(assign.attempt_id),
             error=m.ResultError(code=m.Code(ErrorCode.INTERNAL_ERROR), message="job_assign could not be encoded")))
 
     async def _writer(self, nursery: trio.Nursery) -> None:
