@@ -220,7 +220,7 @@ class NodeRegister:
     supported_language_pairs: list[Any] | None = None
     accept_public_jobs: bool | None = None
     max_concurrent_jobs: Count | None = None
-    #: The node's feature flags; the scheduler reads only ``answers_every_job`` (docs/protocol.md §3.4).
+    #: The node's feature flags; the scheduler reads only ``answers_every_job`` (docs/protocol.md §3.1, §3.3).
     features_supported: JSONObject | None = None
 
 
