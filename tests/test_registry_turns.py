@@ -8,6 +8,7 @@ A node whose services for a pipeline are not ready still serves its language pai
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 from typing import Any
@@ -26,7 +27,10 @@ from tests.test_registry import (
     ok_result,
     spec_for,
 )
-from trioscheduler.protocol.messages import CapabilityByType, NodeRegister, NodeRegisterAck
+from trioscheduler.config import LimitsConfig
+from trioscheduler.protocol.codec import encode, node_codec
+from trioscheduler.protocol.errors import ProtocolError
+from trioscheduler.protocol.messages import CapabilityByType, MissingResult, NodeRegister, NodeRegisterAck
 from trioscheduler.registry.requests import NodeLink
 
 _conn_ids = itertools.count(10_000)
@@ -209,3 +213,26 @@ async def test_a_waiting_job_goes_to_an_unready_node_when_its_slot_frees(nursery
     await node.result(ok_result(assign))
     [next_assign] = node.assigns()
     assert next_assign.session_id == "b"
+
+
+# ============================================================================================ the wire
+
+
+def test_node_register_carries_features_supported_as_a_free_form_object() -> None:
+    codec = node_codec(LimitsConfig())
+    message = codec.decode(json.dumps({"type": "node_register", "node_id": "n-1",
+                                       "features_supported": {"answers_every_job": True, "vad": {"v": 2}}}))
+    assert isinstance(message, NodeRegister)
+    assert message.features_supported == {"answers_every_job": True, "vad": {"v": 2}}
+    with pytest.raises(ProtocolError) as refused:
+        codec.decode(json.dumps({"type": "node_register", "features_supported": ["answers_every_job"]}))
+    assert refused.value.field is not None and "features_supported" in refused.value.field
+
+
+def test_a_merged_missing_result_goes_on_the_wire_with_merged_into() -> None:
+    wire = json.loads(encode(MissingResult(session_id="s", utterance_index=3, reason="merged", created_at_ms=1,
+                                           merged_into=5)))
+    assert (wire["reason"], wire["merged_into"]) == ("merged", 5)
+    silent = json.loads(encode(MissingResult(session_id="s", utterance_index=3, reason="silence_detected",
+                                             created_at_ms=1)))
+    assert "merged_into" not in silent
