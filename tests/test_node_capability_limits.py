@@ -180,4 +180,4 @@ async def test_log_lines_per_registration_do_not_grow_with_the_claim(
     await trio.sleep(1)
     assert len([r for r in caplog.records if r.name == "trioscheduler.registry"]) <= 1
     assert scheduler.registry.counters["pools_removed"] == 2 * 496
-    assert scheduler.registry.indexes == {}
+    assert not scheduler.registry.indexes

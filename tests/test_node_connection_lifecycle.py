@@ -92,7 +92,7 @@ async def test_handler_cancelled_at_any_point_of_its_life_leaves_no_node(
     snapshot = await scheduler.stats()
     assert snapshot is not None
     assert snapshot["nodes"] == [] and snapshot["pools"] == {}
-    assert scheduler.registry.indexes == {}
+    assert not scheduler.registry.indexes
 
 
 # ------------------------------------------------------------------------------------------ slow consumer

@@ -7,7 +7,8 @@ import random
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from hypothesis import event, given, settings, strategies as st
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
@@ -18,7 +19,14 @@ from hypothesis.stateful import (
     rule,
 )
 
-from trioscheduler.policy.selection import P2C_DRAWS, MemberList, choose_node, eligible, rejection_reasons
+from trioscheduler.policy.selection import (
+    P2C_DRAWS,
+    MemberList,
+    choose_node,
+    eligible,
+    has_room,
+    rejection_reasons,
+)
 
 NODE_IDS = [f"n{i}" for i in range(8)]
 MACHINE_IDS = NODE_IDS[:5]
@@ -457,3 +465,58 @@ def test_full_scan_after_every_random_pair_failed_picks_the_least_loaded() -> No
                          services=frozenset({"asr"}), now=1.0, rand=rand)
     assert chosen == "quarter"
     assert len(draws) == 2 * P2C_DRAWS
+
+
+# ------------------------------------------------------------------------------------------ readiness as a preference
+
+
+def _members_with_room(sc: dict) -> list[str]:
+    return [
+        node_id for node_id in sc["members"]
+        if node_id in sc["nodes"] and has_room(sc["nodes"][node_id], sc["excluded"], sc["now"])
+    ]
+
+
+def _choose_lenient(sc: dict) -> str | None:
+    return choose_node(
+        members_of(sc["members"]), sc["nodes"], services=sc["services"], excluded=sc["excluded"],
+        preferred=sc["preferred"], require_ready=False, now=sc["now"], rand=random.Random(sc["seed"]).random,
+    )
+
+
+@given(sc=scenarios())
+@settings(max_examples=300, deadline=None)
+def test_a_ready_member_with_room_is_always_preferred_over_an_unready_one(sc: dict) -> None:
+    """Without require_ready: a member whose services are ready is chosen whenever one has room; an unready
+    member with room only when none does; None only when no member has room at all."""
+    chosen = _choose_lenient(sc)
+    ready = _eligible_members(sc)
+    if ready:
+        assert chosen in ready
+        assert chosen == _choose(sc)  # the same choice the strict rule makes
+    else:
+        event("fell back to an unready member" if chosen is not None else "no member has room")
+        assert (chosen is None) == (not _members_with_room(sc))
+        assert chosen is None or chosen in _members_with_room(sc)
+
+
+@given(sc=scenarios())
+@settings(max_examples=200, deadline=None)
+def test_require_ready_never_chooses_an_unready_member(sc: dict) -> None:
+    chosen = _choose(sc)
+    assert chosen is None or sc["nodes"][chosen].serves(sc["services"])
+
+
+def test_an_unready_member_takes_the_job_only_when_the_ready_one_is_full() -> None:
+    ready = Rec("ready", capacity=1)
+    unready = Rec("unready", ready=frozenset({"asr", "nmt"}))
+    nodes = {"ready": ready, "unready": unready}
+    members = members_of(["unready", "ready"])
+    needs = frozenset({"asr", "nmt", "tts"})
+    for seed in range(50):
+        assert choose_node(members, nodes, services=needs, require_ready=False, now=0.0,
+                           rand=random.Random(seed).random) == "ready"
+    ready.in_flight = 1
+    assert choose_node(members, nodes, services=needs, require_ready=False, now=0.0,
+                       rand=random.random) == "unready"
+    assert choose_node(members, nodes, services=needs, now=0.0, rand=random.random) is None

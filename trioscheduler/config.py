@@ -116,6 +116,9 @@ class SchedulerConfig:
     registry_inbox_size: int = attrs.field(default=4096, validator=_positive_int)
     #: Per-node outbox (job_assign, job_cancel); a node this far behind is treated as lost.
     node_outbox_size: int = attrs.field(default=1024, validator=_positive_int)
+    #: Dispatch only to nodes whose services for the job's pipeline are all ready. Off: ready nodes are preferred,
+    #: and a node that serves the language pair takes the job when no ready node has room.
+    require_ready_services: bool = False
 
     @property
     def advertised_heartbeat_interval(self) -> float:

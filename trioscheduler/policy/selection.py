@@ -1,5 +1,8 @@
 """Node choice for one job: session affinity first, then power-of-two-choices on in-flight/capacity.
 
+A node whose services for the job's pipeline are not all ready is chosen only when no ready member has room, and
+only if the caller does not ``require_ready`` (pool membership already means the node serves the language pair).
+
 P2C is O(1) whatever the pool size (bench/selection_bench.py); a full scan runs only when both random picks are
 ineligible, so the answer is None exactly when no member can take the job.
 """
@@ -75,6 +78,16 @@ def eligible(
     )
 
 
+def has_room(node: Candidate, excluded: Container[str], now: float) -> bool:
+    """Everything ``eligible`` asks except readiness of the job's services."""
+    return (
+        node.alive
+        and node.in_flight < node.capacity
+        and node.quarantined_until <= now
+        and node.node_id not in excluded
+    )
+
+
 def _less_loaded(a: Candidate, b: Candidate) -> Candidate:
     # a.in_flight / a.capacity <= b.in_flight / b.capacity, without division
     return a if a.in_flight * b.capacity <= b.in_flight * a.capacity else b
@@ -88,16 +101,41 @@ def choose_node(
     excluded: Container[str] = frozenset(),
     preferred: str | None = None,
     handover: str | None = None,
+    require_ready: bool = True,
     now: float,
     rand: Callable[[], float],
 ) -> str | None:
     """Pick an eligible member: the ``handover`` node if the job can take over a slot it already holds there
     (the next job of a turn), else the preferred one if it is eligible, else the less loaded of two random picks
-    (up to P2C_DRAWS pairs), else the least loaded of all (rare: the pool is nearly full)."""
+    (up to P2C_DRAWS pairs), else the least loaded of all (rare: the pool is nearly full).
+
+    Without ``require_ready``, when no member is eligible, the least loaded member with room whose services are
+    not ready is chosen: a ready member with room is always preferred over an unready one."""
     if handover is not None and handover in members:
         node = nodes.get(handover)
-        if node is not None and node.alive and handover not in excluded and node.serves(services):
+        if (node is not None and node.alive and handover not in excluded
+                and (not require_ready or node.serves(services))):
             return handover
+    chosen = _choose_ready(members, nodes, services, excluded, preferred, now, rand)
+    if chosen is not None or require_ready:
+        return chosen
+    best: Candidate | None = None
+    for node_id in members:
+        node = nodes.get(node_id)
+        if node is not None and has_room(node, excluded, now):
+            best = node if best is None else _less_loaded(node, best)
+    return None if best is None else best.node_id
+
+
+def _choose_ready(
+    members: MemberList,
+    nodes: dict[str, Candidate],
+    services: frozenset[str],
+    excluded: Container[str],
+    preferred: str | None,
+    now: float,
+    rand: Callable[[], float],
+) -> str | None:
     if preferred is not None and preferred in members:
         node = nodes.get(preferred)
         if node is not None and eligible(node, services, excluded, now):
@@ -136,6 +174,7 @@ def rejection_reasons(
     *,
     services: frozenset[str],
     excluded: Container[str] = frozenset(),
+    require_ready: bool = True,
     now: float,
     limit: int = 20,
 ) -> dict[str, str]:
@@ -151,7 +190,7 @@ def rejection_reasons(
             reasons[node_id] = "already_tried"
         elif node.quarantined_until > now:
             reasons[node_id] = "quarantined"
-        elif not node.serves(services):
+        elif require_ready and not node.serves(services):
             reasons[node_id] = "services_not_ready"
         elif node.in_flight >= node.capacity:
             reasons[node_id] = f"full({node.in_flight}/{node.capacity})"

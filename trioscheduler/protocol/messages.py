@@ -40,7 +40,7 @@ StreamAudioFormat = Literal["opus", "pcm16"]
 #: ``utterance.audio_format``: one whole utterance, forwarded to the node as sent.
 UtteranceAudioFormat = Literal["opus", "pcm16", "wav"]
 Mode = Literal["one_way", "two_way_auto"]
-MissingResultReason = Literal["silence_detected", "gap_timeout"]
+MissingResultReason = Literal["silence_detected", "gap_timeout", "merged"]
 JobCancelReason = Literal["job_timeout", "gap_timeout", "session_closed", "already_released"]
 
 
@@ -220,6 +220,8 @@ class NodeRegister:
     supported_language_pairs: list[Any] | None = None
     accept_public_jobs: bool | None = None
     max_concurrent_jobs: Count | None = None
+    #: The node's feature flags; the scheduler reads only ``answers_every_job`` (docs/protocol.md §3.1, §3.3).
+    features_supported: JSONObject | None = None
 
 
 @attrs.frozen
@@ -387,6 +389,8 @@ class MissingResult:
     created_at_ms: int
     trace_id: str | None = None
     job_id: str | None = None
+    #: With reason "merged": the utterance whose answer covered this one's audio (its node answered the turn once).
+    merged_into: int | None = None
 
 
 @attrs.frozen

@@ -31,7 +31,14 @@ from trioscheduler.policy.selection import MemberList, choose_node, rejection_re
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.errors import ErrorCode, ProtocolError
 from trioscheduler.registry import requests as rq
-from trioscheduler.registry.outcomes import error_outcome, job_assign, partial_message, success_outcome
+from trioscheduler.registry.node_index import NodeIndex
+from trioscheduler.registry.outcomes import (
+    error_outcome,
+    job_assign,
+    merged_outcome,
+    partial_message,
+    success_outcome,
+)
 from trioscheduler.registry.quarantine import failure_trips_quarantine
 from trioscheduler.registry.state import Job, JobState, NodeRecord
 from trioscheduler.registry.timers import TimerHeap
@@ -64,7 +71,8 @@ class Registry:
         self._new_node_id = node_id_factory
         self.nodes: dict[str, NodeRecord] = {}
         self._node_by_conn: dict[int, str] = {}
-        self.indexes: dict[str, MemberList] = {}
+        #: Live nodes per index key (pools and directions).
+        self.indexes = NodeIndex()
         self.jobs_by_key: dict[tuple[str, int, str], Job] = {}
         self.jobs_by_id: dict[str, Job] = {}
         self.session_jobs: dict[str, set[Job]] = {}
@@ -240,7 +248,7 @@ class Registry:
         self.waiting.add(job)
         self._arm(job, now + self._sched.pending_timeout_seconds)
         self.counters["jobs_waited"] += 1
-        self._stage(job, "waiting", now, level=INFO, candidates=len(self.indexes.get(job.spec.selection_key, ())))
+        self._stage(job, "waiting", now, level=INFO, candidates=self.indexes.size(job.spec.selection_key))
 
     def _select(self, job: Job, now: float) -> NodeRecord | None:
         members = self.indexes.get(job.spec.selection_key)
@@ -255,6 +263,7 @@ class Registry:
             excluded=job.tried,
             preferred=self.affinity.get(job.spec.session_id),
             handover=holder.node_id if holder is not None and holder.holds_slot else None,
+            require_ready=self._sched.require_ready_services,
             now=now,
             rand=self._rand,
         )
@@ -295,8 +304,20 @@ class Registry:
         self._arm(job, now + self._sched.job_timeout_seconds)
         if spec.turn_id is not None:
             self._extend_turn(job, now)
+        ready = node.capability.ready_services
+        if ready is not None and not job.services <= ready:
+            self._dispatched_unready(job, node, ready)
         if not self._send_to_node(node, Dispatch(assign, spec.finalized_at)):
             self._lose_node(node, "outbox_unavailable", now)
+
+    def _dispatched_unready(self, job: Job, node: NodeRecord, ready: frozenset[str]) -> None:
+        """No node with the job's services ready had room: the node serves the language pair (the original's
+        rule) and answers what it can. Only reached when require_ready_services is off."""
+        self.counters["dispatches_unready"] += 1
+        spec = job.spec
+        emit(log, INFO, "job_dispatched_unready", session_id=spec.session_id, utterance_index=spec.utterance_index,
+             job_id=job.job_id, node_id=node.node_id, trace_id=spec.trace_id,
+             missing_services=",".join(sorted(job.services - ready)))
 
     def _extend_turn(self, job: Job, now: float) -> None:
         """The original's nodes buffer the audio of a MaxDuration chain and answer its jobs together when the turn
@@ -338,7 +359,7 @@ class Registry:
         its free slots to the longest-waiting jobs it may take, over the keys it serves only."""
         waiting = self.waiting
         while waiting and node.alive and node.in_flight < node.capacity and node.quarantined_until <= now:
-            job = waiting.first_fit(node)
+            job = waiting.first_fit(node, require_ready=self._sched.require_ready_services)
             if job is None:
                 return
             self._dispatch(job, node, now)
@@ -363,9 +384,10 @@ class Registry:
         self._retry(job, now)
 
     def _pending_expired(self, job: Job, now: float) -> None:
-        members = self.indexes.get(job.spec.selection_key, MemberList())
+        members = self.indexes.get(job.spec.selection_key) or MemberList()
         reasons = rejection_reasons(members, self.nodes, services=job.services,  # type: ignore[arg-type]
-                                    excluded=job.tried, now=now)
+                                    excluded=job.tried, require_ready=self._sched.require_ready_services,
+                                    now=now)
         waited = self._sched.pending_timeout_seconds
         self._stage(job, "deadline_missed", now, level=WARNING,
                     why=f"no node could take the job within pending_timeout_seconds ({waited:g} s)",
@@ -428,7 +450,9 @@ class Registry:
             return
         node.alive = False
         self.counters[f"nodes_lost_{reason}"] += 1
-        self._unindex(node, node.index_keys)
+        removed = self.indexes.unindex(node, node.index_keys)
+        if removed:
+            self.counters["pools_removed"] += removed
         if self.nodes.get(node.node_id) is node:
             del self.nodes[node.node_id]
         self._node_by_conn.pop(node.link.conn_id, None)
@@ -523,13 +547,16 @@ class Registry:
             self._lose_node(existing, "replaced_by_reconnect", now)
             existing = None
         capacity = message.max_concurrent_jobs or self._sched.max_concurrent_jobs_per_node
+        answers_every_job = (message.features_supported or {}).get("answers_every_job") is True
         if existing is not None:  # the same socket registered again: refresh what it said
             existing.capacity = capacity
+            existing.answers_every_job = answers_every_job
             created, removed = self._reindex(existing, capability, now)
         else:
             node = NodeRecord(
                 node_id=node_id, link=link, capacity=capacity, capability=capability,
                 index_keys=frozenset(), registered_at=now, last_heartbeat=now,
+                answers_every_job=answers_every_job,
             )
             self.nodes[node_id] = node
             self._node_by_conn[link.conn_id] = node_id
@@ -572,39 +599,13 @@ class Registry:
         self._offer_slots(node, now)
 
     def _reindex(self, node: NodeRecord, capability: NodeCapability, now: float) -> tuple[int, int]:
-        """Move the node to ``capability``'s index keys: work in the keys that differ, no log line per key.
-        Returns (pools created, pools removed)."""
-        keys = capability.index_keys()
-        node.capability = capability
-        removed = self._unindex(node, node.index_keys - keys)
-        created = 0
-        for key in keys - node.index_keys:
-            members = self.indexes.get(key)
-            if members is None:
-                members = self.indexes[key] = MemberList()
-                if ">" not in key:
-                    created += 1
-            members.add(node.node_id)
-        node.index_keys = keys
+        """Move the node to ``capability``'s index keys and count the pools made. Returns (created, removed)."""
+        created, removed = self.indexes.reindex(node, capability)
         if created:
             self.counters["pools_created"] += created
-        return created, removed
-
-    def _unindex(self, node: NodeRecord, keys: frozenset[str]) -> int:
-        """Take the node out of ``keys``; an index left empty is dropped. Returns the number of pools dropped."""
-        removed = 0
-        for key in keys:
-            members = self.indexes.get(key)
-            if members is None:
-                continue
-            members.discard(node.node_id)
-            if not len(members):
-                del self.indexes[key]
-                if ">" not in key:
-                    removed += 1
         if removed:
             self.counters["pools_removed"] += removed
-        return removed
+        return created, removed
 
     def _on_node_gone(self, request: rq.NodeGone, now: float) -> None:
         node_id = self._node_by_conn.get(request.link.conn_id)
@@ -659,15 +660,34 @@ class Registry:
             if node is not None:
                 node.jobs_failed += 1
                 self._record_failure(node, now)
+            if node is not None and spec.turn_id is not None and not node.answers_every_job:
+                self._close_merged(job, now)
             self._stage(job, "result", now, success=False, code=error.code)
             self._fail(job, error.code, error.message, now, details=error.details)
             return
         if node is not None:
             node.jobs_done += 1
+            if spec.turn_id is not None and not node.answers_every_job:
+                self._close_merged(job, now)
         self._stage(job, "result", now, success=True)
         outcome = success_outcome(job, message, now)
         self.counters["outcome_result" if outcome.TYPE == m.TranslationResult.TYPE else "outcome_missing_silence"] += 1
         self._finish(job, outcome, now)
+
+    def _close_merged(self, answered: Job, now: float) -> None:
+        """The node answered a job of a turn: the turn's earlier jobs it holds without an answer were merged into
+        that answer (the original's node buffers a turn's audio and answers the turn once). Each gets its one
+        outcome now, frees its slot and is never dispatched again."""
+        turn = self.turns.get(answered.spec.turn_id or "")
+        if turn is None or len(turn) < 2:
+            return
+        index = answered.spec.utterance_index
+        merged = sorted((job for job in turn if job is not answered and job.state is JobState.DISPATCHED
+                         and job.node_id == answered.node_id and job.spec.utterance_index < index),
+                        key=lambda job: job.spec.utterance_index)
+        for job in merged:
+            self.counters["outcome_missing_merged"] += 1
+            self._finish(job, merged_outcome(job, index), now)
 
     def _on_partial(self, request: rq.Partial, now: float) -> None:
         message = request.message
@@ -710,7 +730,7 @@ class Registry:
             }
             for node in self.nodes.values()
         ]
-        pools = {key: sorted(members) for key, members in self.indexes.items() if ">" not in key}
+        pools = self.indexes.pools()
         dispatched = sum(1 for job in self.jobs_by_key.values() if job.state is JobState.DISPATCHED)
         snapshot = {
             "nodes": nodes,

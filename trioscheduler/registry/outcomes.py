@@ -60,6 +60,15 @@ def success_outcome(job: Job, message: m.JobResult, now: float) -> m.Translation
     )
 
 
+def merged_outcome(job: Job, merged_into: int) -> m.MissingResult:
+    """The outcome of a job whose node answered a later job of the same turn instead: its audio is in that answer."""
+    spec = job.spec
+    return m.MissingResult(
+        session_id=spec.session_id, utterance_index=spec.utterance_index, reason="merged",
+        created_at_ms=wall_ms(), trace_id=spec.trace_id, job_id=job.job_id, merged_into=merged_into,
+    )
+
+
 def error_outcome(job: Job, code: str, message: str, details: Any = None) -> m.ErrorMessage:
     spec = job.spec
     return m.ErrorMessage(

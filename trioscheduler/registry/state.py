@@ -38,6 +38,9 @@ class NodeRecord:
     load: m.ResourceUsage | None = None
     jobs_done: int = 0
     jobs_failed: int = 0
+    #: The node said it answers every job (features_supported.answers_every_job): its unanswered jobs of a turn are
+    #: never closed as merged.
+    answers_every_job: bool = False
 
     def serves(self, services: frozenset[str]) -> bool:
         return self.capability.serves(services)

@@ -62,10 +62,10 @@ class WaitingJobs:
     def per_key(self) -> dict[str, int]:
         return {key: len(queue) for key, queue in self._queues.items()}
 
-    def first_fit(self, node: NodeRecord) -> Job | None:
+    def first_fit(self, node: NodeRecord, *, require_ready: bool = True) -> Job | None:
         """The longest-waiting job, over the keys ``node`` is indexed under, that ``node`` may take if it has a
-        free slot. Waiters the node may not take (it already had them, or lacks a service they need) are passed
-        over; the scan of a queue stops at its first job the node may take."""
+        free slot. Waiters the node may not take (it already had them, or, with ``require_ready``, a service they
+        need is not ready on it) are passed over; the scan of a queue stops at its first job the node may take."""
         queues = self._queues
         keys = node.index_keys
         if len(keys) > len(queues):
@@ -80,7 +80,7 @@ class WaitingJobs:
             for job, seq in queue.items():
                 if best is not None and seq > best_seq:
                     break  # everything further back waited less than the best found so far
-                if node_id not in job.tried and node.serves(job.services):
+                if node_id not in job.tried and (not require_ready or node.serves(job.services)):
                     best, best_seq = job, seq
                     break
         return best
