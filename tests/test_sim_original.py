@@ -12,7 +12,12 @@ node whose TTS is stopped still gets jobs. Every wait has a deadline, so a bug f
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -21,9 +26,11 @@ import trio
 from tests.wire import WAIT, b64, memory_session, pcm, session, start_daemon
 from trioscheduler.app import Scheduler
 from trioscheduler.config import Config
+from trioscheduler.demo import demo_nodes
 from trioscheduler.sim import SimNode, SimNodeBehaviour, expected_turn_texts
 from trioscheduler.transport import memory_transport_pair
 
+ROOT = Path(__file__).resolve().parent.parent
 OUTCOMES = ("translation_result", "missing_result", "error")
 #: Messages a session may get besides outcomes while these tests wait for one.
 NOT_OUTCOMES = ("server_heartbeat", "asr_partial", "ui_event", "backpressure")
@@ -222,3 +229,49 @@ async def test_a_node_with_a_stopped_tts_still_gets_jobs(
     answer = await outcome(client, timeout=120)
     assert (answer["type"], answer["utterance_index"]) == ("translation_result", 0), answer
     assert answer["text_translated"] and node.stats.jobs_received == 1
+
+
+# ------------------------------------------------------------------------------------ example and demo
+
+
+def _sim_node_example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("sim_node_example", ROOT / "examples" / "sim_node.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sim_node_example_selects_the_original_behaviour() -> None:
+    example = _sim_node_example()
+    (ours,) = example.build_nodes(example.parse_args([]))
+    assert ours.behaviour.mode == "every_job"
+    nodes = example.build_nodes(example.parse_args(
+        ["--mode", "original", "--count", "2", "--cpu-services", "tts", "--stopped-services", "semantic",
+         "--no-text-assigned", "--answer-after-ms", "5000"]))
+    for node in nodes:
+        b = node.behaviour
+        assert (b.mode, b.cpu_services, b.stopped_services) == ("original", ("tts",), ("semantic",))
+        assert b.no_text_assigned and b.answer_after_ms == 5000
+    with pytest.raises(SystemExit):
+        example.parse_args(["--cpu-services", "gpu"])
+    with pytest.raises(SystemExit):
+        example.parse_args(["--mode", "fast"])
+
+
+def test_demo_nodes_follow_the_node_mode() -> None:
+    assert {n.behaviour.mode for n in demo_nodes()} == {"every_job"}
+    assert not any(n.behaviour.cpu_services for n in demo_nodes())
+    originals = demo_nodes("original")
+    assert {n.behaviour.mode for n in originals} == {"original"}
+    assert [n.behaviour.cpu_services for n in originals] == [(), (), ("tts",)]
+    with pytest.raises(ValueError):
+        demo_nodes("fast")
+
+
+def test_demo_runs_with_original_nodes() -> None:
+    done = subprocess.run([sys.executable, "-m", "trioscheduler", "demo", "--node-mode", "original"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "original's node agent" in done.stdout and "tts on CPU (reported not ready)" in done.stdout
+    assert "0 errors" in done.stdout and "held unanswered" in done.stdout
