@@ -56,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-text-assigned", action="store_true",
                         help="--mode original: close the jobs held in an answered turn with NO_TEXT_ASSIGNED")
     parser.add_argument("--cpu-services", default="",
-                        help=f"comma-separated service types on the CPU, reported not ready ({','.join(SERVICE_TYPES)})")
+                        help=f"comma-separated service types on the CPU, reported not ready "
+                             f"({','.join(SERVICE_TYPES)})")
     parser.add_argument("--stopped-services", default="",
                         help="comma-separated service types stopped, reported not ready (a stopped tts: text only)")
     parser.add_argument("--count", type=int, default=1, help="number of nodes to run (default: %(default)s)")

@@ -2,9 +2,10 @@
 
 They let the demo, the examples and the tests drive the scheduler end to end without GPUs or browsers: the node
 answers jobs with deterministic text (:func:`expected_texts`) and seeded misbehaviour, or (``mode="original"``)
-like the original system's node agent, which leaves some jobs unanswered by design (:mod:`trioscheduler.sim.original`);
-the client streams a WAV in 200 ms chunks and measures per-utterance latency. Both run over any :class:`MessageConnection`: a trio-websocket
-connection, or an end of ``trioscheduler.transport.memory_transport_pair()`` for socket-free tests.
+like the original system's node agent, which leaves some jobs unanswered by design
+(:mod:`trioscheduler.sim.original`); the client streams a WAV in 200 ms chunks and measures per-utterance latency.
+Both run over any :class:`MessageConnection`: a trio-websocket connection, or an end of
+``trioscheduler.transport.memory_transport_pair()`` for socket-free tests.
 """
 
 from trioscheduler.sim.client import (
