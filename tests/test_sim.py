@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 import trio_websocket
 from trio_websocket import ConnectionClosed
 
@@ -31,6 +33,7 @@ from trioscheduler.sim import (
     iter_chunks,
     read_wav,
 )
+from trioscheduler.sim.original import LastTextFilter, TurnBuffer
 from trioscheduler.transport import MemoryTransport, TransportClosed, memory_transport_pair
 
 DEADLINE = 60  # virtual seconds under autojump_clock; a hang fails instead of blocking
@@ -729,3 +732,41 @@ async def test_original_node_forgets_a_cancelled_held_job(autojump_clock: trio.t
             assert result["text_asr"] == expected_turn_texts("zh", "en", b"\x01\x00" * 800 + b"\x02\x00" * 800)[0]
             assert node.stats.jobs_cancelled == 1 and node.stats.no_text_assigned_sent == 0
             nursery.cancel_scope.cancel()
+
+
+@given(st.lists(st.tuples(st.sampled_from(["t1", "t2", None]), st.sampled_from(["en", "de"]),
+                          st.integers(min_value=0, max_value=4000), st.booleans()), max_size=40))
+def test_turn_buffer_answers_each_job_once_with_its_turns_audio_in_order(
+        jobs: list[tuple[str | None, str, int, bool]]) -> None:
+    """Every job is either held, or ends a turn; a turn's answer holds exactly the audio of its jobs, in order, and
+    names the jobs held before its end; no job is held in two turns or both held and answered."""
+    turns = TurnBuffer(answer_after_ms=5000)
+    expected: dict[str, list[tuple[str, bytes]]] = {}
+    held_ever: list[str] = []
+    for i, (turn_id, tgt, n_bytes, flagged) in enumerate(jobs):
+        message = {"job_id": f"job-{i}", "utterance_index": i, "turn_id": turn_id, "tgt_lang": tgt,
+                   "is_manual_cut": flagged or None}
+        audio = bytes([i % 256]) * n_bytes
+        key = f"{turn_id}|{tgt}" if turn_id else f"job-{i}"
+        expected.setdefault(key, []).append((f"job-{i}", audio))
+        answer = turns.offer(message, audio, n_bytes / 32)
+        if answer is None:
+            held_ever.append(f"job-{i}")
+            assert not flagged
+            continue
+        pieces = expected.pop(key)
+        assert answer.audio == b"".join(a for _, a in pieces)
+        assert [h.job_id for h in answer.held] == [j for j, _ in pieces[:-1]]
+        assert flagged or sum(len(a) for _, a in pieces) / 32 >= 5000
+    still_held = [h.job_id for h in turns.held_jobs()]
+    assert sorted(still_held) == sorted(j for pieces in expected.values() for j, _ in pieces)
+    assert len(set(held_ever)) == len(held_ever)
+
+
+def test_last_text_filter_normalises_whitespace_and_ignores_empty_text() -> None:
+    texts = LastTextFilter()
+    assert not texts.is_repeat("s", "a b")
+    texts.sent("s", " a  b ")
+    assert texts.is_repeat("s", "a b") and not texts.is_repeat("t", "a b")
+    texts.sent("s", "  ")
+    assert texts.is_repeat("s", "a\tb") and not texts.is_repeat("s", "")

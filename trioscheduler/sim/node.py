@@ -756,7 +756,8 @@ class SimNode:
     async def _send_no_text_assigned(
         self, conn: MessageConnection, job: dict[str, Any], held: tuple[HeldJob, ...]
     ) -> None:
-        """One empty result per job held before the turn's end, as the original sends after the turn's answer."""
+        """One empty result per job held before the turn's end, sent after the turn's answer with that answer's
+        ``attempt_id`` and ``trace_id``, as the original does."""
         for earlier in held:
             message = self._result_base(job, True)
             message.update(

@@ -77,8 +77,9 @@ class _Turn:
 
 @attrs.define
 class TurnBuffer:
-    """Turn buffers keyed by :func:`buffer_key`. Bounded: at most ``max_turns`` open turns; opening one more drops
-    the oldest (its held jobs stay unanswered, as they would in a node that cleans up idle buffers)."""
+    """Turn buffers keyed by :func:`buffer_key`. Bounded: a turn holds less than ``answer_after_ms`` of audio
+    before its newest job, and at most ``max_turns`` turns are open; opening one more drops the least recently
+    used (its held jobs stay unanswered, as they would in a node that cleans up idle buffers)."""
 
     answer_after_ms: float = DEFAULT_ANSWER_AFTER_MS
     max_turns: int = 1024
