@@ -3,14 +3,15 @@
 It exists so the scheduler can be exercised end to end without GPUs: it registers, heartbeats, and answers every
 ``job_assign`` with a deterministic ``job_result`` whose text is derived from the job itself (languages, index,
 audio length and a hash of the audio), so a test can predict exactly what a client should receive. Such a node
-says so in ``node_register``: ``features_supported: {"answers_every_job": true}``.
+says so in ``node_register``: ``features_supported: {"answers_every_job": true}``.  Misbehaviour
+(failures, stalls, duplicates, empty results, crashes) is drawn from a seeded ``random.Random`` so scenario tests
+are reproducible.
 
 In ``mode="original"`` it behaves instead like the original system's node agent (:mod:`trioscheduler.sim.original`):
 it holds the jobs of a turn until one carries a cut flag, answers the turn once on that job
-(:func:`expected_turn_texts`), drops a result that repeats the session's last text, reports a service ready only
-when it runs on a GPU, and does not claim ``answers_every_job``.  Misbehaviour
-(failures, stalls, duplicates, empty results, crashes) is drawn from a seeded ``random.Random`` so scenario tests
-are reproducible.
+(:func:`expected_turn_texts`), drops a result that repeats the session's last text, and does not claim
+``answers_every_job``. In both modes a service reports ready only when it runs on a GPU (``cpu_services``,
+``stopped_services``).
 
 The messages are built as plain dicts on purpose: the simulator plays a *foreign* node and must not share the
 daemon's codec, otherwise a codec bug would be invisible on both sides.
