@@ -3,9 +3,16 @@
     python examples/sim_node.py                                   # one node, zh+en, answers at once
     python examples/sim_node.py --count 4 --delay-ms 300          # four nodes, 300 ms per job
     python examples/sim_node.py --failure-rate 0.2 --seed 7       # one job in five fails, reproducibly
+    python examples/sim_node.py --mode original --cpu-services tts # like the original's node agent
 
 Each node reconnects with backoff (0.5 s doubling to 10 s) when the scheduler goes away, keeps its node_id
 across reconnects, and logs one line per job. Ctrl-C stops them.
+
+``--mode every_job`` (default) answers every job and says so in node_register (``answers_every_job``).
+``--mode original`` behaves like the original system's node agent: a job with no cut flag (``is_manual_cut``,
+``is_timeout_triggered``) under ``--answer-after-ms`` of turn audio is held and never answered, the turn is answered
+once on the job that ends it, a text repeating the session's last one is not sent, and a service on the CPU or
+stopped is reported not ready.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trioscheduler.sim.node import DEFAULT_NODE_URL, SimNode, SimNodeBehaviour
+from trioscheduler.sim.node import DEFAULT_NODE_URL, MODES, SERVICE_TYPES, SimNode, SimNodeBehaviour
+from trioscheduler.sim.original import DEFAULT_ANSWER_AFTER_MS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,12 +48,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--crash-after", type=int, help="drop the connection after this many jobs (once)")
     parser.add_argument("--partials", action="store_true", help="send one asr_partial before each result")
     parser.add_argument("--heartbeat-s", type=float, help="override heartbeat_interval_seconds from the ack")
+    parser.add_argument("--mode", choices=MODES, default="every_job",
+                        help="every_job: answer each job; original: behave like the original's node agent "
+                             "(default: %(default)s)")
+    parser.add_argument("--answer-after-ms", type=float, default=DEFAULT_ANSWER_AFTER_MS,
+                        help="--mode original: answer a turn without a cut flag once it holds this much audio "
+                             "(default: %(default)s)")
+    parser.add_argument("--no-text-assigned", action="store_true",
+                        help="--mode original: close the jobs held in an answered turn with NO_TEXT_ASSIGNED")
+    parser.add_argument("--cpu-services", default="",
+                        help=f"comma-separated service types on the CPU, reported not ready "
+                             f"({','.join(SERVICE_TYPES)})")
+    parser.add_argument("--stopped-services", default="",
+                        help="comma-separated service types stopped, reported not ready (a stopped tts: text only)")
     parser.add_argument("--count", type=int, default=1, help="number of nodes to run (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="RNG seed; node i uses seed+i (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be at least 1")
+    for flag in ("cpu_services", "stopped_services"):
+        unknown = {v.strip() for v in getattr(args, flag).split(",") if v.strip()} - set(SERVICE_TYPES)
+        if unknown:
+            parser.error(f"--{flag.replace('_', '-')}: unknown service types {sorted(unknown)}")
     return args
 
 
@@ -64,6 +89,11 @@ def build_nodes(args: argparse.Namespace) -> list[SimNode]:
             seed=args.seed + i,
             send_partials=args.partials,
             heartbeat_interval_override=args.heartbeat_s,
+            mode=args.mode,
+            answer_after_ms=args.answer_after_ms,
+            no_text_assigned=args.no_text_assigned,
+            cpu_services=args.cpu_services,
+            stopped_services=args.stopped_services,
         )
         node_id = args.node_id
         if node_id is not None and args.count > 1:

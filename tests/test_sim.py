@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import trio
 import trio_websocket
+from hypothesis import given
+from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed
 
 from trioscheduler.sim import (
@@ -27,9 +29,11 @@ from trioscheduler.sim import (
     chunk_rms,
     default_wav_path,
     expected_texts,
+    expected_turn_texts,
     iter_chunks,
     read_wav,
 )
+from trioscheduler.sim.original import LastTextFilter, TurnBuffer
 from trioscheduler.transport import MemoryTransport, TransportClosed, memory_transport_pair
 
 DEADLINE = 60  # virtual seconds under autojump_clock; a hang fails instead of blocking
@@ -582,3 +586,187 @@ async def test_client_survives_the_scheduler_hanging_up(autojump_clock: trio.tes
             nursery.start_soon(scheduler)
             report = await SimClient().run_session(client_conn, read_wav(default_wav_path()))
     assert report.closed_by_peer and not report.close_acked and report.results == ()
+
+
+# ---------------------------------------------------------------------------------------------- original mode
+
+
+def original(**overrides: Any) -> SimNodeBehaviour:
+    return SimNodeBehaviour(mode="original", **overrides)
+
+
+async def test_node_claims_answers_every_job_only_in_its_own_mode(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            _, _, ours = await start_node(nursery)
+            _, _, theirs = await start_node(nursery, original())
+            assert ours["features_supported"] == {"answers_every_job": True}
+            assert "answers_every_job" not in theirs["features_supported"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_node_reports_ready_only_what_runs_on_a_gpu(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            behaviour = original(cpu_services="tts", stopped_services=("semantic",))
+            _, peer, register = await start_node(nursery, behaviour)
+            ready = {c["type"]: c["ready"] for c in register["capability_by_type"]}
+            assert ready == {"asr": True, "nmt": True, "tts": False, "semantic": False}
+            devices = {s["type"]: (s["device"], s["status"]) for s in register["installed_services"]}
+            assert devices["tts"] == ("cpu", "running") and devices["semantic"] == ("gpu", "stopped")
+            beat = await peer.recv()
+            assert beat["capability_by_type"] == register["capability_by_type"]
+            nursery.cancel_scope.cancel()
+
+
+def test_behaviour_refuses_an_unknown_mode_or_service() -> None:
+    with pytest.raises(ValueError):
+        SimNodeBehaviour(mode="fast")
+    with pytest.raises(ValueError):
+        SimNodeBehaviour(cpu_services=("gpu",))
+
+
+async def test_original_node_holds_unflagged_jobs_and_answers_the_turn_on_its_end(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            node, peer, _ = await start_node(nursery, original())
+            first, second = b"\x01\x00" * 8000, b"\x02\x00" * 8000  # 0.5 s each
+            await peer.send(**job("job-1", 0, first, turn_id="turn-A"))
+            await peer.send(**job("job-2", 1, second, turn_id="turn-A", is_manual_cut=True))
+            result = await peer.recv_type("job_result")
+            assert (result["job_id"], result["utterance_index"]) == ("job-2", 1)
+            assert (result["text_asr"], result["text_translated"]) == expected_turn_texts(
+                "zh", "en", first + second)
+            assert node.stats.jobs_held == 1 and node.stats.jobs_answered == 1
+            assert node.held_jobs == []  # the turn is closed; job-1 is never answered
+            await peer.send(**job("job-3", 2, first))  # no turn, no flag: a turn of its own, held
+            while node.stats.jobs_received < 3:  # noqa: ASYNC110 - a counter, the node has no event
+                await trio.sleep(0.01)
+            assert [h.job_id for h in node.held_jobs] == ["job-3"]
+            assert node.stats.results_sent == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_original_node_answers_a_long_turn_without_a_flag(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            node, peer, _ = await start_node(nursery, original(answer_after_ms=1000))
+            await peer.send(**job("job-1", 0, b"\x01\x00" * 8000, turn_id="t"))  # 0.5 s: held
+            await peer.send(**job("job-2", 1, b"\x02\x00" * 8000, turn_id="t"))  # 1.0 s in the turn: answered
+            result = await peer.recv_type("job_result")
+            assert result["job_id"] == "job-2"
+            assert node.stats.jobs_held == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_original_node_keys_turns_by_target_language(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            node, peer, _ = await start_node(nursery, original())
+            await peer.send(**job("job-1", 0, b"\x01\x00" * 800, turn_id="t", tgt_lang="de"))
+            await peer.send(**job("job-2", 1, b"\x02\x00" * 800, turn_id="t", is_timeout_triggered=True))
+            result = await peer.recv_type("job_result")
+            assert result["text_asr"] == expected_turn_texts("zh", "en", b"\x02\x00" * 800)[0]
+            assert [h.job_id for h in node.held_jobs] == ["job-1"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_original_node_sends_no_text_assigned_for_held_jobs(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            node, peer, _ = await start_node(nursery, original(no_text_assigned=True))
+            for i in range(2):
+                await peer.send(**job(f"job-{i}", i, bytes([i + 1, 0]) * 800, turn_id="t"))
+            await peer.send(**job("job-2", 2, b"\x03\x00" * 800, turn_id="t", is_manual_cut=True))
+            answer = await peer.recv_type("job_result")
+            assert answer["job_id"] == "job-2" and answer["text_asr"]
+            empties = [await peer.recv_type("job_result") for _ in range(2)]
+            assert [(e["job_id"], e["utterance_index"]) for e in empties] == [("job-0", 0), ("job-1", 1)]
+            for empty in empties:
+                assert empty["success"] is True
+                assert empty["text_asr"] == empty["text_translated"] == ""
+                assert empty["extra"] == {"reason": "NO_TEXT_ASSIGNED"}
+            assert node.stats.no_text_assigned_sent == 2 and node.stats.results_sent == 3
+            nursery.cancel_scope.cancel()
+
+
+async def test_original_node_drops_a_result_that_repeats_the_last_text(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            node, peer, _ = await start_node(nursery, original())
+            same = b"\x05\x00" * 800
+            await peer.send(**job("job-1", 0, same, is_manual_cut=True))
+            assert (await peer.recv_type("job_result"))["job_id"] == "job-1"
+            await peer.send(**job("job-2", 1, same, is_manual_cut=True))  # same audio, same text: dropped
+            await peer.send(**job("job-3", 2, same, session_id="s-0000OTHER", is_manual_cut=True))  # other session
+            assert (await peer.recv_type("job_result"))["job_id"] == "job-3"
+            await peer.send(**job("job-4", 3, b"\x06\x00" * 800, is_manual_cut=True))
+            assert (await peer.recv_type("job_result"))["job_id"] == "job-4"
+            assert node.stats.results_suppressed == 1 and node.stats.results_sent == 3
+            nursery.cancel_scope.cancel()
+
+
+async def test_original_node_with_a_stopped_tts_answers_text_only(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            _, peer, _ = await start_node(nursery, original(stopped_services="tts"))
+            await peer.send(**job("job-1", 0, is_manual_cut=True))
+            result = await peer.recv_type("job_result")
+            assert result["success"] is True and result["text_translated"] and result["tts_audio"] == ""
+            nursery.cancel_scope.cancel()
+
+
+async def test_original_node_forgets_a_cancelled_held_job(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            node, peer, _ = await start_node(nursery, original(no_text_assigned=True))
+            await peer.send(**job("job-1", 0, b"\x01\x00" * 800, turn_id="t"))
+            await peer.send(type="job_cancel", job_id="job-1", reason="job_timeout")
+            await peer.send(**job("job-2", 1, b"\x02\x00" * 800, turn_id="t", is_manual_cut=True))
+            result = await peer.recv_type("job_result")
+            assert result["job_id"] == "job-2"  # the cancelled job's audio still belongs to the turn
+            assert result["text_asr"] == expected_turn_texts("zh", "en", b"\x01\x00" * 800 + b"\x02\x00" * 800)[0]
+            assert node.stats.jobs_cancelled == 1 and node.stats.no_text_assigned_sent == 0
+            nursery.cancel_scope.cancel()
+
+
+@given(st.lists(st.tuples(st.sampled_from(["t1", "t2", None]), st.sampled_from(["en", "de"]),
+                          st.integers(min_value=0, max_value=4000), st.booleans()), max_size=40))
+def test_turn_buffer_answers_each_job_once_with_its_turns_audio_in_order(
+        jobs: list[tuple[str | None, str, int, bool]]) -> None:
+    """Every job is either held, or ends a turn; a turn's answer holds exactly the audio of its jobs, in order, and
+    names the jobs held before its end; no job is held in two turns or both held and answered."""
+    turns = TurnBuffer(answer_after_ms=5000)
+    expected: dict[str, list[tuple[str, bytes]]] = {}
+    held_ever: list[str] = []
+    for i, (turn_id, tgt, n_bytes, flagged) in enumerate(jobs):
+        message = {"job_id": f"job-{i}", "utterance_index": i, "turn_id": turn_id, "tgt_lang": tgt,
+                   "is_manual_cut": flagged or None}
+        audio = bytes([i % 256]) * n_bytes
+        key = f"{turn_id}|{tgt}" if turn_id else f"job-{i}"
+        expected.setdefault(key, []).append((f"job-{i}", audio))
+        answer = turns.offer(message, audio, n_bytes / 32)
+        if answer is None:
+            held_ever.append(f"job-{i}")
+            assert not flagged
+            continue
+        pieces = expected.pop(key)
+        assert answer.audio == b"".join(a for _, a in pieces)
+        assert [h.job_id for h in answer.held] == [j for j, _ in pieces[:-1]]
+        assert flagged or sum(len(a) for _, a in pieces) / 32 >= 5000
+    still_held = [h.job_id for h in turns.held_jobs()]
+    assert sorted(still_held) == sorted(j for pieces in expected.values() for j, _ in pieces)
+    assert len(set(held_ever)) == len(held_ever)
+
+
+def test_last_text_filter_normalises_whitespace_and_ignores_empty_text() -> None:
+    texts = LastTextFilter()
+    assert not texts.is_repeat("s", "a b")
+    texts.sent("s", " a  b ")
+    assert texts.is_repeat("s", "a b") and not texts.is_repeat("t", "a b")
+    texts.sent("s", "  ")
+    assert texts.is_repeat("s", "a\tb") and not texts.is_repeat("s", "")

@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--http-port", type=int, help="HTTP port (server.http_port, default 5011)")
     parser.add_argument("--config", metavar="PATH", help="TOML configuration file")
     parser.add_argument("--log-level", help="debug, info, warning, error (logging.level, default info)")
+    parser.add_argument("--node-mode", choices=("every_job", "original"), default="every_job",
+                        help="demo only: simulated nodes that answer every job, or like the original's node agent")
     return parser
 
 
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from trioscheduler.demo import run_demo
 
-        return trio.run(run_demo, config)
+        return trio.run(run_demo, config, args.node_mode)
     trio.run(run_until_signal, config)
     return 0
 

@@ -3,6 +3,10 @@
 The scheduler on free ports, three simulated nodes with different speeds, and two clients streaming the shipped
 speech clip (espeak-ng, see trioscheduler/sim/data/README.md) in real time, one zh→en and one en→zh. Each
 outcome is printed with its latency from the end of the utterance.
+
+With ``--node-mode original`` the nodes behave like the original system's node agent (``trioscheduler.sim``
+``mode="original"``): they answer a turn only on a job with a cut flag, drop a repeated text, and the third one
+runs its TTS on the CPU, so it reports TTS not ready.
 """
 
 from __future__ import annotations
@@ -14,9 +18,34 @@ import trio
 from trioscheduler.config import Config, config_with
 from trioscheduler.server import serve
 from trioscheduler.sim import SimClient, SimNode, SimNodeBehaviour, UtteranceResult, default_wav_path, read_wav
+from trioscheduler.sim.node import MODES
 
 NODE_DELAYS_S = (0.04, 0.08, 0.12)
 CLIENTS = (("zh", "en"), ("en", "zh"))
+#: ``--node-mode original``: the services the i-th node runs on the CPU (reported not ready).
+ORIGINAL_CPU_SERVICES: tuple[tuple[str, ...], ...] = ((), (), ("tts",))
+
+
+def demo_nodes(node_mode: str = "every_job") -> list[SimNode]:
+    """The demo's three nodes, fast to slow; ``node_mode`` is one of ``trioscheduler.sim.node.MODES``."""
+    if node_mode not in MODES:
+        raise ValueError(f"node mode must be one of {MODES}, got {node_mode!r}")
+    nodes = []
+    for i, delay in enumerate(NODE_DELAYS_S):
+        cpu = ORIGINAL_CPU_SERVICES[i] if node_mode == "original" else ()
+        behaviour = SimNodeBehaviour(delay_s=delay, seed=i, mode=node_mode, cpu_services=cpu)
+        nodes.append(SimNode(behaviour, node_id=f"node-DEMO000{i + 1}"))
+    return nodes
+
+
+def _describe_node(node: SimNode) -> str:
+    b = node.behaviour
+    text = f"zh+en, capacity {b.max_concurrent_jobs}, answers after {b.delay_s * 1000:.0f} ms"
+    if b.mode == "original":
+        text += ", original's node agent (answers a turn on its cut, drops repeated text)"
+    if b.cpu_services:
+        text += f", {'+'.join(b.cpu_services)} on CPU (reported not ready)"
+    return text
 
 
 def _print_outcome(label: str, result: UtteranceResult) -> None:
@@ -30,17 +59,17 @@ def _print_outcome(label: str, result: UtteranceResult) -> None:
         print(f"  [{label}] utterance {result.utterance_index}: {latency}  {result.kind} ({detail})", flush=True)
 
 
-async def run_demo(config: Config) -> int:
+async def run_demo(config: Config, node_mode: str = "every_job") -> int:
+    nodes = demo_nodes(node_mode)
     config = config_with(config, server={"port": 0, "http_port": 0})
     audio = read_wav(default_wav_path())
     async with trio.open_nursery() as nursery:
         listening = await nursery.start(functools.partial(serve, config))
         print(f"scheduler: sessions {listening.session_url}, nodes {listening.node_url}, "
               f"health {listening.http_url}/health", flush=True)
-        for i, delay in enumerate(NODE_DELAYS_S):
-            node = SimNode(SimNodeBehaviour(delay_s=delay, seed=i), node_id=f"node-DEMO000{i + 1}")
+        for node in nodes:
             node_id = await nursery.start(node.run, listening.node_url)
-            print(f"node {node_id}: zh+en, capacity 4, answers after {delay * 1000:.0f} ms", flush=True)
+            print(f"node {node_id}: {_describe_node(node)}", flush=True)
         print(f"clients: streaming {default_wav_path().name} ({audio.duration_ms / 1000:.1f} s) "
               f"in real time, 200 ms chunks\n", flush=True)
         reports = {}
@@ -63,7 +92,11 @@ async def run_demo(config: Config) -> int:
         failures += len(report.errors)
         print(f"{label}: session {report.session_id}: {len(report.translations)} results, "
               f"{len(report.errors)} errors, median latency {median:.1f} ms, close acked: {report.close_acked}")
+    for node in nodes if node_mode == "original" else ():
+        s = node.stats
+        print(f"node {node.node_id}: {s.jobs_received} jobs, {s.jobs_answered} answered, {s.jobs_held} held "
+              f"unanswered, {s.results_suppressed} repeated texts dropped")
     return 1 if failures or not reports else 0
 
 
-__all__ = ["run_demo"]
+__all__ = ["demo_nodes", "run_demo"]

@@ -2,9 +2,16 @@
 
 It exists so the scheduler can be exercised end to end without GPUs: it registers, heartbeats, and answers every
 ``job_assign`` with a deterministic ``job_result`` whose text is derived from the job itself (languages, index,
-audio length and a hash of the audio), so a test can predict exactly what a client should receive.  Misbehaviour
+audio length and a hash of the audio), so a test can predict exactly what a client should receive. Such a node
+says so in ``node_register``: ``features_supported: {"answers_every_job": true}``.  Misbehaviour
 (failures, stalls, duplicates, empty results, crashes) is drawn from a seeded ``random.Random`` so scenario tests
 are reproducible.
+
+In ``mode="original"`` it behaves instead like the original system's node agent (:mod:`trioscheduler.sim.original`):
+it holds the jobs of a turn until one carries a cut flag, answers the turn once on that job
+(:func:`expected_turn_texts`), drops a result that repeats the session's last text, and does not claim
+``answers_every_job``. In both modes a service reports ready only when it runs on a GPU (``cpu_services``,
+``stopped_services``).
 
 The messages are built as plain dicts on purpose: the simulator plays a *foreign* node and must not share the
 daemon's codec, otherwise a codec bug would be invisible on both sides.
@@ -33,11 +40,20 @@ import trio_websocket
 from trio_websocket import ConnectionClosed
 
 from trioscheduler.errors import TrioschedulerError
+from trioscheduler.sim.original import (
+    DEFAULT_ANSWER_AFTER_MS,
+    HeldJob,
+    LastTextFilter,
+    TurnAnswer,
+    TurnBuffer,
+    ready_types,
+)
 from trioscheduler.transport import TransportClosed
 
 __all__ = [
     "CONNECTION_CLOSED",
     "DEFAULT_NODE_URL",
+    "MODES",
     "MessageConnection",
     "SimNode",
     "SimNodeBehaviour",
@@ -46,6 +62,7 @@ __all__ = [
     "abort_connection",
     "audio_hash",
     "expected_texts",
+    "expected_turn_texts",
     "fake_tts_pcm16",
     "original_duration_estimate_ms",
 ]
@@ -55,6 +72,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_NODE_URL = "ws://127.0.0.1:5010/ws/node"
 SIM_VERSION = "trioscheduler-sim/0.1.0"
 SERVICE_TYPES: tuple[str, ...] = ("asr", "nmt", "tts", "semantic")
+#: ``every_job``: answers each job (and says so); ``original``: behaves like the original system's node agent.
+MODES: tuple[str, ...] = ("every_job", "original")
 DEFAULT_HEARTBEAT_INTERVAL_S = 15.0  # what the original node uses when nobody tells it otherwise
 WS_RECEIVE_BUFFER = 65536  # trio-websocket's 4 KiB default slows bulk audio down (bench/README.md)
 WS_MAX_MESSAGE = 16 * 2**20  # a job_assign carries a whole utterance of base64 audio
@@ -134,6 +153,18 @@ def expected_texts(
     return f"[{src_lang}] {tail}", f"[{tgt_lang}] {tail}"
 
 
+def expected_turn_texts(
+    src_lang: str, tgt_lang: str, audio: bytes, audio_format: str = "pcm16", sample_rate: int = 16000
+) -> tuple[str, str]:
+    """The (text_asr, text_translated) a ``mode="original"`` node answers for a turn whose audio is ``audio``.
+
+    Like a real recogniser, the text depends on the audio only, so the same audio twice gives the same text.
+    """
+    ms = original_duration_estimate_ms(len(audio), audio_format, sample_rate)
+    tail = f"turn ({len(audio)} B, {ms} ms) #{audio_hash(audio)}"
+    return f"[{src_lang}] {tail}", f"[{tgt_lang}] {tail}"
+
+
 def fake_tts_pcm16(digest: str, duration_ms: int = 40, sample_rate: int = 16000) -> bytes:
     """A short sine tone whose pitch comes from the audio hash: deterministic, tiny, and audibly "something"."""
     freq = 220 + int(digest[:4], 16) % 660
@@ -153,6 +184,12 @@ def _str_tuple(values: Iterable[str]) -> tuple[str, ...]:
     if isinstance(values, str):  # "zh,en" would otherwise become ("z", "h", ",", ...)
         return tuple(v.strip() for v in values.split(",") if v.strip())
     return tuple(values)
+
+
+def _services_list(instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
+    unknown = set(value) - set(SERVICE_TYPES)
+    if unknown:
+        raise ValueError(f"{attribute.name}: unknown service types {sorted(unknown)}, known: {list(SERVICE_TYPES)}")
 
 
 def _rate(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -188,6 +225,17 @@ class SimNodeBehaviour:
     #: How many received/sent messages to keep for inspection; 0 keeps none.
     record_limit: int = attrs.field(default=1000, validator=attrs.validators.ge(0))
     version: str = SIM_VERSION
+    #: One of :data:`MODES`.
+    mode: str = attrs.field(default="every_job", validator=attrs.validators.in_(MODES))
+    #: ``mode="original"``: a turn holding this much audio is answered without a cut flag.
+    answer_after_ms: float = attrs.field(default=DEFAULT_ANSWER_AFTER_MS, validator=attrs.validators.gt(0.0))
+    #: ``mode="original"``: after answering a turn, send each job held before it an empty result with
+    #: ``extra.reason: "NO_TEXT_ASSIGNED"`` (the original does for some of them); off: they are never answered.
+    no_text_assigned: bool = False
+    #: Service types that run on the CPU: reported not ready (the original's rule), still served.
+    cpu_services: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple, validator=_services_list)
+    #: Service types whose service is stopped: reported not ready; a stopped ``tts`` gives text-only results.
+    stopped_services: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple, validator=_services_list)
 
     def __attrs_post_init__(self) -> None:
         if self.stall_rate + self.failure_rate + self.empty_rate > 1.0 + 1e-9:
@@ -220,6 +268,12 @@ class SimNodeStats:
     #: Jobs that arrived while ``max_concurrent_jobs`` were already running: the scheduler oversubscribed us.
     over_capacity: int = 0
     crashes: int = 0
+    #: ``mode="original"``: jobs whose audio went into a turn buffer without an answer.
+    jobs_held: int = 0
+    #: ``mode="original"``: results not sent because their text repeated the session's last one.
+    results_suppressed: int = 0
+    #: ``mode="original"``: empty ``NO_TEXT_ASSIGNED`` results sent for held jobs.
+    no_text_assigned_sent: int = 0
 
 
 class SimNodeError(TrioschedulerError):
@@ -257,6 +311,8 @@ class SimNode:
     _rng: random.Random = attrs.field(init=False)
     _pending: dict[str, trio.CancelScope] = attrs.field(factory=dict, init=False)
     _limiter: trio.CapacityLimiter = attrs.field(init=False)
+    _turns: TurnBuffer = attrs.field(init=False)
+    _last_text: LastTextFilter = attrs.field(factory=LastTextFilter, init=False)
 
     @received.default
     def _received_default(self) -> collections.deque[dict[str, Any]]:
@@ -273,6 +329,15 @@ class SimNode:
     @_limiter.default
     def _limiter_default(self) -> trio.CapacityLimiter:
         return trio.CapacityLimiter(self.behaviour.max_concurrent_jobs)
+
+    @_turns.default
+    def _turns_default(self) -> TurnBuffer:
+        return TurnBuffer(answer_after_ms=self.behaviour.answer_after_ms)
+
+    @property
+    def held_jobs(self) -> list[HeldJob]:
+        """``mode="original"``: the jobs held in turn buffers now, never to be answered with text."""
+        return self._turns.held_jobs()
 
     # ---- public entry points -----------------------------------------------------------------------------
 
@@ -335,19 +400,21 @@ class SimNode:
     # ---- registration and heartbeats ---------------------------------------------------------------------
 
     def _services(self) -> list[dict[str, Any]]:
+        b = self.behaviour
         return [
             {
                 "service_id": f"sim-{kind}",
                 "type": kind,
-                "device": "gpu",
-                "status": "running",
-                "version": self.behaviour.version,
+                "device": "cpu" if kind in b.cpu_services else "gpu",
+                "status": "stopped" if kind in b.stopped_services else "running",
+                "version": b.version,
             }
             for kind in SERVICE_TYPES
         ]
 
     def _capabilities(self) -> list[dict[str, Any]]:
-        return [{"type": kind, "ready": True} for kind in SERVICE_TYPES]
+        ready = ready_types((s["type"], s["device"], s["status"]) for s in self._services())
+        return [{"type": kind, "ready": ready[kind]} for kind in SERVICE_TYPES]
 
     def _languages(self) -> dict[str, Any]:
         langs = list(self.behaviour.languages)
@@ -366,7 +433,7 @@ class SimNode:
             installed_models=[],
             installed_services=self._services(),
             capability_by_type=self._capabilities(),
-            features_supported={},
+            features_supported={"answers_every_job": True} if self.behaviour.mode == "every_job" else {},
             accept_public_jobs=True,
             language_capabilities=self._languages(),
             max_concurrent_jobs=self.behaviour.max_concurrent_jobs,
@@ -474,6 +541,9 @@ class SimNode:
         job_id = message.get("job_id")
         scope = self._pending.get(job_id) if isinstance(job_id, str) else None
         if scope is None:
+            if isinstance(job_id, str) and self._turns.forget(job_id):
+                self.stats.jobs_cancelled += 1  # its audio stays in the turn, as in the original's buffer
+                return
             self.stats.cancels_unmatched += 1
             return
         scope.cancel()
@@ -507,6 +577,15 @@ class SimNode:
             await abort_connection(conn)
             return False
 
+        turn: TurnAnswer | None = None
+        if self.behaviour.mode == "original":
+            turn = self._turns.offer(job, *_job_audio(job))
+            if turn is None:
+                self.stats.jobs_held += 1
+                logger.info("node %s: job %s utt %s held in its turn", self.node_id, job_id,
+                            job.get("utterance_index"))
+                return True
+
         if self.stats.running >= self.behaviour.max_concurrent_jobs:
             self.stats.over_capacity += 1
         self.stats.running += 1
@@ -514,7 +593,7 @@ class SimNode:
         outcome = self._draw_outcome()
         scope = trio.CancelScope()
         self._pending[job_id] = scope
-        nursery.start_soon(self._job, conn, job, outcome, scope)
+        nursery.start_soon(self._job, conn, job, outcome, scope, turn)
         return True
 
     def _draw_outcome(self) -> _Outcome:
@@ -559,7 +638,12 @@ class SimNode:
             self._count_answer("rejected", 1, -1)
 
     async def _job(
-        self, conn: MessageConnection, job: dict[str, Any], outcome: _Outcome, scope: trio.CancelScope
+        self,
+        conn: MessageConnection,
+        job: dict[str, Any],
+        outcome: _Outcome,
+        scope: trio.CancelScope,
+        turn: TurnAnswer | None,
     ) -> None:
         job_id = str(job["job_id"])
         try:
@@ -570,23 +654,27 @@ class SimNode:
                     logger.info("node %s: job %s stalls", self.node_id, job_id)
                     await trio.sleep_forever()
                 async with self._limiter:
-                    await self._process(conn, job, outcome)
+                    await self._process(conn, job, outcome, turn)
         finally:
             self._pending.pop(job_id, None)
             self.stats.running -= 1
 
-    async def _process(self, conn: MessageConnection, job: dict[str, Any], outcome: _Outcome) -> None:
+    async def _process(
+        self, conn: MessageConnection, job: dict[str, Any], outcome: _Outcome, turn: TurnAnswer | None
+    ) -> None:
+        """Answer one job; ``turn`` (``mode="original"``) is the turn it ends, answered with all its audio."""
         started = trio.current_time()
-        try:
-            audio = base64.b64decode(job.get("audio") or "")
-        except ValueError:
-            audio = b""
         src = str(job.get("src_lang", ""))
         tgt = str(job.get("tgt_lang", ""))
         index = _int(job.get("utterance_index"))
         audio_format = str(job.get("audio_format") or "pcm16")
         sample_rate = _int(job.get("sample_rate"), 16000)
-        text_asr, text_translated = expected_texts(src, tgt, index, audio, audio_format, sample_rate)
+        if turn is None:
+            audio = _decode_audio(job)
+            text_asr, text_translated = expected_texts(src, tgt, index, audio, audio_format, sample_rate)
+        else:
+            audio = turn.audio
+            text_asr, text_translated = expected_turn_texts(src, tgt, audio, audio_format, sample_rate)
         delay = self.behaviour.delay_s
 
         if self.behaviour.send_partials and outcome.kind == "success":
@@ -617,7 +705,7 @@ class SimNode:
             message["error"] = {"code": "PROCESSING_ERROR", "message": "simulated processing failure"}
         else:
             empty = outcome.kind == "empty"
-            tts = b"" if empty else fake_tts_pcm16(audio_hash(audio))
+            tts = b"" if empty or "tts" in self.behaviour.stopped_services else fake_tts_pcm16(audio_hash(audio))
             timings = {"asr_ms": asr_ms, "nmt_ms": nmt_ms, "tts_ms": delay_ms - asr_ms - nmt_ms}
             extra: dict[str, Any] = {"service_timings": timings}
             if empty:
@@ -634,6 +722,12 @@ class SimNode:
             if job.get(key) is not None:
                 message[key] = job[key]
 
+        session_id = str(job.get("session_id"))
+        if turn is not None and outcome.kind == "success" and self._last_text.is_repeat(session_id, text_asr):
+            self.stats.results_suppressed += 1
+            logger.info("node %s: job %s utt %s: text repeats the last one sent, not sent", self.node_id,
+                        job.get("job_id"), index)
+            return
         # Counters move before each send: a memory peer can see the message before this task resumes.
         sent = 0
         for _ in range(2 if outcome.duplicate else 1):
@@ -642,6 +736,11 @@ class SimNode:
                 self._count_answer(outcome.kind, sent + 1, -1)
                 break
             sent += 1
+        if turn is not None and sent:
+            if outcome.kind == "success":
+                self._last_text.sent(session_id, text_asr)
+            if self.behaviour.no_text_assigned:
+                await self._send_no_text_assigned(conn, job, turn.held)
         logger.info(
             "node %s: job %s utt %s %s->%s %d B -> %s%s in %d ms",
             self.node_id,
@@ -654,6 +753,32 @@ class SimNode:
             " x2" if sent == 2 else "",
             elapsed_ms,
         )
+
+    async def _send_no_text_assigned(
+        self, conn: MessageConnection, job: dict[str, Any], held: tuple[HeldJob, ...]
+    ) -> None:
+        """One empty result per job held before the turn's end, sent after the turn's answer with that answer's
+        ``attempt_id`` and ``trace_id``, as the original does."""
+        for earlier in held:
+            message = self._result_base(job, True)
+            message.update(
+                job_id=earlier.job_id,
+                utterance_index=earlier.utterance_index,
+                text_asr="",
+                text_translated="",
+                tts_audio="",
+                tts_format="pcm16",
+                extra={"reason": "NO_TEXT_ASSIGNED"},
+                processing_time_ms=0,
+                trace_id=job.get("trace_id"),
+                node_completed_at_ms=_now_ms(),
+            )
+            self.stats.no_text_assigned_sent += 1
+            self.stats.results_sent += 1
+            if not await self._send(conn, message):
+                self.stats.no_text_assigned_sent -= 1
+                self.stats.results_sent -= 1
+                return
 
     def _count_answer(self, kind: str, copy: int, sign: int) -> None:
         """Count the ``copy``-th job_result of a job (``sign`` -1 takes it back when the send failed)."""
@@ -681,6 +806,22 @@ class SimNode:
         if self.behaviour.record_limit:
             self.sent.append(message)
         return True
+
+
+def _decode_audio(job: dict[str, Any]) -> bytes:
+    try:
+        return base64.b64decode(job.get("audio") or "")
+    except ValueError:
+        return b""
+
+
+def _job_audio(job: dict[str, Any]) -> tuple[bytes, float]:
+    """The job's audio and its duration in ms, as the original's turn buffer measures it."""
+    audio = _decode_audio(job)
+    duration = original_duration_estimate_ms(
+        len(audio), str(job.get("audio_format") or "pcm16"), _int(job.get("sample_rate"), 16000)
+    )
+    return audio, float(duration)
 
 
 def _int(value: object, default: int = 0) -> int:
