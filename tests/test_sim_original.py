@@ -181,7 +181,6 @@ async def test_a_later_result_is_released_within_the_hold_while_an_earlier_job_i
     await client.nothing_for(120)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: needs turns answered once (missing_result merged)")
 async def test_a_turn_answered_on_its_last_job_closes_its_earlier_jobs_without_redispatch(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock,
         make_config: Callable[..., Config]) -> None:
@@ -217,7 +216,6 @@ async def test_session_close_is_acked_within_close_wait_against_the_original_nod
     assert not [m for m in before_ack if m["type"] == "error" and m.get("code") == "JOB_TIMEOUT"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: needs readiness as a preference")
 async def test_a_node_with_a_stopped_tts_still_gets_jobs(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock,
         make_config: Callable[..., Config]) -> None:
