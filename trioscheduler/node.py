@@ -220,9 +220,10 @@ class NodeConnection:
                         await self._unencodable_assign(item.assign, exc)
                         continue
                     await self._transport.send_message(text)
-                    if log.isEnabledFor(INFO):
+                    item.stages.dispatched(trio.current_time(), item.assign.attempt_id)
+                    if log.isEnabledFor(DEBUG):
                         assign = item.assign
-                        emit(log, INFO, "job_dispatched", session_id=assign.session_id,
+                        emit(log, DEBUG, "job_dispatched", session_id=assign.session_id,
                              utterance_index=assign.utterance_index, job_id=assign.job_id,
                              node_id=self._node_id, trace_id=assign.trace_id, attempt_id=assign.attempt_id,
                              elapsed_ms=round((trio.current_time() - item.finalized_at) * 1000.0, 3))

@@ -29,6 +29,8 @@ import attrs
 import trio
 
 from trioscheduler.config import Config
+from trioscheduler.joblog import log as job_log
+from trioscheduler.joblog import log_outcome_done
 from trioscheduler.logs import emit
 from trioscheduler.policy.ordering import Added, Release, ResultOrderer
 from trioscheduler.protocol import messages as m
@@ -39,7 +41,7 @@ from trioscheduler.session_state import SessionState
 from trioscheduler.transport import Transport, TransportClosed
 
 log = logging.getLogger("trioscheduler.session")
-INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
+DEBUG, INFO, WARNING, ERROR = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
 
 #: How long a writer with nothing left to do waits for more before it ends: a session exchanging messages keeps
 #: its writer, an idle one loses it after this.
@@ -267,6 +269,8 @@ class OutcomeWriter:
                     if item.message.session_id in self._closed_sessions:
                         # Raced the close: the session already had its outcome for this index and its ack.
                         self._counters["outcomes_dropped_after_close"] += 1
+                        if item.stages is not None:
+                            log_outcome_done(item.stages, item.message, dropped="after_close")
                         continue
                     if orderer is None:
                         orderer = self._orderer = self._new_orderer()
@@ -278,6 +282,8 @@ class OutcomeWriter:
                         emit(log, WARNING, "outcome_dropped", reason=added.value,
                              session_id=item.message.session_id, utterance_index=item.utterance_index,
                              job_id=item.job_id)
+                        if item.stages is not None:
+                            log_outcome_done(item.stages, item.message, dropped=added.value)
                 case Passthrough():
                     if getattr(item.message, "session_id", None) in self._closed_sessions:
                         self._counters["outcomes_dropped_after_close"] += 1
@@ -389,13 +395,17 @@ class OutcomeWriter:
                      trace_id=session.trace_id, stage="result_gap",
                      why="no outcome within gap_timeout_seconds of a later index's outcome")
                 job_id = None
+                stages = None
             else:
                 message = release.outcome.message
                 job_id = release.outcome.job_id
+                stages = release.outcome.stages
             await self._send(message)
             self._counters[f"delivered_{message.TYPE}"] += 1
-            if log.isEnabledFor(INFO):
-                emit(log, INFO, "job_delivered", session_id=getattr(message, "session_id", None),
+            if stages is not None and job_log.isEnabledFor(INFO):
+                log_outcome_done(stages, message, delivered_at=trio.current_time())
+            if log.isEnabledFor(DEBUG):
+                emit(log, DEBUG, "job_delivered", session_id=getattr(message, "session_id", None),
                      utterance_index=index, job_id=job_id, node_id=getattr(message, "node_id", None),
                      trace_id=getattr(message, "trace_id", None), kind=message.TYPE,
                      elapsed_ms=None if finalized_at is None else round((now - finalized_at) * 1000.0, 3))

@@ -39,7 +39,7 @@ from trioscheduler.transport import Transport, TransportClosed
 __all__ = ["SessionConnection", "SessionMetrics"]
 
 log = logging.getLogger("trioscheduler.session")
-INFO, WARNING = logging.INFO, logging.WARNING
+INFO, WARNING, DEBUG = logging.INFO, logging.WARNING, logging.DEBUG
 
 
 class SessionMetrics:
@@ -254,11 +254,14 @@ class SessionConnection:
             emit(log, INFO, "utterance_duplicate_ignored", session_id=state.session_id, utterance_index=index)
             return
         spec = build_job_spec(state, self._config.segmentation, index, trio.current_time(), message, random_uuid())
+        if log.isEnabledFor(DEBUG):
+            emit(log, DEBUG, "job_finalized", session_id=state.session_id, utterance_index=index,
+                 trace_id=spec.trace_id, reason=spec.cut_reason, audio_bytes=spec.audio_size, elapsed_ms=0.0)
         await self._submit(state, spec)
 
     async def _submit_cut(self, state: SessionState, cut: Cut) -> None:
         spec = build_job_spec(state, self._config.segmentation, state.next_index, trio.current_time(), cut)
-        emit(log, INFO, "job_finalized", session_id=state.session_id, utterance_index=spec.utterance_index,
+        emit(log, DEBUG, "job_finalized", session_id=state.session_id, utterance_index=spec.utterance_index,
              trace_id=spec.trace_id, reason=cut.reason.value, audio_bytes=len(cut.audio),
              audio_ms=round(cut.duration_ms, 1), chunks=cut.chunks, turn_id=cut.turn_id, elapsed_ms=0.0)
         await self._submit(state, spec)

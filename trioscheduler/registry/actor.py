@@ -24,6 +24,7 @@ import trio
 
 from trioscheduler.config import Config
 from trioscheduler.ids import new_job_id, new_node_id
+from trioscheduler.joblog import JobStages, log_job_done, log_outcome_done
 from trioscheduler.latency import DISPATCH_BUCKETS, SELECTION_BUCKETS, LatencyHistogram
 from trioscheduler.logs import emit
 from trioscheduler.policy.capability import NodeCapability, describe_keys
@@ -202,6 +203,7 @@ class Registry:
             job_id=new_job_id(),
             services=spec.pipeline.required_services(),
             created_at=now,
+            stages=JobStages(spec.finalized_at, now),
             number=next(self._job_numbers),
         )
         job.attempt_ids.append(job.job_id)
@@ -232,8 +234,11 @@ class Registry:
             if job.state is JobState.DISPATCHED:
                 self._send_cancel(job, reason)
             self.counters[f"jobs_cancelled_{reason}"] += 1
-            self._stage(job, "cancelled", now, level=INFO, reason=reason)
+            self._stage(job, "cancelled", now, reason=reason)
             self._retire(job, now)
+            spec = job.spec
+            log_job_done(job.stages, session_id=spec.session_id, utterance_index=spec.utterance_index,
+                         job_id=job.job_id, trace_id=spec.trace_id, outcome="cancelled", reason=reason)
 
     # ------------------------------------------------------------------------------------------ placement
 
@@ -248,7 +253,7 @@ class Registry:
         self.waiting.add(job)
         self._arm(job, now + self._sched.pending_timeout_seconds)
         self.counters["jobs_waited"] += 1
-        self._stage(job, "waiting", now, level=INFO, candidates=self.indexes.size(job.spec.selection_key))
+        self._stage(job, "waiting", now, candidates=self.indexes.size(job.spec.selection_key))
 
     def _select(self, job: Job, now: float) -> NodeRecord | None:
         members = self.indexes.get(job.spec.selection_key)
@@ -293,6 +298,7 @@ class Registry:
             self.turn_slot[turn_id] = job
         node.jobs.add(job)
         self.affinity[job.spec.session_id] = node.node_id
+        job.stages.selected(now, job.attempt, node.node_id)
         self._stage(job, "selected", now, attempt_id=job.attempt, in_flight=node.in_flight,
                     capacity=node.capacity)
         spec = job.spec
@@ -307,7 +313,7 @@ class Registry:
         ready = node.capability.ready_services
         if ready is not None and not job.services <= ready:
             self._dispatched_unready(job, node, ready)
-        if not self._send_to_node(node, Dispatch(assign, spec.finalized_at)):
+        if not self._send_to_node(node, Dispatch(assign, spec.finalized_at, job.stages)):
             self._lose_node(node, "outbox_unavailable", now)
 
     def _dispatched_unready(self, job: Job, node: NodeRecord, ready: frozenset[str]) -> None:
@@ -480,9 +486,10 @@ class Registry:
     def _finish(self, job: Job, message: Any, now: float) -> None:
         self._retire(job, now)
         try:
-            job.sink.send_nowait(rq.Outcome(job.spec.utterance_index, message, job.job_id))
+            job.sink.send_nowait(rq.Outcome(job.spec.utterance_index, message, job.job_id, job.stages))
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             self.counters["outcomes_undeliverable"] += 1
+            log_outcome_done(job.stages, message, dropped="undeliverable")
         self._stage(job, "outcome", now, kind=message.TYPE, code=getattr(message, "code", None),
                     attempts=job.attempt)
 
@@ -662,6 +669,7 @@ class Registry:
                 self._record_failure(node, now)
             if node is not None and spec.turn_id is not None and not node.answers_every_job:
                 self._close_merged(job, now)
+            job.stages.result_at = now
             self._stage(job, "result", now, success=False, code=error.code)
             self._fail(job, error.code, error.message, now, details=error.details)
             return
@@ -669,6 +677,7 @@ class Registry:
             node.jobs_done += 1
             if spec.turn_id is not None and not node.answers_every_job:
                 self._close_merged(job, now)
+        job.stages.result_at = now
         self._stage(job, "result", now, success=True)
         outcome = success_outcome(job, message, now)
         self.counters["outcome_result" if outcome.TYPE == m.TranslationResult.TYPE else "outcome_missing_silence"] += 1
@@ -763,7 +772,9 @@ class Registry:
             }
         return snapshot
 
-    def _stage(self, job: Job, stage: str, now: float, *, level: int = INFO, **fields: Any) -> None:
+    def _stage(self, job: Job, stage: str, now: float, *, level: int = DEBUG, **fields: Any) -> None:
+        """A stage line: ``debug``, or ``warning`` for trouble (deadline missed, node lost); the ``info`` summary
+        is the job's one ``job_done`` line (joblog.py)."""
         if log.isEnabledFor(level):
             spec = job.spec
             emit(log, level, f"job_{stage}", session_id=spec.session_id, utterance_index=spec.utterance_index,
@@ -793,10 +804,12 @@ def _job_view(job: Job) -> dict[str, Any]:
 
 
 class Dispatch:
-    """Outbox item: a job_assign plus when its utterance was finalized, for the node writer's stage log."""
+    """Outbox item: a job_assign, when its utterance was finalized and the job's stage times (the node's writer
+    stamps dispatched)."""
 
-    __slots__ = ("assign", "finalized_at")
+    __slots__ = ("assign", "finalized_at", "stages")
 
-    def __init__(self, assign: m.JobAssign, finalized_at: float) -> None:
+    def __init__(self, assign: m.JobAssign, finalized_at: float, stages: JobStages) -> None:
         self.assign = assign
         self.finalized_at = finalized_at
+        self.stages = stages

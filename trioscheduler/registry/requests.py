@@ -19,6 +19,7 @@ import attrs
 import trio
 
 from trioscheduler.config import LimitsConfig
+from trioscheduler.joblog import JobStages
 from trioscheduler.policy.capability import (
     DEFAULT_LIMITS,
     CapabilityClaim,
@@ -137,6 +138,8 @@ class Outcome:
     utterance_index: int
     message: m.TranslationResult | m.MissingResult | m.ErrorMessage
     job_id: str
+    #: The job's stage times, for the ``job_done`` line the writer logs once it delivered (None: no job).
+    stages: JobStages | None = None
 
 
 @attrs.frozen

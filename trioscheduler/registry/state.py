@@ -9,6 +9,7 @@ import math
 import attrs
 import pybase64
 
+from trioscheduler.joblog import JobStages
 from trioscheduler.policy.capability import NodeCapability
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.errors import ErrorCode
@@ -55,6 +56,8 @@ class Job:
     job_id: str
     services: frozenset[str]
     created_at: float
+    #: When it reached each stage, for its ``job_done`` line; handed on with its outcome.
+    stages: JobStages
     #: Order of creation in the registry: ties in time are broken by it.
     number: int = 0
     state: JobState = JobState.WAITING

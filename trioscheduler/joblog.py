@@ -1,0 +1,85 @@
+"""The one ``info`` line per job, ``job_done``: when each stage was reached, the job's ids and its outcome.
+
+A job's :class:`JobStages` travels with it. The registry stamps created, selected and result; the node's writer
+stamps dispatched when it has written the job_assign of the job's current attempt; the record then rides on the
+``Outcome`` to the session's writer, which logs the line once it has written the outcome (delivered). A job that
+has no outcome to deliver (cancelled, or its session's writer gone) gets its line from the registry instead.
+
+Guarantees: every job the registry created gets exactly one ``job_done`` line (at ``info``, logger
+``trioscheduler.jobs``); every time in it is in ms since the utterance was finalized; nothing is formatted when
+``info`` is off for that logger.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from trioscheduler.logs import emit
+
+log = logging.getLogger("trioscheduler.jobs")
+INFO = logging.INFO
+
+
+class JobStages:
+    """When a job reached each stage (trio clock), and the node and attempt of its latest dispatch.
+
+    ``selected_at`` and ``dispatched_at`` are those of the latest attempt; a stage not reached is None."""
+
+    __slots__ = ("finalized_at", "created_at", "selected_at", "dispatched_at", "result_at", "attempt", "node_id")
+
+    def __init__(self, finalized_at: float, created_at: float) -> None:
+        self.finalized_at = finalized_at
+        self.created_at = created_at
+        self.selected_at: float | None = None
+        self.dispatched_at: float | None = None
+        self.result_at: float | None = None
+        self.attempt = 0
+        self.node_id: str | None = None
+
+    def selected(self, now: float, attempt: int, node_id: str) -> None:
+        """A new attempt: its dispatch is not written yet."""
+        self.selected_at = now
+        self.dispatched_at = None
+        self.attempt = attempt
+        self.node_id = node_id
+
+    def dispatched(self, now: float, attempt: int) -> None:
+        """The job_assign of ``attempt`` was written; a late write of an older attempt changes nothing."""
+        if attempt == self.attempt:
+            self.dispatched_at = now
+
+
+def _ms(since: float, at: float | None) -> float | None:
+    return None if at is None else (at - since) * 1000.0
+
+
+def log_job_done(stages: JobStages, *, session_id: str | None, utterance_index: int, job_id: str | None,
+                 trace_id: str | None, outcome: str, code: str | None = None, reason: str | None = None,
+                 delivered_at: float | None = None, dropped: str | None = None) -> None:
+    """The job's ``job_done`` line; call it once per job, where the job ends (see the module docstring)."""
+    if not log.isEnabledFor(INFO):
+        return
+    since = stages.finalized_at
+    emit(log, INFO, "job_done", session_id=session_id, utterance_index=utterance_index, job_id=job_id,
+         node_id=stages.node_id, trace_id=trace_id, attempts=stages.attempt, outcome=outcome, code=code,
+         reason=reason, created_ms=_ms(since, stages.created_at), selected_ms=_ms(since, stages.selected_at),
+         dispatched_ms=_ms(since, stages.dispatched_at), result_ms=_ms(since, stages.result_at),
+         delivered_ms=_ms(since, delivered_at), dropped=dropped)
+
+
+def log_outcome_done(stages: JobStages, message: Any, *, delivered_at: float | None = None,
+                     dropped: str | None = None) -> None:
+    """``job_done`` for a job that ended in ``message`` (translation_result, missing_result or error)."""
+    if not log.isEnabledFor(INFO):
+        return
+    kind = message.TYPE
+    if kind == "translation_result":
+        outcome, code, reason = "result", None, None
+    elif kind == "missing_result":
+        outcome, code, reason = "missing", None, message.reason
+    else:
+        outcome, code, reason = "error", message.code, None
+    log_job_done(stages, session_id=message.session_id, utterance_index=message.utterance_index,
+                 job_id=message.job_id, trace_id=message.trace_id, outcome=outcome, code=code, reason=reason,
+                 delivered_at=delivered_at, dropped=dropped)
