@@ -125,6 +125,7 @@ class OutcomeWriter:
     def footprint(self) -> dict[str, int]:
         return {
             "outcomes_held": self._orderer.pending_count if self._orderer is not None else 0,
+            "outcomes_released_ahead": self._orderer.ahead_count if self._orderer is not None else 0,
             "outcomes_owed": len(self._owed),
             "writer_queue": len(self._queue),
         }
