@@ -384,7 +384,7 @@ class OutcomeWriter:
         transport = self._transport
         now = trio.current_time()
         for release in released:
-            index = release.index
+            index = release.utterance_index
             finalized_at = owed.pop(index, None)
             if release.outcome is None:
                 if session is None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import attrs
 
@@ -33,9 +33,10 @@ class Added(enum.Enum):
     LATE = "late"  # the index was already released (delivered or declared missing)
 
 
-@attrs.frozen
-class Release(Generic[T]):
-    index: int
+class Release(NamedTuple, Generic[T]):
+    """One index released (a tuple: the writer makes one per outcome)."""
+
+    utterance_index: int
     outcome: T | None  # None: the index is released as missing (gap timeout, or the caller's close)
     #: Released while a lower index is still owed (its hold was over).
     ahead: bool = False
@@ -67,11 +68,14 @@ class ResultOrderer(Generic[T]):
         return index < self.next_index or index in self._ahead
 
     def add(self, index: int, outcome: T, now: float) -> Added:
-        if index < self.next_index or index in self._ahead:
+        pending = self._pending
+        if index < self.next_index:
             return Added.LATE
-        if index in self._pending:
+        if index in pending:
             return Added.DUPLICATE
-        self._pending[index] = (outcome, now)
+        if self._ahead and index in self._ahead:
+            return Added.LATE
+        pending[index] = (outcome, now)
         return Added.ACCEPTED
 
     def ready(self) -> list[Release[T]]:
@@ -79,6 +83,12 @@ class ResultOrderer(Generic[T]):
         released: list[Release[T]] = []
         pending, ahead = self._pending, self._ahead
         index = self.next_index
+        if not ahead:  # nothing released ahead: the common case, kept as lean as strict order
+            while index in pending:
+                released.append(Release(index, pending.pop(index)[0]))
+                index += 1
+            self.next_index = index
+            return released
         while True:
             entry = pending.pop(index, None)
             if entry is not None:
