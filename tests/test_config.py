@@ -420,6 +420,8 @@ LEVELS = ("debug", "info", "warning", "error", "critical")
 def _value_strategy(section: str, field: attrs.Attribute) -> st.SearchStrategy:  # type: ignore[type-arg]
     if field.name == "level":
         return st.sampled_from(LEVELS).flatmap(lambda level: st.sampled_from([level, level.upper()]))
+    if field.name == "ordering":
+        return st.sampled_from(["bounded", "strict"])
     if field.type is bool:
         return st.booleans()
     if field.type is str:

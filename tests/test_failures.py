@@ -66,7 +66,7 @@ async def test_registry_that_cannot_answer_gives_scheduler_busy_and_session_keep
 async def test_gap_timeout_releases_missing_then_later_results_and_drops_late_one(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock,
         make_config: Callable[..., Config]) -> None:
-    scheduler = Scheduler(_quiet(make_config, results={"gap_timeout_seconds": 30},
+    scheduler = Scheduler(_quiet(make_config, results={"gap_timeout_seconds": 30, "ordering": "strict"},
                                       scheduler={"job_timeout_seconds": 1000}))
     await nursery.start(scheduler.run)
     node = await memory_node(nursery, scheduler, "node-A")

@@ -71,7 +71,7 @@ def harness_config(gap_timeout: float = 5.0, **scheduler: Any) -> Config:
             "quarantine_cooldown_seconds": 3,
             **scheduler,
         },
-        results={"gap_timeout_seconds": gap_timeout},
+        results={"gap_timeout_seconds": gap_timeout, "ordering": "strict", "close_wait_seconds": SETTLE},
         segmentation={"pause_ms": 10_000_000, "max_duration_ms": MAX_DURATION_MS},
     )
 

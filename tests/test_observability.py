@@ -208,7 +208,7 @@ async def test_missed_pending_deadline_logs_candidates_and_why(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, make_config: Callable[..., Config],
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="trioscheduler")
-    scheduler = Scheduler(make_config(scheduler={"heartbeat_timeout_seconds": 1000}))
+    scheduler = Scheduler(make_config(scheduler={"heartbeat_timeout_seconds": 1000}, results={"ordering": "strict"}))
     await nursery.start(scheduler.run)
     node = memory_peer(nursery, scheduler, "node")
     await node.send(**node_register("node-FULL0001", capacity=1))

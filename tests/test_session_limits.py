@@ -30,6 +30,8 @@ from trioscheduler.transport import MemoryTransport, memory_transport_pair
 def _config(make_config: Callable[..., Config], **sections: dict[str, Any]) -> Config:
     """Test nodes here do not heartbeat: keep them alive however far MockClock jumps."""
     sections["scheduler"] = {"heartbeat_timeout_seconds": 100_000, **sections.get("scheduler", {})}
+    # These tests count on strict order and a close that waits for every outcome.
+    sections["results"] = {"ordering": "strict", "close_wait_seconds": 1000, **sections.get("results", {})}
     return make_config(**sections)
 
 

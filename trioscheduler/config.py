@@ -71,6 +71,8 @@ def _is_int(value: Any) -> bool:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+#: results.ordering: "bounded" (an outcome waits for lower indices at most max_hold_ms) or "strict".
+RESULT_ORDERINGS = ("bounded", "strict")
 
 _positive = _check(lambda v: _is_number(v) and v > 0, "a positive number")
 _port = _check(lambda v: _is_int(v) and 0 <= v <= 65535, "a port number 0..65535")
@@ -78,6 +80,7 @@ _positive_int = _check(lambda v: _is_int(v) and v >= 1, "an integer >= 1")
 _non_negative_int = _check(lambda v: _is_int(v) and v >= 0, "an integer >= 0")
 _bool = _check(lambda v: isinstance(v, bool), "true or false")
 _level = _check(lambda v: isinstance(v, str) and v.lower() in LOG_LEVELS, "one of " + ", ".join(LOG_LEVELS))
+_ordering = _check(lambda v: v in RESULT_ORDERINGS, "one of " + ", ".join(RESULT_ORDERINGS))
 
 
 @attrs.frozen
@@ -142,6 +145,16 @@ class SegmentationConfig:
 @attrs.frozen
 class ResultsConfig:
     gap_timeout_seconds: float = attrs.field(default=30.0, validator=_positive)
+    #: "bounded": an outcome waits for lower indices at most ``max_hold_ms``; "strict": utterance_index order.
+    ordering: str = attrs.field(default="bounded", validator=_ordering)
+    max_hold_ms: float = attrs.field(default=1000.0, validator=_positive)
+    #: session_close_ack comes at most this long after session_close; what is still owed is reported missing.
+    close_wait_seconds: float = attrs.field(default=5.0, validator=_positive)
+
+    @property
+    def max_hold_seconds(self) -> float:
+        """How long an outcome waits for lower indices: infinite in strict order."""
+        return math.inf if self.ordering == "strict" else self.max_hold_ms / 1000.0
 
 
 @attrs.frozen

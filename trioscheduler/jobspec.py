@@ -18,6 +18,9 @@ from trioscheduler.session_state import SessionState, check_rate_and_mode, selec
 UTTERANCE_AUDIO_FORMATS = frozenset({"opus", "pcm16", "wav"})
 #: How far ahead of the next expected index a client-chosen utterance_index may jump.
 MAX_INDEX_AHEAD = 256
+#: Cuts sent with ``is_manual_cut``: the client ended the utterance (is_final) or the session (session_close). A
+#: node that buffers a turn until a cut flag answers these at once; the session_close cut is the session's last.
+MANUAL_CUTS = frozenset({CutReason.IS_FINAL, CutReason.SESSION_CLOSE})
 
 
 def utterance_index(state: SessionState, message: m.Utterance) -> int:
@@ -53,7 +56,7 @@ def build_job_spec(state: SessionState, segmentation: SegmentationConfig, index:
         pipeline, audio, audio_b64 = state.pipeline, source.audio, None
         audio_format, sample_rate, turn_id = state.audio_format, state.sample_rate, source.turn_id
         cut_reason, padding_ms = source.reason.value, _cut_padding(source.reason, segmentation)
-        is_manual_cut = source.is_manual_cut
+        is_manual_cut = source.reason in MANUAL_CUTS
         is_timeout_triggered, is_max_duration_triggered = source.is_timeout_triggered, source.is_max_duration_triggered
         dialect, features = init.dialect, init.features
     else:
@@ -104,9 +107,9 @@ def build_job_spec(state: SessionState, segmentation: SegmentationConfig, index:
 
 
 def _cut_padding(reason: CutReason, segmentation: SegmentationConfig) -> int | None:
-    """The silence the node appends: the manual padding for is_final, none after a max-buffer cut (it splits
-    speech), the automatic padding otherwise."""
-    if reason is CutReason.IS_FINAL:
+    """The silence the node appends: the manual padding for a manual cut (is_final, session_close), none after a
+    max-buffer cut (it splits speech), the automatic padding otherwise."""
+    if reason in MANUAL_CUTS:
         return segmentation.padding_manual_ms
     if reason is CutReason.MAX_BUFFER:
         return None

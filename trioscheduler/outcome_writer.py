@@ -3,10 +3,14 @@
 Acks, partials and outcomes never interleave because only this writer writes to the socket. The registry and
 the session's reader hand it items with ``send_nowait``, which never blocks. Guarantees:
 
-- every index the reader announced (``Expect``) gets exactly one message, in ``utterance_index`` order: its
-  outcome, or ``missing_result`` once its gap wait or the close deadline is over;
-- ``CloseSession`` is answered with ``session_close_ack`` only after every outcome owed (or the close deadline);
-  its ``done`` event is set whenever the writer can no longer answer it (socket gone, crash, slow consumer);
+- every index the reader announced (``Expect``) gets exactly one message: its outcome, or ``missing_result`` once
+  its gap wait (``gap_timeout``) or the close deadline (``session_closed``) is over. They go in ``utterance_index``
+  order, except that with ``results.ordering = "bounded"`` an outcome waits for lower indices at most
+  ``results.max_hold_ms`` (policy/ordering.py);
+- ``CloseSession`` is answered with ``session_close_ack`` once every outcome owed is delivered, or at its deadline
+  (``results.close_wait_seconds`` after session_close) with the outcomes that arrived delivered and every index
+  still owed reported as ``missing_result{reason: "session_closed"}``; its ``done`` event is set whenever the
+  writer can no longer answer it (socket gone, crash, slow consumer);
 - the inbox holds at most ``limits.max_send_queue`` items: an item that finds it full means the client is not
   reading its socket, which is closed with CloseCode.SLOW_CONSUMER (then the session's jobs are cancelled by its
   teardown); only a partial, which is best effort, is dropped instead;
@@ -74,10 +78,12 @@ class Expect:
 
 @attrs.frozen
 class CloseSession:
-    """session_close: deliver every outcome owed, then session_close_ack, then set ``done``."""
+    """session_close: deliver every outcome owed (or, at ``deadline``, what arrived, the rest reported missing),
+    then session_close_ack, then set ``done``."""
 
     session_id: str
     done: trio.Event
+    deadline: float
 
 
 class OutcomeWriter:
@@ -121,6 +127,7 @@ class OutcomeWriter:
     def footprint(self) -> dict[str, int]:
         return {
             "outcomes_held": self._orderer.pending_count if self._orderer is not None else 0,
+            "outcomes_released_ahead": self._orderer.ahead_count if self._orderer is not None else 0,
             "outcomes_owed": len(self._owed),
             "writer_queue": len(self._queue),
         }
@@ -233,8 +240,8 @@ class OutcomeWriter:
             return _SETTLED
         if not queue:
             orderer = self._orderer
-            gap = orderer.gap_deadline() if orderer is not None else None
-            deadline = self._close_deadline if gap is None else min(gap, self._close_deadline)
+            wait = orderer.deadline() if orderer is not None else None
+            deadline = self._close_deadline if wait is None else min(wait, self._close_deadline)
             settled = deadline == math.inf and not self._owed
             if settled:
                 deadline = trio.current_time() + WRITER_LINGER_SECONDS
@@ -254,7 +261,7 @@ class OutcomeWriter:
         return queue.pop(0)
 
     async def _write_loop(self) -> None:
-        """Releases outcomes strictly in utterance_index order, each exactly once."""
+        """Releases outcomes in utterance_index order (or as the bounded hold allows), each exactly once."""
         owed = self._owed
         transport = self._transport
         while True:
@@ -292,7 +299,7 @@ class OutcomeWriter:
                 case Expect():
                     if orderer is None:
                         orderer = self._orderer = self._new_orderer()
-                    if item.utterance_index >= orderer.next_index:
+                    if not orderer.is_released(item.utterance_index):
                         owed[item.utterance_index] = item.finalized_at
                     else:
                         # Already released (as missing, after its gap wait): the job could only produce a second
@@ -301,7 +308,7 @@ class OutcomeWriter:
                         self._cancel_job(item.utterance_index, "already_released")
                 case CloseSession():
                     self._closing = item
-                    self._close_deadline = trio.current_time() + self._max_job_lifetime()
+                    self._close_deadline = item.deadline
                 case None:
                     await self._on_deadline(orderer)
             closing = self._closing
@@ -316,20 +323,24 @@ class OutcomeWriter:
                 self._orderer = None  # the next session on this socket starts from index 0
 
     async def _on_deadline(self, orderer: ResultOrderer[Any] | None) -> None:
-        """A gap wait or the close deadline is over: release what it held back (holes as missing)."""
+        """A hold, a gap wait or the close deadline is over: release what it held back (holes as missing). At the
+        close deadline, the outcomes that arrived are delivered and every index still owed is reported
+        ``session_closed``; its job is cancelled by the session's end, which follows the ack."""
         now = trio.current_time()
         owed = self._owed
-        released = orderer.expire(now) if orderer is not None else []
-        give_up = self._closing is not None and now >= self._close_deadline
-        if give_up and orderer is not None:
-            released += orderer.drain()
-            released += [Release(index, None) for index in sorted(owed) if index >= orderer.next_index]
-        await self._release(released)
-        if give_up:
-            owed.clear()
+        if orderer is not None:
+            await self._release(orderer.expire(now))
+        if self._closing is None or now < self._close_deadline:
+            return
+        released = orderer.drain() if orderer is not None else []
+        after = orderer.next_index if orderer is not None else 0
+        released += [Release(index, None) for index in sorted(owed) if index >= after]
+        await self._release(released, missing_reason="session_closed")
+        owed.clear()
 
     def _new_orderer(self) -> ResultOrderer[Any]:
-        return ResultOrderer(gap_timeout=self._config.results.gap_timeout_seconds)
+        results = self._config.results
+        return ResultOrderer(gap_timeout=results.gap_timeout_seconds, max_hold=results.max_hold_seconds)
 
     def _cancel_job(self, index: int, why: str) -> None:
         """Stop the job of ``index`` without waiting for the registry (the writer must not block on its inbox);
@@ -373,33 +384,28 @@ class OutcomeWriter:
                 trace_id=getattr(message, "trace_id", None)))
         await self._transport.send_message(text)
 
-    async def _release(self, released: list[Any]) -> None:
+    async def _release(self, released: list[Any], missing_reason: m.MissingResultReason = "gap_timeout") -> None:
         session = self.session
         owed = self._owed
         transport = self._transport
         now = trio.current_time()
         for release in released:
-            index = release.index
+            index = release.utterance_index
             finalized_at = owed.pop(index, None)
             if release.outcome is None:
                 if session is None:
                     continue
-                self._counters["outcome_missing_gap_timeout"] += 1
-                message: Any = m.MissingResult(session_id=session.session_id, utterance_index=index,
-                                               reason="gap_timeout", created_at_ms=wall_ms(),
-                                               trace_id=session.trace_id)
-                if finalized_at is not None:
-                    # Still running somewhere: stop it, its result could only be dropped now.
-                    self._cancel_job(index, "gap_timeout")
-                emit(log, WARNING, "job_deadline_missed", session_id=session.session_id, utterance_index=index,
-                     trace_id=session.trace_id, stage="result_gap",
-                     why="no outcome within gap_timeout_seconds of a later index's outcome")
+                message: Any = self._missing(session, index, missing_reason, finalized_at is not None)
                 job_id = None
                 stages = None
             else:
                 message = release.outcome.message
                 job_id = release.outcome.job_id
                 stages = release.outcome.stages
+                if release.ahead:
+                    self._counters["outcomes_released_ahead"] += 1
+                if release.late:
+                    self._counters["outcomes_released_late"] += 1
             await self._send(message)
             self._counters[f"delivered_{message.TYPE}"] += 1
             if stages is not None and job_log.isEnabledFor(INFO):
@@ -410,8 +416,20 @@ class OutcomeWriter:
                      trace_id=getattr(message, "trace_id", None), kind=message.TYPE,
                      elapsed_ms=None if finalized_at is None else round((now - finalized_at) * 1000.0, 3))
 
-    def _max_job_lifetime(self) -> float:
-        """The longest a job can take in the registry (waits, then every attempt times out), plus slack."""
-        sched = self._config.scheduler
-        attempts = sched.failover_max_attempts + 1
-        return attempts * (sched.pending_timeout_seconds + sched.job_timeout_seconds) + 5.0
+    def _missing(self, session: SessionState, index: int, reason: m.MissingResultReason,
+                 owed: bool) -> m.MissingResult:
+        """The ``missing_result`` of an index released without an outcome; a gap-timed-out job still running is
+        cancelled (its result could only be dropped now)."""
+        self._counters[f"outcome_missing_{reason}"] += 1
+        if reason == "gap_timeout":
+            if owed:
+                self._cancel_job(index, "gap_timeout")
+            why = "no outcome within gap_timeout_seconds of a later index's outcome"
+            stage = "result_gap"
+        else:
+            why = "no outcome within close_wait_seconds of session_close"
+            stage = "session_close"
+        emit(log, WARNING, "job_deadline_missed", session_id=session.session_id, utterance_index=index,
+             trace_id=session.trace_id, stage=stage, why=why)
+        return m.MissingResult(session_id=session.session_id, utterance_index=index, reason=reason,
+                               created_at_ms=wall_ms(), trace_id=session.trace_id)

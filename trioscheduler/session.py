@@ -303,12 +303,14 @@ class SessionConnection:
         ), ""))
 
     async def _on_close(self, state: SessionState, message: m.SessionClose) -> None:
-        """Flush first: the buffered audio's outcome reaches the client before session_close_ack."""
+        """Flush first: the buffered audio's outcome reaches the client before session_close_ack, unless it takes
+        longer than ``results.close_wait_seconds`` from now (then it is reported missing, not waited for)."""
+        deadline = trio.current_time() + self._config.results.close_wait_seconds
         cut = state.segmenter.flush()
         if cut is not None:
             await self._submit_cut(state, cut)
         done = trio.Event()
-        self._writer.send_nowait(CloseSession(state.session_id, done))
+        self._writer.send_nowait(CloseSession(state.session_id, done, deadline))
         await self._read_while_closing(done)
         if self._writer.closed:
             raise TransportClosed  # the writer ended without the ack: the socket is gone

@@ -40,7 +40,7 @@ StreamAudioFormat = Literal["opus", "pcm16"]
 #: ``utterance.audio_format``: one whole utterance, forwarded to the node as sent.
 UtteranceAudioFormat = Literal["opus", "pcm16", "wav"]
 Mode = Literal["one_way", "two_way_auto"]
-MissingResultReason = Literal["silence_detected", "gap_timeout", "merged"]
+MissingResultReason = Literal["silence_detected", "gap_timeout", "merged", "session_closed"]
 JobCancelReason = Literal["job_timeout", "gap_timeout", "session_closed", "already_released"]
 
 
