@@ -127,7 +127,7 @@ async def test_examples_sim_node_and_stream_client_against_the_daemon() -> None:
         async with httpx.AsyncClient() as http:
             with trio.fail_after(20):
                 # Another process: its HTTP stats are all there is to watch.
-                while len((await http.get(f"{urls.group(3)}/api/v1/stats")).json()["nodes"]) < 2:  # noqa: ASYNC110
+                while len((await http.get(f"{urls.group(3)}/api/v1/stats")).json()["nodes"]) < 2:
                     await trio.sleep(0.05)
         client = await trio.run_process(
             [sys.executable, "examples/stream_client.py", "--scheduler", urls.group(1), "--no-realtime",

@@ -32,7 +32,7 @@ async def _pools(daemon: Daemon) -> dict[str, list[str]]:
 
 async def _wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
     with trio.fail_after(timeout):
-        while not await predicate():  # noqa: ASYNC110 - asks the registry each time: pools have no event
+        while not await predicate():
             await trio.sleep(0.01)
 
 

@@ -16,13 +16,23 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.wire import (Daemon, b64, memory_node, memory_peer, memory_session, node_register, pcm, registered_node,
-                        result_for, session)
+from tests.wire import (
+    Daemon,
+    b64,
+    memory_node,
+    memory_peer,
+    memory_session,
+    node_register,
+    pcm,
+    registered_node,
+    result_for,
+    session,
+)
+from trioscheduler import logs
 from trioscheduler.app import Scheduler
 from trioscheduler.config import Config
 from trioscheduler.joblog import JobStages
 from trioscheduler.latency import DISPATCH_BUCKETS, LatencyHistogram
-from trioscheduler import logs
 from trioscheduler.logs import FIELDS_ATTR
 
 IDS = ("session_id=", "utterance_index=", "job_id=", "node_id=", "trace_id=", "elapsed_ms=")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hypothesis import event, given, settings, strategies as st
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from trioscheduler.policy.ordering import Added, Release, ResultOrderer
 
@@ -30,7 +31,8 @@ def test_release_order_uniqueness_and_gap_rule(ops, gap: float) -> None:
     def take(batch: list[Release[str]], via: str) -> None:
         nonlocal next_index
         for rel in batch:
-            assert rel.utterance_index == next_index, f"index {rel.utterance_index} released out of order (expected {next_index})"
+            assert rel.utterance_index == next_index, (
+                f"index {rel.utterance_index} released out of order (expected {next_index})")
             if rel.outcome is None:
                 assert via in ("expire", "drain"), "a hole was released by ready()"
                 assert rel.utterance_index not in pending, "an index with an outcome was released as missing"
@@ -245,7 +247,8 @@ def test_bounded_is_in_order_when_outcomes_arrive_within_max_hold_of_each_other(
         assert orderer.add(index, index * 10, now) is Added.ACCEPTED
         out.extend(orderer.ready())
     out.extend(orderer.expire(now + 100.0))
-    assert [(r.utterance_index, r.outcome, r.ahead, r.late) for r in out] == [(i, i * 10, False, False) for i in range(n)]
+    released = [(r.utterance_index, r.outcome, r.ahead, r.late) for r in out]
+    assert released == [(i, i * 10, False, False) for i in range(n)]
 
 
 @given(n=st.integers(1, 9), gaps=st.lists(st.sampled_from([0.0, 0.5, 3.0, 100.0]), min_size=9, max_size=9))

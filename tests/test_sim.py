@@ -642,7 +642,7 @@ async def test_original_node_holds_unflagged_jobs_and_answers_the_turn_on_its_en
             assert node.stats.jobs_held == 1 and node.stats.jobs_answered == 1
             assert node.held_jobs == []  # the turn is closed; job-1 is never answered
             await peer.send(**job("job-3", 2, first))  # no turn, no flag: a turn of its own, held
-            while node.stats.jobs_received < 3:  # noqa: ASYNC110 - a counter, the node has no event
+            while node.stats.jobs_received < 3:
                 await trio.sleep(0.01)
             assert [h.job_id for h in node.held_jobs] == ["job-3"]
             assert node.stats.results_sent == 1

@@ -48,7 +48,7 @@ def original(**overrides: Any) -> SimNodeBehaviour:
 async def until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
     """Wait for a condition on a node's counters (they move in the node's own task)."""
     with trio.fail_after(timeout):
-        while not condition():  # noqa: ASYNC110 - counters, not events: the node has none to offer
+        while not condition():
             await trio.sleep(0.005)
 
 
@@ -161,7 +161,6 @@ async def memory_sim_node(nursery: trio.Nursery, scheduler: Scheduler, behaviour
     return node
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: needs the bounded hold (results.max_hold_ms)")
 async def test_a_later_result_is_released_within_the_hold_while_an_earlier_job_is_never_answered(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock,
         make_config: Callable[..., Config]) -> None:
@@ -198,7 +197,6 @@ async def test_a_turn_answered_on_its_last_job_closes_its_earlier_jobs_without_r
     assert sum(n.stats.jobs_received for n in nodes) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: needs close without waiting (results.close_wait_seconds)")
 async def test_session_close_is_acked_within_close_wait_against_the_original_node(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock,
         make_config: Callable[..., Config]) -> None:

@@ -25,7 +25,7 @@ async def until(condition: Callable[[], bool], seconds: float = WAIT) -> None:
     For state that another task owns and changes without an event a test could wait on (the door's and the
     scheduler's counters, a writer that ends)."""
     with trio.fail_after(seconds):
-        while not condition():  # noqa: ASYNC110 - that state has no event to wait on
+        while not condition():
             await trio.sleep(POLL_SECONDS)
 
 

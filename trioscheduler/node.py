@@ -12,6 +12,7 @@ SLOW_CONSUMER and its jobs fail over; whenever the handler ends, however, the re
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -196,10 +197,10 @@ class NodeConnection:
             await self._registry.notify_heartbeat(self._link)
 
     def _send(self, message: Any) -> None:
-        try:
+        """Best effort: an answer that does not fit in the outbox is dropped (the outbox's overflow closes the
+        connection as a slow consumer)."""
+        with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             self._link.outbox.send_nowait(message)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
 
     async def _unencodable_assign(self, assign: m.JobAssign, exc: EncodeError) -> None:
         """A job_assign that cannot be encoded fails that job (as if the node had answered INTERNAL_ERROR, so it

@@ -24,6 +24,7 @@ queued, owed or timed. It runs in a nursery shared by all sessions, which it nev
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import time
@@ -213,13 +214,12 @@ class OutcomeWriter:
         self._counters["sessions_crashed"] += 1
         emit(log, ERROR, "session_crashed", task=task, session_id=session_id, peer=self._transport.peer,
              error=f"{type(exc).__name__}: {exc}")
-        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_SECONDS):
-            try:
-                await self._transport.send_message(encode(m.ErrorMessage(
-                    code=ErrorCode.INTERNAL_ERROR, message="internal error in the scheduler; session closed",
-                    session_id=session_id)))
-            except Exception:
-                pass  # the socket is what failed, or is gone: the close below still ends the session
+        # The socket may be what failed, or be gone: the close below still ends the session.
+        with (trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_SECONDS),
+              contextlib.suppress(Exception)):
+            await self._transport.send_message(encode(m.ErrorMessage(
+                code=ErrorCode.INTERNAL_ERROR, message="internal error in the scheduler; session closed",
+                session_id=session_id)))
         await self._close_transport(CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _close_transport(self, code: CloseCode, reason: str) -> None:
@@ -254,8 +254,8 @@ class OutcomeWriter:
                         await wakeup.wait()
             finally:
                 self._wakeup = None
-            if self.closed:
-                return _SETTLED
+            if self.closed:  # end() may have run while this task waited (mypy narrowed it before the await)
+                return _SETTLED  # type: ignore[unreachable]
             if not queue:
                 return _SETTLED if settled else None
         return queue.pop(0)
@@ -263,7 +263,6 @@ class OutcomeWriter:
     async def _write_loop(self) -> None:
         """Releases outcomes in utterance_index order (or as the bounded hold allows), each exactly once."""
         owed = self._owed
-        transport = self._transport
         while True:
             item = await self._next_item()
             if item is _SETTLED:
@@ -342,7 +341,7 @@ class OutcomeWriter:
         results = self._config.results
         return ResultOrderer(gap_timeout=results.gap_timeout_seconds, max_hold=results.max_hold_seconds)
 
-    def _cancel_job(self, index: int, why: str) -> None:
+    def _cancel_job(self, index: int, why: m.JobCancelReason) -> None:
         """Stop the job of ``index`` without waiting for the registry (the writer must not block on its inbox);
         what it held no longer counts against the session's bounds."""
         session = self.session
@@ -351,7 +350,8 @@ class OutcomeWriter:
         session.jobs.release(index)
         self._tasks.start_soon(self._cancel_jobs_task, session.session_id, (index,), why)
 
-    async def _cancel_jobs_task(self, session_id: str, indices: tuple[int, ...], why: str) -> None:
+    async def _cancel_jobs_task(self, session_id: str, indices: tuple[int, ...],
+                                why: m.JobCancelReason) -> None:
         """Runs in the nursery shared by all sessions, so nothing may escape it."""
         try:
             await self._registry.cancel_jobs(session_id, indices, why)
@@ -387,7 +387,6 @@ class OutcomeWriter:
     async def _release(self, released: list[Any], missing_reason: m.MissingResultReason = "gap_timeout") -> None:
         session = self.session
         owed = self._owed
-        transport = self._transport
         now = trio.current_time()
         for release in released:
             index = release.utterance_index

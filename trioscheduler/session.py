@@ -155,6 +155,7 @@ class SessionConnection:
                         await self._submit_cut(state, cut)
                     continue
             try:
+                assert frame is not None
                 try:
                     await self._handle(self._codec.decode(frame))
                 except ProtocolError as exc:

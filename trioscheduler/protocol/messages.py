@@ -396,7 +396,8 @@ class MissingResult:
 @attrs.frozen
 class ErrorMessage:
     TYPE: ClassVar[str] = "error"
-    code: ErrorCode
+    #: The scheduler's own ErrorCode, or the code a node reported for its job, passed through.
+    code: ErrorCode | Code
     message: str
     details: Any = None
     #: The field at fault for bad input (also in ``details.field``, where the original kept details).

@@ -18,7 +18,8 @@ import logging
 import math
 import random
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -51,6 +52,8 @@ INFO, WARNING, DEBUG = logging.INFO, logging.WARNING, logging.DEBUG
 FINISHED_MEMORY = 20_000  # finished job ids remembered to tell a late result from a foreign one
 DRAIN_BATCH = 512  # requests handled per scheduler trip before yielding
 
+#: The scheduler's own error codes (a node's other codes are counted together).
+OWN_CODES: frozenset[str] = frozenset(ErrorCode)
 
 class Registry:
     def __init__(
@@ -226,7 +229,7 @@ class Registry:
         self.session_jobs.pop(request.session_id, None)
         self.affinity.pop(request.session_id, None)
 
-    def _cancel(self, jobs: list[Job], reason: str, now: float) -> None:
+    def _cancel(self, jobs: list[Job], reason: m.JobCancelReason, now: float) -> None:
         """The session no longer wants these jobs: tell their nodes, free the slots, send no outcome."""
         for job in jobs:  # out of the queue first, so a freed slot cannot go to a job being cancelled
             self.waiting.discard(job)
@@ -343,7 +346,7 @@ class Registry:
             return False
         return True
 
-    def _send_cancel(self, job: Job, reason: str) -> None:
+    def _send_cancel(self, job: Job, reason: m.JobCancelReason) -> None:
         node = self.nodes.get(job.node_id or "")
         if node is not None and node.alive:
             self._send_to_node(node, m.JobCancel(job_id=job.job_id, reason=reason, trace_id=job.spec.trace_id))
@@ -479,8 +482,9 @@ class Registry:
 
     # ------------------------------------------------------------------------------------------ outcomes
 
-    def _fail(self, job: Job, code: str, message: str, now: float, details: Any = None) -> None:
-        self.counters[f"outcome_error_{code}"] += 1
+    def _fail(self, job: Job, code: ErrorCode | m.Code, message: str, now: float, details: Any = None) -> None:
+        # A node may report any code: count those under one key, so a node cannot grow the counters.
+        self.counters[f"outcome_error_{code if code in OWN_CODES else 'NODE_REPORTED'}"] += 1
         self._finish(job, error_outcome(job, code, message, details), now)
 
     def _finish(self, job: Job, message: Any, now: float) -> None:
@@ -653,7 +657,7 @@ class Registry:
                 # Sent again to a node that reconnected after losing the job with its old connection, and the
                 # node remembers the utterance: it will not run it. Not the node's failure; go elsewhere now.
                 self.counters["results_dropped_duplicate_after_reconnect"] += 1
-                job.tried.add(job.node_id)  # type: ignore[arg-type]
+                job.tried.add(job.node_id)
                 self._release_slot(job, now)
                 self._retry(job, now)
                 return

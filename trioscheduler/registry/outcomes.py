@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from trioscheduler.protocol import messages as m
+from trioscheduler.protocol.errors import ErrorCode
 from trioscheduler.registry.state import Job
 
 #: A node's ``extra.reason`` that means "nothing was said": the client gets a MissingResult, not an empty text.
@@ -69,7 +70,7 @@ def merged_outcome(job: Job, merged_into: int) -> m.MissingResult:
     )
 
 
-def error_outcome(job: Job, code: str, message: str, details: Any = None) -> m.ErrorMessage:
+def error_outcome(job: Job, code: ErrorCode | m.Code, message: str, details: Any = None) -> m.ErrorMessage:
     spec = job.spec
     return m.ErrorMessage(
         code=code, message=message, details=details, session_id=spec.session_id,

@@ -170,7 +170,7 @@ class Submit:
 class CancelJobs:
     session_id: str
     indices: tuple[int, ...] | None  # None: every job of the session
-    reason: str
+    reason: m.JobCancelReason
 
 
 @attrs.define(eq=False)
@@ -267,7 +267,8 @@ class RegistryClient:
             return request.reply.value  # type: ignore[no-any-return]
         return None
 
-    async def cancel_jobs(self, session_id: str, indices: tuple[int, ...] | None, reason: str) -> None:
+    async def cancel_jobs(self, session_id: str, indices: tuple[int, ...] | None,
+                          reason: m.JobCancelReason) -> None:
         await self._inbox.send(CancelJobs(session_id, indices, reason))
 
     async def session_ended(self, session_id: str) -> None:
