@@ -119,10 +119,16 @@ def choose_node(
     chosen = _choose_ready(members, nodes, services, excluded, preferred, now, rand)
     if chosen is not None or require_ready:
         return chosen
+    return _least_loaded(members, nodes, lambda node: has_room(node, excluded, now))
+
+
+def _least_loaded(members: MemberList, nodes: dict[str, Candidate],
+                  accept: Callable[[Candidate], bool]) -> str | None:
+    """The least loaded member that ``accept`` takes (a full scan: the fallback when sampling found none)."""
     best: Candidate | None = None
     for node_id in members:
         node = nodes.get(node_id)
-        if node is not None and has_room(node, excluded, now):
+        if node is not None and accept(node):
             best = node if best is None else _less_loaded(node, best)
     return None if best is None else best.node_id
 
@@ -160,12 +166,7 @@ def _choose_ready(
             return first.node_id  # type: ignore[union-attr]
         if ok_second:
             return second.node_id  # type: ignore[union-attr]
-    best: Candidate | None = None
-    for node_id in members:
-        node = nodes.get(node_id)
-        if node is not None and eligible(node, services, excluded, now):
-            best = node if best is None else _less_loaded(node, best)
-    return None if best is None else best.node_id
+    return _least_loaded(members, nodes, lambda node: eligible(node, services, excluded, now))
 
 
 def rejection_reasons(
