@@ -1053,6 +1053,22 @@ async def test_failed_result_becomes_error_with_node_code_without_failover(nurse
     assert reply is not None and reply.node_id == holder.node_id
 
 
+async def test_codes_a_node_invents_do_not_grow_the_counters(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    """A node may report any error code; the client gets it as sent, but the registry counts codes that are not
+    its own under one key, so a node inventing a new code per job cannot grow the counters without bound."""
+    h = Harness(nursery, make_config())
+    node = await h.node("node-a")
+    s = h.session("s")
+    for index in range(3):  # fewer than quarantine_failures
+        await s.submit(index)
+        (assign,) = node.assigns()
+        await node.result(failed_result(assign, f"INVENTED_{index}"))
+        assert (await s.outcome(STEP)).message.code == f"INVENTED_{index}"
+    counters = await h.counters()
+    assert counters["outcome_error_NODE_REPORTED"] == 3
+    assert not any(key.startswith("outcome_error_INVENTED") for key in counters)
+
+
 @pytest.mark.parametrize("reason", ["ASR_EMPTY", "NO_TEXT_ASSIGNED"])
 async def test_empty_result_becomes_missing_result(nursery: trio.Nursery, autojump_clock: Any,
                                                    reason: str) -> None:
