@@ -27,7 +27,6 @@ import collections
 import contextlib
 import logging
 import math
-import time
 from typing import Any
 
 import attrs
@@ -44,6 +43,7 @@ from trioscheduler.protocol.errors import CloseCode, ErrorCode
 from trioscheduler.registry.requests import Outcome, Passthrough, RegistryClient
 from trioscheduler.session_state import SessionState
 from trioscheduler.transport import Transport, TransportClosed
+from trioscheduler.wallclock import wall_ms
 
 log = logging.getLogger("trioscheduler.session")
 DEBUG, INFO, WARNING, ERROR = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
@@ -57,9 +57,6 @@ CLOSE_TIMEOUT_SECONDS = 1.0
 #: What the inbox returns when the writer has nothing left to do (it ends; the next item starts one).
 _SETTLED = object()
 
-
-def wall_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @attrs.frozen

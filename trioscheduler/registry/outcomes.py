@@ -3,19 +3,16 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.errors import ErrorCode
 from trioscheduler.registry.state import Job
+from trioscheduler.wallclock import wall_ms
 
 #: A node's ``extra.reason`` that means "nothing was said": the client gets a MissingResult, not an empty text.
 EMPTY_REASONS = frozenset({"ASR_EMPTY", "NO_TEXT_ASSIGNED"})
 
-
-def wall_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def success_outcome(job: Job, message: m.JobResult, now: float) -> m.TranslationResult | m.MissingResult:
