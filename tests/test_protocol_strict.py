@@ -271,10 +271,11 @@ def test_encode_failure_is_an_encode_error() -> None:
         assert isinstance(info.value, TrioschedulerError) and info.value.message_type == "translation_result"
 
 
-def test_error_message_codes_are_the_error_code_enum() -> None:
+def test_error_message_codes_are_the_error_code_enum_or_a_node_code() -> None:
+    """The scheduler's own errors carry an ErrorCode; a code a node reported for its job is passed through."""
     wire = json.loads(encode(ProtocolError("bad", field="x").to_message(session_id="s")))
     assert wire["code"] == "INVALID_MESSAGE"
-    assert attrs.fields(m.ErrorMessage).code.type in ("ErrorCode", ErrorCode)
+    assert attrs.fields(m.ErrorMessage).code.type in ("ErrorCode | Code", ErrorCode | m.Code)
 
 
 # Values a peer may put anywhere: deep, wide, big numbers (orjson reads integers past 64 bits as floats).
