@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -13,26 +12,7 @@ import httpx
 import pytest
 import trio
 
-from tests.wire import connect, node_register
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-async def _start(*args: str, env: dict[str, str] | None = None) -> tuple[trio.Process, re.Match[str]]:
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "trioscheduler", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        cwd=ROOT, env={**os.environ, **(env or {})})
-    assert process.stdout is not None
-    buffer = b""
-    with trio.fail_after(20):
-        while b"\n" not in buffer:
-            chunk = await process.stdout.receive_some()
-            assert chunk, f"daemon exited early: {buffer!r}"
-            buffer += chunk
-    line = buffer.decode().splitlines()[0]
-    match = re.match(r"trioscheduler listening: sessions (ws://\S+) nodes (ws://\S+) http (http://\S+)", line)
-    assert match, line
-    return process, match
+from tests.wire import ROOT, connect, node_register, start_daemon_process
 
 
 async def _stop(process: trio.Process, signum: int) -> tuple[int, bytes]:
@@ -48,7 +28,7 @@ async def _stop(process: trio.Process, signum: int) -> tuple[int, bytes]:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 async def test_daemon_prints_where_it_listens_serves_health_and_stops_cleanly(signum: int) -> None:
-    process, urls = await _start("--port", "0", "--http-port", "0", "--log-level", "warning")
+    process, urls = await start_daemon_process("--port", "0", "--http-port", "0", "--log-level", "warning")
     _, node_url, http_url = urls.groups()
     async with httpx.AsyncClient() as http:
         response = await http.get(f"{http_url}/health")
@@ -68,7 +48,7 @@ async def test_daemon_prints_where_it_listens_serves_health_and_stops_cleanly(si
 async def test_environment_variables_and_config_file_set_keys(tmp_path: Path) -> None:
     config = tmp_path / "trioscheduler.toml"
     config.write_text('[server]\nport = 0\nhttp_port = 0\n[scheduler]\nheartbeat_interval_seconds = 2.5\n')
-    process, urls = await _start("--config", str(config), "--log-level", "warning",
+    process, urls = await start_daemon_process("--config", str(config), "--log-level", "warning",
                                  env={"TRIOSCHEDULER_SCHEDULER_HEARTBEAT_INTERVAL_SECONDS": "7.5"})
     async with connect(urls.group(2)) as node:
         await node.send(**node_register())
@@ -81,7 +61,7 @@ async def test_one_port_carries_websockets_and_http() -> None:
     with trio.socket.socket() as probe:  # a free port to give both servers
         await probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process, urls = await _start("--port", str(port), "--http-port", str(port), "--log-level", "warning")
+    process, urls = await start_daemon_process("--port", str(port), "--http-port", str(port), "--log-level", "warning")
     assert urls.group(1) == f"ws://127.0.0.1:{port}/ws/session" and urls.group(3) == f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient() as http:
         assert (await http.get(f"{urls.group(3)}/health")).text == "OK"
@@ -119,7 +99,7 @@ def test_demo_runs_the_whole_system() -> None:
 
 
 async def test_examples_sim_node_and_stream_client_against_the_daemon() -> None:
-    process, urls = await _start("--port", "0", "--http-port", "0", "--log-level", "warning")
+    process, urls = await start_daemon_process("--port", "0", "--http-port", "0", "--log-level", "warning")
     node = await trio.lowlevel.open_process(
         [sys.executable, "examples/sim_node.py", "--scheduler", urls.group(2), "--count", "2"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -4,21 +4,15 @@ reported, and logged values cannot forge lines or fields."""
 from __future__ import annotations
 
 import logging
-import os
 import re
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.wire import b64, connect, node_register, pcm, result_for
+from tests.wire import b64, connect, node_register, pcm, result_for, start_daemon_process
 from trioscheduler import logs
-
-ROOT = Path(__file__).resolve().parent.parent
 
 #: Enough jobs that their info lines are many times a pipe's buffer (64 KiB on Linux).
 JOBS = 400
@@ -27,20 +21,9 @@ JOBS = 400
 async def test_a_stderr_pipe_nobody_reads_does_not_stop_scheduling() -> None:
     """The daemon at its default level, its stderr a pipe this test never reads: every job still gets its
     result, and promptly (each step has its own deadline)."""
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "trioscheduler", "--port", "0", "--http-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=dict(os.environ))
+    process, urls = await start_daemon_process("--port", "0", "--http-port", "0")
     try:
-        assert process.stdout is not None
-        buffer = b""
-        with trio.fail_after(20):
-            while b"\n" not in buffer:
-                chunk = await process.stdout.receive_some()
-                assert chunk, f"daemon exited early: {buffer!r}"
-                buffer += chunk
-        match = re.search(rb"sessions (ws://\S+) nodes (ws://\S+)", buffer)
-        assert match, buffer
-        session_url, node_url = (url.decode() for url in match.groups())
+        session_url, node_url = urls.group(1), urls.group(2)
         async with connect(node_url) as node, connect(session_url) as client:
             await node.send(**node_register("node-LOGPIPE1"))
             await node.recv_type("node_register_ack")

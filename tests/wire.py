@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -216,3 +221,25 @@ async def memory_session(nursery: trio.Nursery, scheduler: Scheduler, src: str =
     client = memory_peer(nursery, scheduler, "session")
     await client.send(type="session_init", src_lang=src, tgt_lang=tgt, audio_format="pcm16", **fields)
     return client, (await client.recv_type("session_init_ack"))["session_id"]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def start_daemon_process(*args: str, env: dict[str, str] | None = None) -> tuple[trio.Process, re.Match[str]]:
+    """``python -m trioscheduler *args`` in its own process (stdout and stderr piped; stderr is never read here),
+    once it printed its listening line; the match's groups are the session, node and HTTP URLs."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trioscheduler", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=ROOT, env={**os.environ, **(env or {})})
+    assert process.stdout is not None
+    buffer = b""
+    with trio.fail_after(20):
+        while b"\n" not in buffer:
+            chunk = await process.stdout.receive_some()
+            assert chunk, f"daemon exited early: {buffer!r}"
+            buffer += chunk
+    line = buffer.decode().splitlines()[0]
+    match = re.match(r"trioscheduler listening: sessions (ws://\S+) nodes (ws://\S+) http (http://\S+)", line)
+    assert match, line
+    return process, match
