@@ -26,7 +26,7 @@ from tests.wire import (
 )
 from trioscheduler.config import Config
 from trioscheduler.session_state import IndexSet
-from trioscheduler.transport import MemoryTransport, release_accepted_request, release_spent_handshake
+from trioscheduler.transport import MemoryTransport, release_spent_handshake
 
 FAST = {"pause_ms": 300, "max_duration_ms": 1000, "max_buffer_bytes": 64000}
 
@@ -281,14 +281,14 @@ async def test_spent_handshake_is_released_and_the_connection_still_works(daemon
     assert client.ws.closed is not None and client.ws.closed.code == 1000
 
 
-async def test_accepted_request_is_released_and_the_connection_still_works(nursery: trio.Nursery) -> None:
-    """What the server does after accept() (release_accepted_request, release_spent_handshake), on a bare
-    trio-websocket server: both apply to the installed versions and the socket still echoes and closes."""
+async def test_spent_handshake_is_released_on_a_bare_trio_websocket_server(nursery: trio.Nursery) -> None:
+    """What the server does after accept() (release_spent_handshake; the door itself drops the accepted request),
+    on a bare trio-websocket server: it applies to the installed versions and the socket still echoes and closes."""
     released: list[bool] = []
 
     async def echo(request: trio_websocket.WebSocketRequest) -> None:
         ws = await request.accept()
-        released.extend([release_accepted_request(request), release_spent_handshake(ws)])
+        released.append(release_spent_handshake(ws))
         while True:
             await ws.send_message(await ws.get_message())
 
@@ -298,7 +298,7 @@ async def test_accepted_request_is_released_and_the_connection_still_works(nurse
             await client.send_message(text)
             with trio.fail_after(5):
                 assert await client.get_message() == text
-    assert released == [True, True]
+    assert released == [True]
 
 
 async def test_utterance_out_of_order_pair_and_idempotency(fast: Daemon) -> None:

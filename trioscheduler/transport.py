@@ -71,18 +71,6 @@ def release_spent_handshake(ws: trio_websocket.WebSocketConnection) -> bool:
     return True
 
 
-def release_accepted_request(request: trio_websocket.WebSocketRequest) -> bool:
-    """Drop the upgrade request's headers once the socket is accepted. trio-websocket's per-connection handler
-    keeps the WebSocketRequest (and with it every request header: a browser sends a kilobyte or more) alive for
-    the whole connection, although nothing reads it after accept(); its ``path``, ``headers`` and
-    ``proposed_subprotocols`` are unusable afterwards. Only when the attribute is the wsproto Request this was
-    checked against (trio-websocket 0.12.2); otherwise a no-op. Returns whether it was released."""
-    if not isinstance(getattr(request, "_event", None), wsproto.events.Request):
-        return False
-    request._event = None  # type: ignore[assignment]
-    return True
-
-
 class EdgeWebSocketConnection(trio_websocket.WebSocketConnection):
     """trio-websocket's server connection with the edge's guarantees.
 
