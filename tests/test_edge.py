@@ -23,7 +23,7 @@ from wsproto import ConnectionType, WSConnection
 from tests.wire import WAIT, Daemon, session, start_daemon, until
 from trioscheduler.config import Config
 from trioscheduler.protocol.errors import CloseCode
-from trioscheduler.server import MAX_REQUEST_HEAD_BYTES, RequestHeadTooLarge, read_request_head, request_path
+from trioscheduler.server.listener import MAX_REQUEST_HEAD_BYTES, RequestHeadTooLarge, read_request_head, request_path
 from trioscheduler.transport import WebSocketTransport, peer_name
 
 MODES = ("two_listeners", "one_port")

@@ -37,7 +37,7 @@ from tests.fuzz.actions import (
 from tests.fuzz.frames import OPCODE_TEXT, RawPeer, masked_frame
 from tests.fuzz.harness import LiveDaemon, fuzz_config, run_example, start_live_daemon
 from tests.wire import WAIT, pcm
-from trioscheduler.server import SESSION_PATH
+from trioscheduler.server.listener import SESSION_PATH
 
 
 def utterance(**fields: Any) -> dict[str, Any]:

@@ -93,7 +93,7 @@ def capture(name: str) -> tuple[logging.Logger, ListHandler]:
 
 def test_a_value_with_a_newline_cannot_forge_a_line_or_a_field() -> None:
     logger, handler = capture("forge")
-    forged = "s-1\n2026-01-01T00:00:00.000Z warning trioscheduler.node node_quarantined node_id=n-1"
+    forged = "s-1\n2026-01-01T00:00:00.000Z warning trioscheduler.server.node_socket node_quarantined node_id=n-1"
     logs.emit(logger, logging.INFO, "job_created", session_id=forged, node_id='a" job_id=x', trace_id="t\\")
     (line,) = handler.lines
     assert "\n" not in line
@@ -206,8 +206,8 @@ def test_configure_logging_installs_one_queueing_handler_and_counts_its_drops() 
     try:
         assert logging.getLogger("trioscheduler").handlers == [handler]
         assert logs.dropped_records() == 0
-        logs.emit(logging.getLogger("trioscheduler.session"), logging.INFO, "hello", session_id="s-1")
-        assert sink.wait_for(1)[0].endswith(" info trioscheduler.session hello session_id=s-1\n")
+        logs.emit(logging.getLogger("trioscheduler.server.session_socket"), logging.INFO, "hello", session_id="s-1")
+        assert sink.wait_for(1)[0].endswith(" info trioscheduler.server.session_socket hello session_id=s-1\n")
     finally:
         handler.close()
         root.handlers[:], root.level, root.propagate = saved

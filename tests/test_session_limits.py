@@ -20,10 +20,10 @@ import trio_websocket
 from tests.wire import Peer, b64, connect, memory_node, memory_session, pcm, result_for, start_daemon, until
 from trioscheduler.app import Scheduler
 from trioscheduler.config import Config
-from trioscheduler.outcome_writer import OutcomeWriter, Send
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.errors import CloseCode
 from trioscheduler.registry.requests import Notices, Passthrough, RegistryClient, SessionEnded, open_registry_channel
+from trioscheduler.server.outcome_writer import OutcomeWriter, Send
 from trioscheduler.transport import MemoryTransport, memory_transport_pair
 
 

@@ -10,11 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trioscheduler.config import LimitsConfig, SegmentationConfig
-from trioscheduler.jobspec import MAX_INDEX_AHEAD, build_job_spec, utterance_index
 from trioscheduler.policy.segmentation import Cut, CutReason
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.errors import ErrorCode, ProtocolError
-from trioscheduler.session_state import JobBudget, SessionState, new_session_state, selection_key_for
+from trioscheduler.server.jobspec import MAX_INDEX_AHEAD, build_job_spec, utterance_index
+from trioscheduler.server.session_state import JobBudget, SessionState, new_session_state, selection_key_for
 
 SEGMENTATION = SegmentationConfig()
 

@@ -25,7 +25,7 @@ from tests.wire import (
     until,
 )
 from trioscheduler.config import Config
-from trioscheduler.session_state import IndexSet
+from trioscheduler.server.session_state import IndexSet
 from trioscheduler.transport import MemoryTransport, release_spent_handshake
 
 FAST = {"pause_ms": 300, "max_duration_ms": 1000, "max_buffer_bytes": 64000}

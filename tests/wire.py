@@ -19,7 +19,7 @@ import trio_websocket
 
 from trioscheduler.app import Scheduler
 from trioscheduler.config import Config
-from trioscheduler.server import Listening, serve
+from trioscheduler.server.listener import Listening, serve
 
 WAIT = 10.0  # every wait in a test has a deadline, so a bug fails instead of hanging
 POLL_SECONDS = 0.01

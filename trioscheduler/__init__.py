@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from trioscheduler.errors import TrioschedulerError
     from trioscheduler.protocol import messages
     from trioscheduler.protocol.errors import CloseCode, ErrorCode, ProtocolError
-    from trioscheduler.server import Listening, serve
+    from trioscheduler.server.listener import Listening, serve
     from trioscheduler.transport import MemoryTransport, Transport, TransportClosed, memory_transport_pair
 
 __version__ = "0.1.0"
@@ -61,8 +61,8 @@ _HOMES: Mapping[str, str] = types.MappingProxyType({
     "ProtocolError": "trioscheduler.protocol.errors",
     "messages": "trioscheduler.protocol.messages",
     "Scheduler": "trioscheduler.app",
-    "Listening": "trioscheduler.server",
-    "serve": "trioscheduler.server",
+    "Listening": "trioscheduler.server.listener",
+    "serve": "trioscheduler.server.listener",
     "MemoryTransport": "trioscheduler.transport",
     "Transport": "trioscheduler.transport",
     "TransportClosed": "trioscheduler.transport",

@@ -55,7 +55,7 @@ def apply_fd_limit(config: Config) -> None:
 
 
 async def run_until_signal(config: Config) -> None:
-    from trioscheduler.server import serve
+    from trioscheduler.server.listener import serve
 
     apply_fd_limit(config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

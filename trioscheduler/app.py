@@ -18,11 +18,11 @@ import trio
 
 from trioscheduler.config import Config
 from trioscheduler.logs import emit
-from trioscheduler.node import NodeConnection
 from trioscheduler.protocol.errors import CloseCode
 from trioscheduler.registry.actor import Registry
 from trioscheduler.registry.requests import RegistryClient, open_registry_channel
-from trioscheduler.session import SessionConnection, SessionMetrics
+from trioscheduler.server.node_socket import NodeConnection
+from trioscheduler.server.session_socket import SessionConnection, SessionMetrics
 from trioscheduler.transport import Transport
 
 log = logging.getLogger("trioscheduler")
@@ -30,7 +30,7 @@ log = logging.getLogger("trioscheduler")
 
 @attrs.define
 class EdgeMetrics:
-    """What the door (server.py) saw: WebSocket connections open now, and events by name (refusals, handshake
+    """What the door (server/listener.py) saw: WebSocket connections open now, and events by name (refusals, handshake
     timeouts, connection errors)."""
 
     #: WebSocket connections (sessions and nodes) past the door's capacity check and not yet closed.

@@ -16,7 +16,7 @@ import functools
 import trio
 
 from trioscheduler.config import Config, config_with
-from trioscheduler.server import serve
+from trioscheduler.server.listener import serve
 from trioscheduler.sim import SimClient, SimNode, SimNodeBehaviour, UtteranceResult, default_wav_path, read_wav
 from trioscheduler.sim.node import MODES
 

@@ -1,6 +1,6 @@
 """HTTP for operators (ASGI, served by hypercorn): /health, /api/v1/stats, /metrics.
 
-WebSockets never reach this app: the door in server.py carries /ws/session and /ws/node in both listener modes
+WebSockets never reach this app: the door in server/listener.py carries /ws/session and /ws/node in both listener modes
 (when ``http_port`` equals ``port`` it hands every other request to hypercorn, and so to this app).
 """
 

@@ -1,4 +1,4 @@
-"""One fuzz example against a live daemon: ``trioscheduler.server.serve`` in process on 127.0.0.1 port 0, real
+"""One fuzz example against a live daemon: ``trioscheduler.server.listener.serve`` in process on 127.0.0.1 port 0, real
 sockets, a well-behaved node and client doing round trips throughout, and hostile connections all at once.
 
 What every example checks (``run_example`` raises AssertionError naming what broke):
@@ -29,7 +29,7 @@ from tests.fuzz.frames import OPCODE_BINARY, OPCODE_TEXT, PEER_GONE, RawPeer, ma
 from tests.wire import WAIT, Daemon, Peer, b64, connect, node_register, pcm, result_for
 from trioscheduler.app import Scheduler
 from trioscheduler.config import Config, config_with
-from trioscheduler.server import NODE_PATH, SESSION_PATH, serve
+from trioscheduler.server.listener import NODE_PATH, SESSION_PATH, serve
 
 #: Small enough that the fuzzer's long values cross it; a bound the daemon must enforce like any other.
 FUZZ_MAX_MESSAGE_BYTES = 256 * 1024

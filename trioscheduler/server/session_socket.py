@@ -25,21 +25,21 @@ import trio
 
 from trioscheduler.config import Config
 from trioscheduler.ids import new_session_id, random_uuid
-from trioscheduler.jobspec import build_job_spec, utterance_index
 from trioscheduler.logs import emit
-from trioscheduler.outcome_writer import CloseSession, Expect, OutcomeWriter, Send
 from trioscheduler.policy.segmentation import Cut, audio_duration_ms, unframed_opus_duration_ms
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import client_codec, decode_base64
 from trioscheduler.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from trioscheduler.registry.requests import JobSpec, Outcome, RegistryClient
-from trioscheduler.session_state import SessionState, check_session_id, implicit_init, new_session_state
+from trioscheduler.server.jobspec import build_job_spec, utterance_index
+from trioscheduler.server.outcome_writer import CloseSession, Expect, OutcomeWriter, Send
+from trioscheduler.server.session_state import SessionState, check_session_id, implicit_init, new_session_state
 from trioscheduler.transport import Transport, TransportClosed
 from trioscheduler.wallclock import wall_ms
 
 __all__ = ["SessionConnection", "SessionMetrics"]
 
-log = logging.getLogger("trioscheduler.session")
+log = logging.getLogger("trioscheduler.server.session_socket")
 INFO, WARNING, DEBUG = logging.INFO, logging.WARNING, logging.DEBUG
 
 

@@ -13,7 +13,7 @@ from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import base64_size
 from trioscheduler.protocol.errors import ProtocolError
 from trioscheduler.registry.requests import JobSpec
-from trioscheduler.session_state import SessionState, check_rate_and_mode, selection_key_for
+from trioscheduler.server.session_state import SessionState, check_rate_and_mode, selection_key_for
 
 UTTERANCE_AUDIO_FORMATS = frozenset({"opus", "pcm16", "wav"})
 #: How far ahead of the next expected index a client-chosen utterance_index may jump.

@@ -41,7 +41,7 @@ from trioscheduler.transport import (
     refuse_oversize_frames,
 )
 
-log = logging.getLogger("trioscheduler.server")
+log = logging.getLogger("trioscheduler.server.listener")
 
 SESSION_PATH = "/ws/session"
 NODE_PATH = "/ws/node"

@@ -41,11 +41,11 @@ from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import EncodeError, encode, encode_wire, to_wire
 from trioscheduler.protocol.errors import CloseCode, ErrorCode
 from trioscheduler.registry.requests import Outcome, Passthrough, RegistryClient
-from trioscheduler.session_state import SessionState
+from trioscheduler.server.session_state import SessionState
 from trioscheduler.transport import Transport, TransportClosed
 from trioscheduler.wallclock import wall_ms
 
-log = logging.getLogger("trioscheduler.session")
+log = logging.getLogger("trioscheduler.server.session_socket")
 DEBUG, INFO, WARNING, ERROR = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
 
 #: How long a writer with nothing left to do waits for more before it ends: a session exchanging messages keeps

@@ -28,7 +28,7 @@ from trioscheduler.registry.actor import Dispatch
 from trioscheduler.registry.requests import CloseLink, NodeLink, RegistryClient
 from trioscheduler.transport import Transport, TransportClosed
 
-log = logging.getLogger("trioscheduler.node")
+log = logging.getLogger("trioscheduler.server.node_socket")
 INFO, WARNING, DEBUG, ERROR = logging.INFO, logging.WARNING, logging.DEBUG, logging.ERROR
 #: How long a closing handshake may take before the TCP connection is dropped (a peer that does not read never
 #: answers the close frame).
