@@ -18,6 +18,7 @@ import trio
 
 from trioscheduler.config import Config
 from trioscheduler.logs import emit
+from trioscheduler.principal import ANONYMOUS, Principal
 from trioscheduler.protocol.errors import CloseCode
 from trioscheduler.registry.actor import Registry
 from trioscheduler.registry.requests import RegistryClient, open_registry_channel
@@ -61,24 +62,24 @@ class Scheduler:
             finally:
                 self._session_tasks = None
 
-    async def handle_session(self, transport: Transport) -> None:
+    async def handle_session(self, transport: Transport, principal: Principal = ANONYMOUS) -> None:
         # The try is here rather than in a shared wrapper coroutine: a suspended coroutine frame is ~250 bytes
         # for every idle session, for as long as its socket is open.
         try:
             tasks = self._session_tasks
             if tasks is not None:
-                await SessionConnection(transport, self.client, self.config, self.sessions, tasks).run()
+                await SessionConnection(transport, self.client, self.config, self.sessions, tasks, principal).run()
                 return
             async with trio.open_nursery() as tasks:  # before run() (tests that hold the registry back)
-                await SessionConnection(transport, self.client, self.config, self.sessions, tasks).run()
+                await SessionConnection(transport, self.client, self.config, self.sessions, tasks, principal).run()
                 tasks.cancel_scope.cancel()
         except Exception:
             await self._crashed("session", transport)
 
-    async def handle_node(self, transport: Transport) -> None:
+    async def handle_node(self, transport: Transport, principal: Principal = ANONYMOUS) -> None:
         self.nodes_connected += 1
         try:
-            await NodeConnection(transport, self.client, self.config, next(self._conn_ids)).run()
+            await NodeConnection(transport, self.client, self.config, next(self._conn_ids), principal).run()
         except Exception:
             await self._crashed("node", transport)
         finally:

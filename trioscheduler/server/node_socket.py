@@ -21,6 +21,7 @@ import trio
 from trioscheduler.config import Config
 from trioscheduler.logs import emit
 from trioscheduler.policy.capability import CAPABILITY_FIELDS, claim_of_heartbeat
+from trioscheduler.principal import ANONYMOUS, Principal
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import EncodeError, encode, node_codec
 from trioscheduler.protocol.errors import CloseCode, ErrorCode, ProtocolError
@@ -58,8 +59,11 @@ class NodeOutbox:
 
 
 class NodeConnection:
-    def __init__(self, transport: Transport, registry: RegistryClient, config: Config, conn_id: int) -> None:
+    def __init__(self, transport: Transport, registry: RegistryClient, config: Config, conn_id: int,
+                 principal: Principal = ANONYMOUS) -> None:
         self._transport = transport
+        #: Who this socket acts as (set by the door; ANONYMOUS when authentication is off).
+        self._principal = principal
         self._registry = registry
         self._config = config
         self._codec = node_codec(config.limits)

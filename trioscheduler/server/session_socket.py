@@ -27,6 +27,7 @@ from trioscheduler.config import Config
 from trioscheduler.ids import new_session_id, random_uuid
 from trioscheduler.logs import emit
 from trioscheduler.policy.segmentation import Cut, audio_duration_ms, unframed_opus_duration_ms
+from trioscheduler.principal import ANONYMOUS, Principal
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import client_codec, decode_base64
 from trioscheduler.protocol.errors import CloseCode, ErrorCode, ProtocolError
@@ -58,7 +59,7 @@ class SessionMetrics:
 
 class SessionConnection:
     __slots__ = ("_transport", "_registry", "_config", "_codec", "_metrics", "_state", "_writer", "_early_frames",
-                 "_handshake_deadline")
+                 "_handshake_deadline", "_principal")
 
     def __init__(
         self,
@@ -67,8 +68,11 @@ class SessionConnection:
         config: Config,
         metrics: SessionMetrics,
         tasks: trio.Nursery,
+        principal: Principal = ANONYMOUS,
     ) -> None:
         self._transport = transport
+        #: Who this socket acts as (set by the door; ANONYMOUS when authentication is off).
+        self._principal = principal
         self._registry = registry
         self._config = config
         self._codec = client_codec(config.limits)
