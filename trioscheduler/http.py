@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from trioscheduler.app import Scheduler
+from trioscheduler.gateway import TRANSLATE_PATH, Gateway, handle_translate
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_HISTOGRAMS = (
@@ -66,10 +67,14 @@ class SnapshotCollector(Collector):
                 buckets=[(bound if isinstance(bound, str) else repr(bound), n) for bound, n in hist["buckets"]])
 
 
-def make_app(scheduler: Scheduler) -> ASGIFramework:
+def make_app(scheduler: Scheduler, gateway: Gateway | None = None) -> ASGIFramework:
+    """``gateway``: serve ``POST /v1/speech/translate`` with it (issue 14); None: that path is 404."""
+
     async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
+        elif scope["type"] == "http" and gateway is not None and scope["path"] == TRANSLATE_PATH:
+            await handle_translate(gateway, scope, receive, send)
         elif scope["type"] == "http":
             await _http(scheduler, scope, send)
         elif scope["type"] == "websocket":
