@@ -20,7 +20,7 @@ from trioscheduler.gateway.translate import TranslateRequest, error_body, job_sp
 from trioscheduler.principal import ANONYMOUS, Principal
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.errors import ErrorCode
-from trioscheduler.registry.requests import RegistryClient
+from trioscheduler.registry.requests import JobSpec, RegistryClient
 
 #: The rate limiter's key for callers without a tenant (authentication off).
 ANONYMOUS_TENANT = ""
@@ -57,10 +57,13 @@ class Gateway:
                                    retry_after_s=round(self.limiter.retry_after(tenant, now), 3))
         return None
 
-    async def translate(self, request: TranslateRequest, principal: Principal, session_id: str,
-                        index: int) -> Any:
-        """Run one utterance; its outcome message (an ``error`` GATEWAY_BUSY beyond
-        ``gateway.max_concurrent_requests``). The caller ends ``session_id`` with the registry when done."""
+    def job(self, request: TranslateRequest, principal: Principal, session_id: str, index: int) -> JobSpec:
+        """The job of one request; raises ProtocolError naming the field at fault."""
+        return job_spec(request, session_id, index, trio.current_time(), self.config, principal.tenant_id)
+
+    async def run(self, spec: JobSpec) -> Any:
+        """Run one job; its outcome message (an ``error`` GATEWAY_BUSY beyond ``gateway.max_concurrent_requests``).
+        The caller ends the job's session with the registry when done."""
         limit = self.config.gateway.max_concurrent_requests
         if self.running >= limit:
             self.counters["gateway_busy"] += 1
@@ -68,10 +71,9 @@ class Gateway:
                                   message=f"gateway.max_concurrent_requests ({limit}) requests are running")
         self.running += 1
         try:
-            now = trio.current_time()
-            spec = job_spec(request, session_id, index, now, self.config, principal.tenant_id)
             self.counters["gateway_requests"] += 1
             config = self.config
+            now = trio.current_time()
             outcome = await run_job(
                 self._registry, spec,
                 selection_deadline=now + config.scheduler.selection_deadline_ms / 1000.0,

@@ -46,6 +46,7 @@ async def run_job(registry: RegistryClient, spec: JobSpec, *, selection_deadline
     with trio.move_on_at(deadline):
         await sink.done.wait()
     if sink.outcome is None:
+        await registry.cancel_jobs(spec.session_id, (spec.utterance_index,), "job_timeout")
         return m.ErrorMessage(code=ErrorCode.JOB_TIMEOUT, job_id=reply.job_id,
                               message="no outcome within gateway.request_timeout_seconds", **ids)
     return sink.outcome.message

@@ -60,6 +60,14 @@ async def _read_body(receive: ASGIReceiveCallable, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
+async def _cancel_on_disconnect(receive: ASGIReceiveCallable, scope: trio.CancelScope, gateway: Gateway) -> None:
+    """While the job runs: a caller that hangs up ends the wait (and so, with its session, the job)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gateway.counters["gateway_caller_gone"] += 1
+    scope.cancel()
+
+
 async def handle_translate(gateway: Gateway, scope: HTTPScope, receive: ASGIReceiveCallable,
                            send: ASGISendCallable) -> None:
     if scope["method"] != "POST":
@@ -93,15 +101,21 @@ async def handle_translate(gateway: Gateway, scope: HTTPScope, receive: ASGIRece
         return
     started = trio.current_time()
     session_id = new_session_id()
+    outcome: Any = None
     try:
-        request = parse_body(body, _header(scope, b"content-type") or "")
+        spec = gateway.job(parse_body(body, _header(scope, b"content-type") or ""), principal, session_id, 0)
         del body
-        outcome = await gateway.translate(request, principal, session_id, 0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope, gateway)
+            outcome = await gateway.run(spec)
+            nursery.cancel_scope.cancel()
     except ProtocolError as exc:
         gateway.counters["gateway_bad_request"] += 1
         await respond_json(send, 400, error_body(exc.code, exc.message, exc.field))
         return
     finally:
         gateway.registry.session_ended_nowait(session_id)
+    if outcome is None:
+        return  # the caller hung up: its job was cancelled with its session
     status, answer_body = answer(outcome, (trio.current_time() - started) * 1000.0)
     await respond_json(send, status, answer_body)

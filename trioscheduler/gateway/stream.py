@@ -95,11 +95,12 @@ class _Stream:
         started = trio.current_time()
         try:
             request = request_of_fields({**self._fields, "audio": message.get("chunk")})
-            outcome = await gateway.translate(request, self._principal, session_id, self._index)
+            spec = gateway.job(request, self._principal, session_id, self._index)
         except ProtocolError as exc:
             field = "chunk" if exc.field == "audio" else exc.field
             await self._error(exc.message, exc.code, field)
             return
+        outcome = await gateway.run(spec)
         index = self._index
         self._index += 1
         status, body = answer(outcome, (trio.current_time() - started) * 1000.0)

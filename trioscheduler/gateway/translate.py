@@ -20,7 +20,7 @@ from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import base64_size
 from trioscheduler.protocol.errors import ErrorCode, ProtocolError
 from trioscheduler.registry.requests import JobSpec
-from trioscheduler.server.jobspec import build_job_spec, utterance_index
+from trioscheduler.server.jobspec import UTTERANCE_AUDIO_FORMATS, build_job_spec, utterance_index
 from trioscheduler.server.session_state import implicit_init, new_session_state
 
 DEFAULT_AUDIO_FORMAT = "pcm16"
@@ -77,6 +77,13 @@ def _sample_rate(value: Any) -> int:
     return value
 
 
+def _audio_format(fields: dict[str, Any]) -> str:
+    value = _text(fields, "audio_format", DEFAULT_AUDIO_FORMAT).lower()
+    if value not in UTTERANCE_AUDIO_FORMATS:
+        raise ProtocolError(f"audio_format must be one of {sorted(UTTERANCE_AUDIO_FORMATS)}", field="audio_format")
+    return value
+
+
 def request_of_fields(fields: dict[str, Any]) -> TranslateRequest:
     """Check the fields of a request (JSON values or form texts; ``audio`` already base64); raises ProtocolError."""
     audio = fields.get("audio")
@@ -87,7 +94,7 @@ def request_of_fields(fields: dict[str, Any]) -> TranslateRequest:
         audio_b64=audio,
         src_lang=_text(fields, "src_lang"),
         tgt_lang=_text(fields, "tgt_lang"),
-        audio_format=_text(fields, "audio_format", DEFAULT_AUDIO_FORMAT).lower(),
+        audio_format=_audio_format(fields),
         sample_rate=_sample_rate(fields.get("sample_rate")),
     )
 
