@@ -276,3 +276,24 @@ async def test_stream_utterance_past_the_gateway_deadline(nursery: trio.Nursery,
         final = await stream.recv_type("final")
     assert error["code"] == "JOB_TIMEOUT" and cancel["job_id"] == assign["job_id"]
     assert second["utterance_index"] == 1 and final["utterance_index"] == 1
+
+
+async def test_stream_without_start_is_closed_at_the_handshake_deadline(
+        nursery: trio.Nursery, make_config: Callable[..., Config]) -> None:
+    import trio_websocket
+
+    daemon = await start_daemon(nursery, make_config(limits={"handshake_timeout_seconds": 0.3}))
+    url = f"ws://{daemon.listening.host}:{daemon.listening.port}/v1/stream"
+    async with connect(url) as stream:
+        with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+            await stream.read_until_closed()
+    assert closed.value.reason.code == 4008
+
+
+async def test_gateway_counters_in_stats(daemon: Daemon) -> None:
+    await post(daemon, json=json_body(audio=None))
+    async with httpx.AsyncClient(timeout=WAIT) as http:
+        stats = (await http.get(f"{daemon.listening.http_url}/api/v1/stats")).json()
+        metrics = (await http.get(f"{daemon.listening.http_url}/metrics")).text
+    assert stats["gateway"]["counters"]["gateway_bad_request"] == 1 and stats["gateway"]["running"] == 0
+    assert 'scheduler_events_total{event="gateway_bad_request"} 1.0' in metrics

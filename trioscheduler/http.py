@@ -50,7 +50,8 @@ class SnapshotCollector(Collector):
         yield GaugeMetricFamily("scheduler_registry_inbox_pending", "Requests waiting in the registry inbox",
                                 value=snap["inbox_pending"])
         events = CounterMetricFamily("scheduler_events", "Registry and session events", labels=["event"])
-        for name, value in sorted({**snap["counters"], **snap["sessions"]["counters"]}.items()):
+        gateway = snap.get("gateway", {}).get("counters", {})
+        for name, value in sorted({**snap["counters"], **snap["sessions"]["counters"], **gateway}.items()):
             events.add_metric([name], value)
         yield events
         yield GaugeMetricFamily("scheduler_connections_open", "Open WebSocket connections (sessions and nodes)",
@@ -76,7 +77,7 @@ def make_app(scheduler: Scheduler, gateway: Gateway | None = None) -> ASGIFramew
         elif scope["type"] == "http" and gateway is not None and scope["path"] == TRANSLATE_PATH:
             await handle_translate(gateway, scope, receive, send)
         elif scope["type"] == "http":
-            await _http(scheduler, scope, send)
+            await _http(scheduler, scope, send, gateway)
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": None})
 
@@ -99,7 +100,8 @@ async def _respond(send: ASGISendCallable, status: int, body: bytes, content_typ
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _http(scheduler: Scheduler, scope: HTTPScope, send: ASGISendCallable) -> None:
+async def _http(scheduler: Scheduler, scope: HTTPScope, send: ASGISendCallable,
+                gateway: Gateway | None = None) -> None:
     path, method = scope["path"], scope["method"]
     if method not in ("GET", "HEAD"):
         await _respond(send, 405, b"method not allowed\n", "text/plain")
@@ -107,6 +109,8 @@ async def _http(scheduler: Scheduler, scope: HTTPScope, send: ASGISendCallable) 
         await _respond(send, 200, b"OK", "text/plain")
     elif path in ("/api/v1/stats", "/metrics"):
         snapshot = await scheduler.stats()
+        if snapshot is not None and gateway is not None:
+            snapshot["gateway"] = {"running": gateway.running, "counters": dict(gateway.counters)}
         if snapshot is None:
             await _respond(send, 503, b'{"error":"registry did not answer"}', "application/json")
         elif path == "/metrics":

@@ -25,7 +25,7 @@ from trioscheduler.gateway.translate import answer, request_of_fields
 from trioscheduler.ids import new_session_id
 from trioscheduler.logs import emit
 from trioscheduler.principal import ANONYMOUS, Principal
-from trioscheduler.protocol.errors import ErrorCode, ProtocolError
+from trioscheduler.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from trioscheduler.transport import Transport, TransportClosed
 
 log = logging.getLogger("trioscheduler.gateway.stream")
@@ -33,7 +33,7 @@ STREAM_PATH = "/v1/stream"
 
 
 class _Stream:
-    __slots__ = ("_gateway", "_transport", "_principal", "session_id", "_fields", "_index")
+    __slots__ = ("_gateway", "_transport", "_principal", "session_id", "_fields", "_index", "_started")
 
     def __init__(self, gateway: Gateway, transport: Transport, principal: Principal) -> None:
         self._gateway = gateway
@@ -42,6 +42,7 @@ class _Stream:
         self.session_id: str | None = None
         self._fields: dict[str, Any] = {}
         self._index = 0
+        self._started = False
 
     async def _send(self, **message: Any) -> None:
         await self._transport.send_message(orjson.dumps(message).decode())
@@ -53,8 +54,20 @@ class _Stream:
         await self._send(**error)
 
     async def run(self) -> None:
+        """Until the socket closes; one that sends no ``start`` within ``limits.handshake_timeout_seconds`` is
+        closed with CloseCode.HANDSHAKE_TIMEOUT, as a session socket without session_init."""
+        deadline = trio.current_time() + self._gateway.config.limits.handshake_timeout_seconds
         while True:
-            frame = await self._transport.get_message()
+            frame: str | bytes | None = None
+            if self._started:
+                frame = await self._transport.get_message()
+            else:
+                with trio.move_on_at(deadline):
+                    frame = await self._transport.get_message()
+                if frame is None:
+                    self._gateway.counters["gateway_stream_handshake_timeout"] += 1
+                    await self._transport.aclose(CloseCode.HANDSHAKE_TIMEOUT, "no start")
+                    return
             try:
                 message = orjson.loads(frame)
             except orjson.JSONDecodeError:
@@ -76,6 +89,7 @@ class _Stream:
             await self._error(exc.message, exc.code, exc.field)
             return
         self.end()
+        self._started = True
         self.session_id = new_session_id()
         self._fields = fields
         self._index = 0
