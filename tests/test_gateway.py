@@ -97,31 +97,29 @@ async def test_no_node_is_503(impatient: Daemon) -> None:
 
 
 async def test_node_timeout_is_504_and_the_node_is_told(impatient: Daemon) -> None:
-    async with registered_node(impatient.node_url) as (node, _):
-        async with trio.open_nursery() as nursery:
-            responses: list[httpx.Response] = []
+    async with registered_node(impatient.node_url) as (node, _), trio.open_nursery() as nursery:
+        responses: list[httpx.Response] = []
 
-            async def call() -> None:
-                responses.append(await post(impatient, json=json_body()))
+        async def call() -> None:
+            responses.append(await post(impatient, json=json_body()))
 
-            nursery.start_soon(call)
-            assign = await node.recv_type("job_assign")  # and never answered
-            cancel = await node.recv_type("job_cancel")
+        nursery.start_soon(call)
+        assign = await node.recv_type("job_assign")  # and never answered
+        cancel = await node.recv_type("job_cancel")
     assert cancel["job_id"] == assign["job_id"] and cancel["reason"] == "job_timeout"
     assert responses[0].status_code == 504 and responses[0].json()["code"] == "JOB_TIMEOUT"
     assert await registry_is_empty(impatient)
 
 
 async def test_a_caller_that_hangs_up_cancels_its_job(daemon: Daemon) -> None:
-    async with registered_node(daemon.node_url) as (node, _):
-        async with trio.open_nursery() as nursery:
-            async def call() -> None:
-                with pytest.raises(httpx.ReadTimeout):
-                    await post(daemon, timeout=0.5, json=json_body())
+    async with registered_node(daemon.node_url) as (node, _), trio.open_nursery() as nursery:
+        async def call() -> None:
+            with pytest.raises(httpx.ReadTimeout):
+                await post(daemon, timeout=0.5, json=json_body())
 
-            nursery.start_soon(call)
-            assign = await node.recv_type("job_assign")
-            cancel = await node.recv_type("job_cancel")
+        nursery.start_soon(call)
+        assign = await node.recv_type("job_assign")
+        cancel = await node.recv_type("job_cancel")
     assert cancel["job_id"] == assign["job_id"] and cancel["reason"] == "session_closed"
     await until(lambda: True)
     assert await registry_is_empty(daemon)
@@ -297,3 +295,25 @@ async def test_gateway_counters_in_stats(daemon: Daemon) -> None:
         metrics = (await http.get(f"{daemon.listening.http_url}/metrics")).text
     assert stats["gateway"]["counters"]["gateway_bad_request"] == 1 and stats["gateway"]["running"] == 0
     assert 'scheduler_events_total{event="gateway_bad_request"} 1.0' in metrics
+
+
+async def test_node_failure_is_502_and_silence_is_an_empty_answer(daemon: Daemon) -> None:
+    async with registered_node(daemon.node_url) as (node, _):
+        for answer_with, status in (({"success": False, "error": {"code": "MODEL_NOT_AVAILABLE",
+                                                                   "message": "no model"}}, 502),
+                                    ({"extra": {"reason": "ASR_EMPTY"}, "text_asr": "", "text_translated": "",
+                                      "tts_audio": ""}, 200)):
+            responses: list[httpx.Response] = []
+            async with trio.open_nursery() as requests:
+                async def call() -> None:
+                    responses.append(await post(daemon, json=json_body()))
+
+                requests.start_soon(call)
+                assign = await node.recv_type("job_assign")
+                await node.send(**result_for(assign, **answer_with))
+            assert responses[0].status_code == status
+            body = responses[0].json()
+            if status == 502:
+                assert body["code"] == "MODEL_NOT_AVAILABLE" and body["job_id"] == assign["job_id"]
+            else:
+                assert body["missing_reason"] == "silence_detected" and body["text_asr"] == ""

@@ -80,9 +80,9 @@ async def handle_translate(gateway: Gateway, scope: HTTPScope, receive: ASGIRece
         return
     refusal = gateway.admit(principal)
     if refusal is not None:
-        status, body = refusal
-        await respond_json(send, status, body, ((b"retry-after", str(max(1, round(body["retry_after_s"])))
-                                                  .encode()),))
+        status, refused = refusal
+        retry_after = str(max(1, round(refused["retry_after_s"]))).encode()
+        await respond_json(send, status, refused, ((b"retry-after", retry_after),))
         return
     limit = gateway.config.gateway.max_body_bytes
     declared = _header(scope, b"content-length")

@@ -152,7 +152,7 @@ def job_spec(request: TranslateRequest, session_id: str, index: int, now: float,
         src_lang=request.src_lang, tgt_lang=request.tgt_lang, audio_format=request.audio_format,  # type: ignore[arg-type]
         sample_rate=m.SampleRate(request.sample_rate),
     )
-    init = attrs.evolve(implicit_init(utterance), tenant_id=tenant_id)
+    init = attrs.evolve(implicit_init(utterance), tenant_id=None if tenant_id is None else m.Id(tenant_id))
     state = new_session_state(init, session_id, random_uuid(), config.segmentation)
     checked = utterance_index(state, utterance)
     return build_job_spec(state, config.segmentation, checked, now, utterance, random_uuid())

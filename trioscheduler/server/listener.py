@@ -199,7 +199,7 @@ class Door:
         if head is None:
             return
         path = request_path(head)
-        if path not in self._paths:
+        if path is None or path not in self._paths:
             if path is not None and self._http is not None:
                 await self._http(PrefixedStream(stream, head))
             elif path is None:
