@@ -305,10 +305,10 @@ async def test_node_failure_is_502_and_silence_is_an_empty_answer(daemon: Daemon
                                       "tts_audio": ""}, 200)):
             responses: list[httpx.Response] = []
             async with trio.open_nursery() as requests:
-                async def call() -> None:
-                    responses.append(await post(daemon, json=json_body()))
+                async def call(into: list[httpx.Response]) -> None:
+                    into.append(await post(daemon, json=json_body()))
 
-                requests.start_soon(call)
+                requests.start_soon(call, responses)
                 assign = await node.recv_type("job_assign")
                 await node.send(**result_for(assign, **answer_with))
             assert responses[0].status_code == status
