@@ -195,6 +195,38 @@ class LimitsConfig:
 
 
 @attrs.frozen
+class GroupsConfig:
+    """Utterance groups (issue 14): consecutive results of a session joined under one group_id."""
+
+    #: A result joins the session's current group within this long of the group's last activity (a part, or a
+    #: tts_started / tts_play_ended naming it).
+    window_ms: float = attrs.field(default=2000.0, validator=_positive)
+    #: Parts in one group; the next result starts a new group.
+    max_parts: int = attrs.field(default=8, validator=_positive_int)
+    #: Characters of the group's recent text sent to the node as ``context_text`` (the newest ones).
+    max_context_chars: int = attrs.field(default=800, validator=_non_negative_int)
+
+
+@attrs.frozen
+class GatewayConfig:
+    """The REST and WebSocket gateway (``POST /v1/speech/translate``, ``WS /v1/stream``)."""
+
+    enabled: bool = attrs.field(default=True, validator=_bool)
+    #: Largest request body of ``POST /v1/speech/translate``; beyond it 413 REQUEST_TOO_LARGE.
+    max_body_bytes: int = attrs.field(default=8 * 2**20, validator=_positive_int)
+    #: Gateway requests (REST calls and stream utterances) running at once; beyond it 503 GATEWAY_BUSY.
+    max_concurrent_requests: int = attrs.field(default=64, validator=_positive_int)
+    #: Requests per second per tenant (token bucket refill rate); beyond it 429 RATE_LIMITED.
+    requests_per_second: float = attrs.field(default=100.0, validator=_positive)
+    #: Requests a tenant may make at once after a quiet spell (token bucket size).
+    burst: int = attrs.field(default=100, validator=_positive_int)
+    #: Tenants the rate limiter remembers; the least recently seen is forgotten beyond it.
+    max_tenants: int = attrs.field(default=10_000, validator=_positive_int)
+    #: How long one request may wait for its outcome; then 504 JOB_TIMEOUT and its job is cancelled.
+    request_timeout_seconds: float = attrs.field(default=120.0, validator=_positive)
+
+
+@attrs.frozen
 class Config:
     server: ServerConfig = ServerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
@@ -202,6 +234,8 @@ class Config:
     results: ResultsConfig = ResultsConfig()
     limits: LimitsConfig = LimitsConfig()
     logging: LoggingConfig = LoggingConfig()
+    groups: GroupsConfig = GroupsConfig()
+    gateway: GatewayConfig = GatewayConfig()
 
 
 def _sections(root: type[Config]) -> Mapping[str, type]:

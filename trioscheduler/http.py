@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from trioscheduler.app import Scheduler
+from trioscheduler.gateway import TRANSLATE_PATH, Gateway, handle_translate
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_HISTOGRAMS = (
@@ -49,7 +50,8 @@ class SnapshotCollector(Collector):
         yield GaugeMetricFamily("scheduler_registry_inbox_pending", "Requests waiting in the registry inbox",
                                 value=snap["inbox_pending"])
         events = CounterMetricFamily("scheduler_events", "Registry and session events", labels=["event"])
-        for name, value in sorted({**snap["counters"], **snap["sessions"]["counters"]}.items()):
+        gateway = snap.get("gateway", {}).get("counters", {})
+        for name, value in sorted({**snap["counters"], **snap["sessions"]["counters"], **gateway}.items()):
             events.add_metric([name], value)
         yield events
         yield GaugeMetricFamily("scheduler_connections_open", "Open WebSocket connections (sessions and nodes)",
@@ -66,12 +68,16 @@ class SnapshotCollector(Collector):
                 buckets=[(bound if isinstance(bound, str) else repr(bound), n) for bound, n in hist["buckets"]])
 
 
-def make_app(scheduler: Scheduler) -> ASGIFramework:
+def make_app(scheduler: Scheduler, gateway: Gateway | None = None) -> ASGIFramework:
+    """``gateway``: serve ``POST /v1/speech/translate`` with it (issue 14); None: that path is 404."""
+
     async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
+        elif scope["type"] == "http" and gateway is not None and scope["path"] == TRANSLATE_PATH:
+            await handle_translate(gateway, scope, receive, send)
         elif scope["type"] == "http":
-            await _http(scheduler, scope, send)
+            await _http(scheduler, scope, send, gateway)
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": None})
 
@@ -94,7 +100,8 @@ async def _respond(send: ASGISendCallable, status: int, body: bytes, content_typ
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _http(scheduler: Scheduler, scope: HTTPScope, send: ASGISendCallable) -> None:
+async def _http(scheduler: Scheduler, scope: HTTPScope, send: ASGISendCallable,
+                gateway: Gateway | None = None) -> None:
     path, method = scope["path"], scope["method"]
     if method not in ("GET", "HEAD"):
         await _respond(send, 405, b"method not allowed\n", "text/plain")
@@ -102,6 +109,8 @@ async def _http(scheduler: Scheduler, scope: HTTPScope, send: ASGISendCallable) 
         await _respond(send, 200, b"OK", "text/plain")
     elif path in ("/api/v1/stats", "/metrics"):
         snapshot = await scheduler.stats()
+        if snapshot is not None and gateway is not None:
+            snapshot["gateway"] = {"running": gateway.running, "counters": dict(gateway.counters)}
         if snapshot is None:
             await _respond(send, 503, b'{"error":"registry did not answer"}', "application/json")
         elif path == "/metrics":

@@ -29,6 +29,13 @@ class ErrorCode(enum.StrEnum):
     SESSION_AUDIO_LIMIT_EXCEEDED = "SESSION_AUDIO_LIMIT_EXCEEDED"
     #: The session has ``limits.max_session_outstanding`` utterances without an outcome already.
     SESSION_OUTSTANDING_LIMIT_EXCEEDED = "SESSION_OUTSTANDING_LIMIT_EXCEEDED"
+    # issue 14: the gateway (POST /v1/speech/translate, WS /v1/stream)
+    #: The tenant made more than ``gateway.requests_per_second`` (beyond ``gateway.burst``): HTTP 429.
+    RATE_LIMITED = "RATE_LIMITED"
+    #: ``gateway.max_concurrent_requests`` requests are running: HTTP 503.
+    GATEWAY_BUSY = "GATEWAY_BUSY"
+    #: A request body over ``gateway.max_body_bytes``: HTTP 413.
+    REQUEST_TOO_LARGE = "REQUEST_TOO_LARGE"
 
 
 class CloseCode(enum.IntEnum):

@@ -45,6 +45,7 @@ from trioscheduler.registry.quarantine import failure_trips_quarantine
 from trioscheduler.registry.state import Job, JobState, NodeRecord
 from trioscheduler.registry.timers import TimerHeap
 from trioscheduler.registry.waiting import WaitingJobs
+from trioscheduler.ui_events import job_event
 
 log = logging.getLogger("trioscheduler.registry")
 INFO, WARNING, DEBUG = logging.INFO, logging.WARNING, logging.DEBUG
@@ -103,6 +104,7 @@ class Registry:
             rq.Partial: self._on_partial,
             rq.NodeGone: self._on_node_gone,
             rq.Snapshot: self._on_snapshot,
+            rq.Accepted: self._on_accepted,
         }
 
     # ------------------------------------------------------------------------------------------ the loop
@@ -318,6 +320,8 @@ class Registry:
             self._dispatched_unready(job, node, ready)
         if not self._send_to_node(node, Dispatch(assign, spec.finalized_at, job.stages)):
             self._lose_node(node, "outbox_unavailable", now)
+        elif spec.ui_events:
+            self._ui_event(job, "DISPATCHED", now)
 
     def _dispatched_unready(self, job: Job, node: NodeRecord, ready: frozenset[str]) -> None:
         """No node with the job's services ready had room: the node serves the language pair (the original's
@@ -712,6 +716,20 @@ class Registry:
             job.sink.send_nowait(rq.Passthrough(partial_message(job, message)))
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             self.counters["partials_undeliverable"] += 1
+
+    # ------------------------------------------------------------------------------------------ ui_event (issue 14)
+
+    def _on_accepted(self, request: rq.Accepted, now: float) -> None:
+        job, _ = self._accepting_node(request.link, request.job_id, request.attempt_id)
+        if job is not None and job.spec.ui_events:
+            self._ui_event(job, "NODE_ACCEPTED", now)
+
+    def _ui_event(self, job: Job, event: m.UiEventName, now: float) -> None:
+        """Best effort, like a partial: a session that does not read loses progress events, never outcomes."""
+        try:
+            job.sink.send_nowait(rq.Passthrough(job_event(job.spec, job.job_id, event, now)))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.counters["ui_events_undeliverable"] += 1
 
     # ------------------------------------------------------------------------------------------ visibility
 

@@ -125,6 +125,9 @@ class JobSpec:
     tenant_id: str | None = None
     #: The client's own base64 when it sent the whole utterance (then ``audio`` is empty): forwarded as is.
     audio_b64: str | None = None
+    #: Issue 14: the session asked for ui_event progress messages; the recent text of its open utterance group.
+    ui_events: bool = False
+    context_text: str | None = None
 
     @property
     def audio_size(self) -> int:
@@ -207,6 +210,15 @@ class Result:
 class Partial:
     link: NodeLink
     message: m.AsrPartialIn
+
+
+@attrs.define(eq=False)
+class Accepted:
+    """A node's job_ack or job_started (issue 14: NODE_ACCEPTED for sessions that asked for ui_events)."""
+
+    link: NodeLink
+    job_id: str
+    attempt_id: int | None
 
 
 @attrs.define(eq=False)
@@ -354,6 +366,9 @@ class RegistryClient:
 
     async def partial(self, link: NodeLink, message: m.AsrPartialIn) -> None:
         await self._inbox.send(Partial(link, message))
+
+    async def accepted(self, link: NodeLink, job_id: str, attempt_id: int | None) -> None:
+        await self._inbox.send(Accepted(link, job_id, attempt_id))
 
     async def node_gone(self, link: NodeLink, reason: str) -> None:
         await self._inbox.send(NodeGone(link, reason))

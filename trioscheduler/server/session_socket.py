@@ -21,12 +21,13 @@ import math
 import sys
 from typing import Any
 
+import attrs
 import trio
 
 from trioscheduler.config import Config
 from trioscheduler.ids import new_session_id, random_uuid
 from trioscheduler.logs import emit
-from trioscheduler.policy.segmentation import Cut, audio_duration_ms, unframed_opus_duration_ms
+from trioscheduler.policy.segmentation import Cut, EmptyOpusPacket, audio_duration_ms, unframed_opus_duration_ms
 from trioscheduler.principal import ANONYMOUS, Principal
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import client_codec, decode_base64
@@ -209,7 +210,10 @@ class SessionConnection:
             case m.ClientHeartbeat():
                 self._send_now(m.ServerHeartbeat(session_id=state.session_id, timestamp=wall_ms()))
             case m.TtsStarted() | m.TtsPlayEnded():
-                state.segmenter.restart_pause_clock(trio.current_time())
+                now = trio.current_time()
+                state.segmenter.restart_pause_clock(now)
+                if state.groups is not None:
+                    state.groups.touch(message.group_id, now)
             case m.SessionClose():
                 await self._on_close(state, message)
 
@@ -238,6 +242,15 @@ class SessionConnection:
         payload = decode_base64(message.payload or "", "payload")
         try:
             duration = audio_duration_ms(payload, state.audio_format, state.sample_rate)
+        except EmptyOpusPacket as exc:
+            # Issue 14: not opus framing, and not known to be audio time either (the original's client sent pcm16
+            # silence as "opus"): kept, counted as unframed, and adds nothing to the utterance's duration, so it
+            # cannot force a max-duration cut (max_buffer_bytes still bounds it).
+            duration = 0.0
+            self._metrics.counters["opus_payloads_unframed"] += 1
+            self._metrics.counters["opus_payloads_empty_packets"] += 1
+            emit(log, WARNING, "opus_payload_unframed", session_id=state.session_id, error=str(exc),
+                 bytes=len(payload), estimated_ms=0.0)
         except ValueError as exc:
             # Not in the length-prefixed framing. The original never checked it, so rejecting would lose the
             # audio of clients that worked with it: keep the bytes, estimate as the original did, and say so.
@@ -293,6 +306,8 @@ class SessionConnection:
                 session_id=spec.session_id, utterance_index=index, trace_id=spec.trace_id), ""))
             return
         state.jobs.hold(index, audio_bytes)
+        if state.groups is not None or state.init.ui_events:
+            spec = _with_group_context(state, spec)
         deadline_ms = self._config.scheduler.selection_deadline_ms
         reply = await self._registry.submit(spec, writer, spec.finalized_at + deadline_ms / 1000.0)
         if reply is not None:
@@ -359,3 +374,14 @@ class SessionConnection:
 
     def _send_now(self, message: Any) -> None:
         self._writer.send_nowait(Send(message))
+
+
+def _with_group_context(state: SessionState, spec: JobSpec) -> JobSpec:
+    """Issue 14: the job carries the session's wish for ui_events and its open group's recent text (context_text);
+    only sessions with a group or ui_events pay for this copy."""
+    groups = state.groups
+    context = groups.context_text(spec.finalized_at) if groups is not None else None
+    ui_events = bool(state.init.ui_events)
+    if context is None and not ui_events:
+        return spec
+    return attrs.evolve(spec, context_text=context, ui_events=ui_events)
