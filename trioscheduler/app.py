@@ -17,6 +17,7 @@ import attrs
 import trio
 
 from trioscheduler.config import Config
+from trioscheduler.drain import DrainControl
 from trioscheduler.logs import emit
 from trioscheduler.principal import ANONYMOUS, Principal
 from trioscheduler.protocol.errors import CloseCode
@@ -51,6 +52,8 @@ class Scheduler:
         self._conn_ids = itertools.count(1)
         self.nodes_connected = 0
         self._session_tasks: trio.Nursery | None = None
+        #: Whole-scheduler drain (trioscheduler/drain.py); /ready reads it, the door and the sessions obey it.
+        self.drain = DrainControl(config.server.drain_timeout_seconds)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The registry task; everything else talks to it through ``self.client``. Also the nursery the sessions'
@@ -68,10 +71,12 @@ class Scheduler:
         try:
             tasks = self._session_tasks
             if tasks is not None:
-                await SessionConnection(transport, self.client, self.config, self.sessions, tasks, principal).run()
+                await SessionConnection(transport, self.client, self.config, self.sessions, tasks, principal,
+                                        drain=self.drain).run()
                 return
             async with trio.open_nursery() as tasks:  # before run() (tests that hold the registry back)
-                await SessionConnection(transport, self.client, self.config, self.sessions, tasks, principal).run()
+                await SessionConnection(transport, self.client, self.config, self.sessions, tasks, principal,
+                                        drain=self.drain).run()
                 tasks.cancel_scope.cancel()
         except Exception:
             await self._crashed("session", transport)
@@ -100,6 +105,7 @@ class Scheduler:
         snapshot["node_connections"] = self.nodes_connected
         snapshot["connections_crashed"] = self.connections_crashed
         snapshot["edge"] = {"open": self.edge.open, "counters": dict(self.edge.counters)}
+        snapshot["draining"] = self.drain.draining
         return snapshot
 
 
