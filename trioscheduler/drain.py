@@ -33,6 +33,9 @@ log = logging.getLogger("trioscheduler.drain")
 DRAIN_POLL_SECONDS = 0.05
 #: After the drain deadline, how long sessions get to write the errors they owe and close before the stop.
 DRAIN_FLUSH_GRACE_SECONDS = 2.0
+#: Once no session is left, how long HTTP answers being written (the drain request's own among them) get before
+#: the listeners stop.
+DRAIN_EXIT_GRACE_SECONDS = 0.5
 
 
 class Drainable(Protocol):
@@ -106,6 +109,7 @@ async def run_drain(drain: DrainControl, sessions: Callable[[], Iterable[Drainab
             while any(True for _ in sessions()):
                 await trio.sleep(DRAIN_POLL_SECONDS)
     emit(log, logging.WARNING, "drain_finished", sessions_flushed=left, sessions_left=len(list(sessions())))
+    await trio.sleep(DRAIN_EXIT_GRACE_SECONDS)
     stop.cancel()
 
 
