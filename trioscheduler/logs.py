@@ -139,7 +139,7 @@ def _strings_for_non_finite(value: Any) -> Any:
         return str(value)
     if isinstance(value, dict):
         return {str(k): _strings_for_non_finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
+    if isinstance(value, (list, tuple)):
         return [_strings_for_non_finite(v) for v in value]
     return value
 
