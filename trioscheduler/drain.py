@@ -29,8 +29,6 @@ from trioscheduler.logs import emit
 
 log = logging.getLogger("trioscheduler.drain")
 
-#: How often run_drain looks whether every session has gone (only while a drain runs).
-DRAIN_POLL_SECONDS = 0.05
 #: After the drain deadline, how long sessions get to write the errors they owe and close before the stop.
 DRAIN_FLUSH_GRACE_SECONDS = 2.0
 #: Once no session is left, how long HTTP answers being written (the drain request's own among them) get before
@@ -49,7 +47,7 @@ class DrainControl:
 
     ``draining`` and ``expired`` are plain attributes: the session reader reads them on every frame."""
 
-    __slots__ = ("timeout", "listening", "draining", "expired", "deadline", "reason", "started")
+    __slots__ = ("timeout", "listening", "draining", "expired", "deadline", "reason", "started", "_closed")
 
     def __init__(self, timeout: float) -> None:
         #: ``server.drain_timeout_seconds``.
@@ -65,11 +63,24 @@ class DrainControl:
         self.reason: str | None = None
         #: Set once a drain was requested.
         self.started = trio.Event()
+        #: Set (and replaced) whenever a session ends while draining.
+        self._closed = trio.Event()
 
     @property
     def ready(self) -> bool:
         """What /ready says: listening and not draining."""
         return self.listening and not self.draining
+
+    def session_closed(self) -> None:
+        """A session socket ended (called after it left ``SessionMetrics.live``): wakes the drain task."""
+        if self.draining:
+            self._closed.set()
+            self._closed = trio.Event()
+
+    async def until_no_session(self, sessions: Callable[[], Iterable[Drainable]]) -> None:
+        """Return once ``sessions()`` is empty (checked whenever a session ends)."""
+        while any(True for _ in sessions()):
+            await self._closed.wait()
 
     def request(self, reason: str) -> bool:
         """Start the drain (its deadline counts from now). Returns False if one was already running."""
@@ -97,8 +108,7 @@ async def run_drain(drain: DrainControl, sessions: Callable[[], Iterable[Drainab
          timeout_s=drain.timeout)
     wake_all(open_sessions)
     with trio.move_on_at(drain.deadline):
-        while any(True for _ in sessions()):
-            await trio.sleep(DRAIN_POLL_SECONDS)
+        await drain.until_no_session(sessions)
     left = len(list(sessions()))
     if left:
         drain.expired = True
@@ -106,8 +116,7 @@ async def run_drain(drain: DrainControl, sessions: Callable[[], Iterable[Drainab
              why="server.drain_timeout_seconds is over: what they owe is flushed as SCHEDULER_DRAINING errors")
         wake_all(sessions())
         with trio.move_on_after(DRAIN_FLUSH_GRACE_SECONDS):
-            while any(True for _ in sessions()):
-                await trio.sleep(DRAIN_POLL_SECONDS)
+            await drain.until_no_session(sessions)
     emit(log, logging.WARNING, "drain_finished", sessions_flushed=left, sessions_left=len(list(sessions())))
     await trio.sleep(DRAIN_EXIT_GRACE_SECONDS)
     stop.cancel()

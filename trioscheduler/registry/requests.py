@@ -380,7 +380,7 @@ class RegistryClient:
         """Drain the node or undo it. Returns its drain state afterwards, UNKNOWN_NODE when no live node has
         ``node_id``, or NO_ANSWER when the registry did not answer within ``timeout``."""
         answer = await self._ask(NodeDrain(node_id, draining, Reply()), timeout)
-        return NO_ANSWER if answer is None else answer  # type: ignore[no-any-return]
+        return NO_ANSWER if answer is None else answer
 
     async def _ask(self, request: Any, timeout: float) -> Any:
         """Send ``request`` (which has a ``reply``) and wait for its answer, at most ``timeout`` in all."""

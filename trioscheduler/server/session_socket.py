@@ -120,6 +120,8 @@ class SessionConnection:
             raise
         finally:
             metrics.live.discard(self)
+            if self._drain is not None:
+                self._drain.session_closed()
             writer.end()  # no writer starts after this, and a waiting one ends
             state = self._state
             if state is not None:
