@@ -82,8 +82,8 @@ async def test_ready_is_503_before_the_listeners_are_up_then_200_then_503_while_
     assert (status, body) == (503, b"draining\n")
 
 
-@pytest.mark.parametrize(("path", "method"), [("/api/v1/drain", "POST"), ("/api/v1/nodes/node-X/drain", "POST"),
-                                         ("/api/v1/nodes/node-X/drain", "DELETE")])
+@pytest.mark.parametrize(("path", "method"), [
+    ("/api/v1/drain", "POST"), ("/api/v1/nodes/node-X/drain", "POST"), ("/api/v1/nodes/node-X/drain", "DELETE")])
 async def test_admin_endpoints_refuse_a_peer_off_the_loopback(make_config: Callable[..., Config], path: str,
                                                               method: str) -> None:
     scheduler = Scheduler(make_config())
@@ -92,9 +92,9 @@ async def test_admin_endpoints_refuse_a_peer_off_the_loopback(make_config: Calla
     assert not scheduler.drain.draining
 
 
-@pytest.mark.parametrize(("host", "allowed"), [("127.0.0.1", True), ("127.8.9.10", True), ("::1", True),
-                                          ("10.0.0.1", False), ("::ffff:10.0.0.1", False), ("2001:db8::1", False),
-                                          ("not-an-address", False)])
+@pytest.mark.parametrize(("host", "allowed"), [
+    ("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("::ffff:127.0.0.1", True),
+    ("10.0.0.1", False), ("::ffff:10.0.0.1", False), ("2001:db8::1", False), ("not-an-address", False)])
 def test_admin_allowed_is_loopback_only(host: str, allowed: bool) -> None:
     assert admin_allowed({"client": (host, 1)}) is allowed  # type: ignore[typeddict-item]
     assert admin_allowed({"client": None}) is False  # type: ignore[typeddict-item]

@@ -30,9 +30,12 @@ def admin_allowed(scope: HTTPScope) -> bool:
     if not client:
         return False
     try:
-        return ipaddress.ip_address(client[0]).is_loopback
+        address = ipaddress.ip_address(client[0])
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback  # a dual-stack socket's IPv4 peer
+    return address.is_loopback
 
 
 async def respond(send: ASGISendCallable, status: int, body: bytes, content_type: str) -> None:
