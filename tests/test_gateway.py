@@ -294,7 +294,7 @@ async def test_gateway_counters_in_stats(daemon: Daemon) -> None:
         stats = (await http.get(f"{daemon.listening.http_url}/api/v1/stats")).json()
         metrics = (await http.get(f"{daemon.listening.http_url}/metrics")).text
     assert stats["gateway"]["counters"]["gateway_bad_request"] == 1 and stats["gateway"]["running"] == 0
-    assert 'scheduler_events_total{event="gateway_bad_request"} 1.0' in metrics
+    assert 'trioscheduler_events_total{event="gateway_bad_request"} 1.0' in metrics
 
 
 async def test_node_failure_is_502_and_silence_is_an_empty_answer(daemon: Daemon) -> None:

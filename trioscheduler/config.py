@@ -71,6 +71,8 @@ def _is_int(value: Any) -> bool:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+#: logging.format: human-readable ``event key=value`` lines, or one JSON object per line.
+LOG_FORMATS = ("text", "json")
 #: results.ordering: "bounded" (an outcome waits for lower indices at most max_hold_ms) or "strict".
 RESULT_ORDERINGS = ("bounded", "strict")
 
@@ -80,6 +82,7 @@ _positive_int = _check(lambda v: _is_int(v) and v >= 1, "an integer >= 1")
 _non_negative_int = _check(lambda v: _is_int(v) and v >= 0, "an integer >= 0")
 _bool = _check(lambda v: isinstance(v, bool), "true or false")
 _level = _check(lambda v: isinstance(v, str) and v.lower() in LOG_LEVELS, "one of " + ", ".join(LOG_LEVELS))
+_log_format = _check(lambda v: v in LOG_FORMATS, "one of " + ", ".join(LOG_FORMATS))
 _ordering = _check(lambda v: v in RESULT_ORDERINGS, "one of " + ", ".join(RESULT_ORDERINGS))
 
 
@@ -99,6 +102,12 @@ class ServerConfig:
     gc_gen0_threshold: int = attrs.field(default=10_000, validator=_positive_int)
     gc_gen1_threshold: int = attrs.field(default=10, validator=_positive_int)
     gc_gen2_threshold: int = attrs.field(default=100, validator=_positive_int)
+    # -- operations (drain, health): docs/operations.md
+    #: After a drain starts (SIGTERM or POST /api/v1/drain), how long open sessions have to reach an utterance
+    #: boundary; then what they still owe is flushed as errors (SCHEDULER_DRAINING) and the process exits.
+    drain_timeout_seconds: float = attrs.field(default=30.0, validator=_positive)
+    #: /health is 200 only when the registry answers within this; /metrics and /api/v1/stats wait as long.
+    health_timeout_seconds: float = attrs.field(default=2.0, validator=_positive)
 
 
 @attrs.frozen
@@ -161,6 +170,8 @@ class ResultsConfig:
 class LoggingConfig:
     #: debug, info, warning, error or critical, in any case.
     level: str = attrs.field(default="info", validator=_level)
+    #: "text" (``event key=value``) or "json" (one JSON object per line).
+    format: str = attrs.field(default="text", validator=_log_format)
 
 
 @attrs.frozen

@@ -36,6 +36,9 @@ class ErrorCode(enum.StrEnum):
     GATEWAY_BUSY = "GATEWAY_BUSY"
     #: A request body over ``gateway.max_body_bytes``: HTTP 413.
     REQUEST_TOO_LARGE = "REQUEST_TOO_LARGE"
+    # -- operations (drain)
+    #: The scheduler is draining: no new session here; what a session still owed at the drain deadline.
+    SCHEDULER_DRAINING = "SCHEDULER_DRAINING"
 
 
 class CloseCode(enum.IntEnum):
@@ -49,6 +52,8 @@ class CloseCode(enum.IntEnum):
     #: A frame over ``limits.max_message_bytes``.
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    #: Service restart: the scheduler is draining; the client reconnects (to another scheduler).
+    SERVICE_RESTART = 1012
     #: No ``session_init`` / ``node_register`` (or ``utterance``) within ``limits.handshake_timeout_seconds``.
     HANDSHAKE_TIMEOUT = 4008
     #: The peer does not read what it is sent: its outbound queue reached ``limits.max_send_queue``.

@@ -495,3 +495,17 @@ class UiEvent:
     elapsed_ms: float
     status: Literal["ok", "error"] = "ok"
     error_code: str | None = None
+# -- operations (drain) ------------------------------------------------------------------------------------------
+
+#: node_control commands this scheduler sends: stop taking new jobs (running ones finish), or take them again.
+NodeControlCommand = Literal["drain", "resume"]
+
+
+@attrs.frozen
+class NodeControl:
+    """The original's ``node_control`` (command, reason?): its type lets any command string through; this
+    scheduler sends ``drain`` when an operator drains the node and ``resume`` when the drain is undone."""
+
+    TYPE: ClassVar[str] = "node_control"
+    command: NodeControlCommand
+    reason: str | None = None

@@ -234,6 +234,21 @@ class Snapshot:
     detail: bool = False
 
 
+#: NodeDrain's reply when no live node has the id; RegistryClient's answer when the registry did not answer.
+UNKNOWN_NODE = "unknown_node"
+NO_ANSWER = "no_answer"
+
+
+@attrs.define(eq=False)
+class NodeDrain:
+    """An operator drains a node (no new jobs; its running jobs finish) or undoes it. The reply is the node's
+    drain state afterwards (True or False), or UNKNOWN_NODE."""
+
+    node_id: str
+    draining: bool
+    reply: Reply
+
+
 class Notices:
     """Gone notices that did not fit in the registry's inbox. The client appends, the registry task drains it on
     every loop iteration; unbounded, but it holds at most one notice per connection that ended."""
@@ -374,12 +389,21 @@ class RegistryClient:
         await self._inbox.send(NodeGone(link, reason))
 
     async def snapshot(self, timeout: float = 2.0, *, detail: bool = False) -> dict[str, Any] | None:
-        request = Snapshot(Reply(), detail)
+        return await self._ask(Snapshot(Reply(), detail), timeout)  # type: ignore[no-any-return]
+
+    async def set_node_draining(self, node_id: str, draining: bool, timeout: float = 2.0) -> bool | str:
+        """Drain the node or undo it. Returns its drain state afterwards, UNKNOWN_NODE when no live node has
+        ``node_id``, or NO_ANSWER when the registry did not answer within ``timeout``."""
+        answer = await self._ask(NodeDrain(node_id, draining, Reply()), timeout)
+        return NO_ANSWER if answer is None else answer
+
+    async def _ask(self, request: Any, timeout: float) -> Any:
+        """Send ``request`` (which has a ``reply``) and wait for its answer, at most ``timeout`` in all."""
         with trio.move_on_after(timeout):
             await self._inbox.send(request)
             await request.reply.event.wait()
         if request.reply.done:
-            return request.reply.value  # type: ignore[no-any-return]
+            return request.reply.value
         request.reply.abandoned = True
         return None
 

@@ -33,6 +33,7 @@ from wsproto import ConnectionType
 
 from trioscheduler.app import Scheduler, log_listening
 from trioscheduler.config import Config
+from trioscheduler.drain import run_drain
 from trioscheduler.gateway import STREAM_PATH, Gateway, serve_stream
 from trioscheduler.http import make_app
 from trioscheduler.transport import (
@@ -210,6 +211,11 @@ class Door:
                 await self._refuse(stream, http_response(404, "Not Found",
                                                          "unknown path; use /ws/session or /ws/node\n"))
             return
+        if path == SESSION_PATH and self._scheduler.drain.draining:
+            edge.counters["refused_draining"] += 1
+            await self._refuse(stream, http_response(503, "Service Unavailable",
+                                                     "scheduler draining; open the session on another scheduler\n"))
+            return
         if edge.open >= self._limits.max_connections:
             edge.counters["refused_at_capacity"] += 1
             log.info("connection from %s refused: limits.max_connections (%d) reached", peer_name(stream),
@@ -331,8 +337,10 @@ async def serve(
     server = config.server
     async with trio.open_nursery() as nursery:
         await nursery.start(scheduler.run)
+        nursery.start_soon(run_drain, scheduler.drain, lambda: scheduler.sessions.live, nursery.cancel_scope)
         one_port = server.port != 0 and server.http_port == server.port
         gateway = Gateway(scheduler.client, config) if config.gateway.enabled else None
+        scheduler.gateway = gateway
         http = _hypercorn_connection(make_app(scheduler, gateway), _hypercorn_config(server.host, server.port)) \
             if one_port else None
         door = Door(scheduler, config, http, gateway)
@@ -349,4 +357,5 @@ async def serve(
         log_listening("sessions", listening.session_url)
         log_listening("nodes", listening.node_url)
         log_listening("http", listening.http_url)
+        scheduler.drain.listening = True
         task_status.started(listening)

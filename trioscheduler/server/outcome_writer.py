@@ -84,6 +84,9 @@ class CloseSession:
     session_id: str
     done: trio.Event
     deadline: float
+    #: A drain's close (trioscheduler/drain.py): no session_close_ack, and what is owed at ``deadline`` becomes
+    #: ``error`` SCHEDULER_DRAINING rather than missing_result.
+    drain: bool = False
 
 
 class OutcomeWriter:
@@ -316,7 +319,8 @@ class OutcomeWriter:
             if closing is not None and not owed:
                 if orderer is not None:
                     await self._release(orderer.drain())
-                await self._send(m.SessionCloseAck(session_id=closing.session_id))
+                if not closing.drain:
+                    await self._send(m.SessionCloseAck(session_id=closing.session_id))
                 self._closed_sessions += (closing.session_id,)
                 closing.done.set()
                 self._closing = None
@@ -336,7 +340,7 @@ class OutcomeWriter:
         released = orderer.drain() if orderer is not None else []
         after = orderer.next_index if orderer is not None else 0
         released += [Release(index, None) for index in sorted(owed) if index >= after]
-        await self._release(released, missing_reason="session_closed")
+        await self._release(released, missing_reason="session_closed", drain=self._closing.drain)
         owed.clear()
 
     def _new_orderer(self) -> ResultOrderer[Any]:
@@ -402,7 +406,8 @@ class OutcomeWriter:
                 trace_id=getattr(message, "trace_id", None)))
         await self._transport.send_message(text)
 
-    async def _release(self, released: list[Any], missing_reason: m.MissingResultReason = "gap_timeout") -> None:
+    async def _release(self, released: list[Any], missing_reason: m.MissingResultReason = "gap_timeout",
+                       drain: bool = False) -> None:
         session = self.session
         owed = self._owed
         now = trio.current_time()
@@ -413,7 +418,8 @@ class OutcomeWriter:
             if release.outcome is None:
                 if session is None:
                     continue
-                message: Any = self._missing(session, index, missing_reason, finalized_at is not None)
+                message: Any = self._draining_error(session, index) if drain else \
+                    self._missing(session, index, missing_reason, finalized_at is not None)
                 job_id = None
                 stages = None
             else:
@@ -440,6 +446,15 @@ class OutcomeWriter:
                      utterance_index=index, job_id=job_id, node_id=getattr(message, "node_id", None),
                      trace_id=getattr(message, "trace_id", None), kind=message.TYPE,
                      elapsed_ms=None if finalized_at is None else round((now - finalized_at) * 1000.0, 3))
+
+    def _draining_error(self, session: SessionState, index: int) -> m.ErrorMessage:
+        """The outcome of an index still owed at the drain deadline (its job is cancelled by the session's end)."""
+        self._counters["outcome_error_SCHEDULER_DRAINING"] += 1
+        emit(log, WARNING, "job_deadline_missed", session_id=session.session_id, utterance_index=index,
+             trace_id=session.trace_id, stage="drain", why="no outcome within server.drain_timeout_seconds")
+        return m.ErrorMessage(code=ErrorCode.SCHEDULER_DRAINING,
+                              message="scheduler draining: no outcome within server.drain_timeout_seconds",
+                              session_id=session.session_id, utterance_index=index, trace_id=session.trace_id)
 
     def _missing(self, session: SessionState, index: int, reason: m.MissingResultReason,
                  owed: bool) -> m.MissingResult:

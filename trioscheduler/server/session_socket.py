@@ -25,6 +25,7 @@ import attrs
 import trio
 
 from trioscheduler.config import Config
+from trioscheduler.drain import DrainControl
 from trioscheduler.ids import new_session_id, random_uuid
 from trioscheduler.logs import emit
 from trioscheduler.policy.segmentation import Cut, EmptyOpusPacket, audio_duration_ms, unframed_opus_duration_ms
@@ -60,7 +61,7 @@ class SessionMetrics:
 
 class SessionConnection:
     __slots__ = ("_transport", "_registry", "_config", "_codec", "_metrics", "_state", "_writer", "_early_frames",
-                 "_handshake_deadline", "_principal")
+                 "_handshake_deadline", "_principal", "_drain", "_wait_scope")
 
     def __init__(
         self,
@@ -70,8 +71,13 @@ class SessionConnection:
         metrics: SessionMetrics,
         tasks: trio.Nursery,
         principal: Principal = ANONYMOUS,
+        *,
+        drain: DrainControl | None = None,
     ) -> None:
         self._transport = transport
+        #: The scheduler's drain (trioscheduler/drain.py), and the reader's current wait, which a drain wakes.
+        self._drain = drain
+        self._wait_scope: trio.CancelScope | None = None
         #: Who this socket acts as (set by the door; ANONYMOUS when authentication is off).
         self._principal = principal
         self._registry = registry
@@ -115,6 +121,8 @@ class SessionConnection:
             raise
         finally:
             metrics.live.discard(self)
+            if self._drain is not None:
+                self._drain.session_closed()
             writer.end()  # no writer starts after this, and a waiting one ends
             state = self._state
             if state is not None:
@@ -129,6 +137,11 @@ class SessionConnection:
         transport = self._transport
         while True:
             state = self._state
+            drain = self._drain
+            if drain is not None and drain.draining and (state is None or drain.expired
+                                                         or state.segmenter.buffered_bytes == 0):
+                await self._close_for_drain(drain, state)
+                return
             if state is None:
                 deadline: float | None = self._handshake_deadline
                 if deadline == math.inf:
@@ -140,19 +153,17 @@ class SessionConnection:
                 frame = early.pop(0)
                 if not early:
                     self._early_frames = None
-            elif deadline is None:
-                try:
-                    frame = await transport.get_message()
-                except TransportClosed:
-                    return
             else:
                 frame = None
-                with trio.move_on_at(deadline):
+                with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as self._wait_scope:
                     try:
                         frame = await transport.get_message()
                     except TransportClosed:
                         return
+                self._wait_scope = None
                 if frame is None:
+                    if deadline is None or trio.current_time() < deadline:
+                        continue  # woken by a drain: the top of the loop decides
                     if state is None:
                         await self._handshake_timed_out()
                         return
@@ -371,6 +382,53 @@ class SessionConnection:
             self._early_frames = None
         if gone:
             raise TransportClosed
+
+    # ------------------------------------------------------------------------------------------ drain
+
+    def wake_for_drain(self) -> None:
+        """A drain started or reached its deadline: a reader waiting for a frame looks at it now."""
+        scope = self._wait_scope
+        if scope is not None:
+            scope.cancel()
+
+    async def _close_for_drain(self, drain: DrainControl, state: SessionState | None) -> None:
+        """At an utterance boundary (or the drain deadline): read no more audio, deliver every outcome owed (those
+        still owed at the deadline, and a cut of what was buffered then, as SCHEDULER_DRAINING errors), then close
+        with CloseCode.SERVICE_RESTART. A socket without a session gets ``error`` SCHEDULER_DRAINING first."""
+        counters = self._metrics.counters
+        writer = self._writer
+        now = trio.current_time()
+        try:
+            if state is None:
+                counters["sessions_refused_draining"] += 1
+                self._send_now(m.ErrorMessage(code=ErrorCode.SCHEDULER_DRAINING,
+                                              message="scheduler draining: open the session on another scheduler"))
+            else:
+                cut = state.segmenter.flush() if drain.expired else None
+                if cut is not None:
+                    self._refuse_for_drain(state, now)
+                counters["sessions_drained"] += 1
+                emit(log, INFO, "session_draining", session_id=state.session_id, at_deadline=drain.expired,
+                     cut_at_deadline=cut is not None, jobs_outstanding=len(state.jobs))
+            done = trio.Event()
+            deadline = now if drain.expired else drain.deadline
+            writer.send_nowait(CloseSession(state.session_id if state else "", done, deadline, drain=True))
+            await self._read_while_closing(done)
+        except (TransportClosed, trio.ClosedResourceError):
+            return
+        await writer.close(CloseCode.SERVICE_RESTART, "scheduler draining")
+
+    def _refuse_for_drain(self, state: SessionState, now: float) -> None:
+        """The audio buffered at the drain deadline, cut: its outcome is SCHEDULER_DRAINING (it is not scheduled)."""
+        index = state.next_index
+        state.used.add(index)
+        state.next_index = index + 1
+        self._metrics.counters["utterances_finalized"] += 1
+        self._writer.send_nowait(Expect(index, now))
+        self._writer.send_nowait(Outcome(index, m.ErrorMessage(
+            code=ErrorCode.SCHEDULER_DRAINING, message="scheduler draining: utterance cut at the drain deadline, "
+                                                       "not scheduled",
+            session_id=state.session_id, utterance_index=index, trace_id=state.trace_id), ""))
 
     def _send_now(self, message: Any) -> None:
         self._writer.send_nowait(Send(message))
