@@ -32,6 +32,7 @@ from trioscheduler.policy.capability import NodeCapability, describe_keys
 from trioscheduler.policy.selection import MemberList, choose_node, rejection_reasons
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.errors import ErrorCode, ProtocolError
+from trioscheduler.registry import queries
 from trioscheduler.registry import requests as rq
 from trioscheduler.registry.node_index import NodeIndex
 from trioscheduler.registry.outcomes import (
@@ -45,6 +46,7 @@ from trioscheduler.registry.quarantine import failure_trips_quarantine
 from trioscheduler.registry.state import Job, JobState, NodeRecord
 from trioscheduler.registry.timers import TimerHeap
 from trioscheduler.registry.waiting import WaitingJobs
+from trioscheduler.timeline import JobHistory
 
 log = logging.getLogger("trioscheduler.registry")
 INFO, WARNING, DEBUG = logging.INFO, logging.WARNING, logging.DEBUG
@@ -92,6 +94,8 @@ class Registry:
         self.selection_latency = LatencyHistogram(SELECTION_BUCKETS)
         self.dispatch_delay = LatencyHistogram(DISPATCH_BUCKETS)
         self._timers = TimerHeap()
+        #: Recent jobs and their timelines, for the HTTP API (registry/queries.py).
+        self.history = JobHistory(config.observability.job_history_size)
         self._job_numbers = itertools.count()
         self._handlers: dict[type, Callable[[Any, float], None]] = {
             rq.Submit: self._on_submit,
@@ -103,6 +107,7 @@ class Registry:
             rq.Partial: self._on_partial,
             rq.NodeGone: self._on_node_gone,
             rq.Snapshot: self._on_snapshot,
+            queries.Query: self._on_query,
         }
 
     # ------------------------------------------------------------------------------------------ the loop
@@ -214,6 +219,7 @@ class Registry:
         self.jobs_by_id[job.job_id] = job
         self.session_jobs.setdefault(spec.session_id, set()).add(job)
         self.counters["jobs_created"] += 1
+        queries.record_job(self.history, job)
         self._stage(job, "created", now, selection_key=spec.selection_key, cut=spec.cut_reason,
                     audio_bytes=spec.audio_size)
         self._place(job, now)
@@ -417,6 +423,7 @@ class Registry:
                        f"gave up after {job.attempt} attempts (failover_max_attempts="
                        f"{self._sched.failover_max_attempts})", now)
             return
+        self._stage(job, "failover", now, reason=str(job.last_failure))
         node = self._select(job, now)
         if node is not None:
             self._dispatch(job, node, now)
@@ -715,6 +722,9 @@ class Registry:
 
     # ------------------------------------------------------------------------------------------ visibility
 
+    def _on_query(self, request: queries.Query, now: float) -> None:
+        queries.answer(self, request, now)
+
     def _on_snapshot(self, request: rq.Snapshot, now: float) -> None:
         if request.reply.abandoned:
             return
@@ -778,7 +788,8 @@ class Registry:
 
     def _stage(self, job: Job, stage: str, now: float, *, level: int = DEBUG, **fields: Any) -> None:
         """A stage line: ``debug``, or ``warning`` for trouble (deadline missed, node lost); the ``info`` summary
-        is the job's one ``job_done`` line (joblog.py)."""
+        is the job's one ``job_done`` line (joblog.py). Every stage also goes on the job's timeline."""
+        job.stages.timeline.append((stage, now, job.node_id, job.attempt, fields or None))
         if log.isEnabledFor(level):
             spec = job.spec
             emit(log, level, f"job_{stage}", session_id=spec.session_id, utterance_index=spec.utterance_index,
