@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from trioscheduler import api
 from trioscheduler.app import Scheduler
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -95,6 +96,8 @@ async def _respond(send: ASGISendCallable, status: int, body: bytes, content_typ
 
 
 async def _http(scheduler: Scheduler, scope: HTTPScope, send: ASGISendCallable) -> None:
+    if await api.serve(scheduler, scope, send):  # /api/v1/ nodes, sessions, jobs and /dashboard (api.py)
+        return
     path, method = scope["path"], scope["method"]
     if method not in ("GET", "HEAD"):
         await _respond(send, 405, b"method not allowed\n", "text/plain")
