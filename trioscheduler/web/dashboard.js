@@ -41,6 +41,10 @@ function setText(id, text) {
   document.getElementById(id).textContent = text;
 }
 
+function shortId(id) {
+  return el("span", { title: id }, id && id.length > 16 ? `${id.slice(0, 14)}…` : id);
+}
+
 function fmt(value, digits = 1) {
   return value == null ? "–" : Number(value).toFixed(digits);
 }
@@ -92,7 +96,7 @@ function renderSessions(sessions) {
 
 function jobRow(job) {
   const row = el("tr", { class: "job-row" + (job.job_id === selectedJob ? " selected" : ""), "data-job-id": job.job_id },
-    el("td", {}, job.job_id), el("td", {}, `${job.session_id} #${job.utterance_index}`),
+    el("td", {}, shortId(job.job_id)), el("td", {}, `${job.session_id} #${job.utterance_index}`),
     el("td", {}, `${job.src_lang} → ${job.tgt_lang}`), el("td", {}, job.node_id || "–"), el("td", {}, job.attempts),
     el("td", { class: `outcome-${job.outcome}` }, job.outcome + (job.code ? ` ${job.code}` : "")),
     el("td", {}, fmt(job.latency_ms)));
@@ -113,7 +117,7 @@ function renderTrouble(stats, jobs) {
     ...(counters.length ? counters : [el("span", { class: "hint" }, "No failover or error so far.")]));
   const rows = jobs.jobs.filter((job) => job.attempts > 1 || job.outcome === "error" || job.outcome === "missing")
     .map((job) => {
-      const row = el("tr", { class: "job-row", "data-job-id": job.job_id }, el("td", {}, job.job_id),
+      const row = el("tr", { class: "job-row", "data-job-id": job.job_id }, el("td", {}, shortId(job.job_id)),
         el("td", {}, job.node_id || "–"), el("td", {}, job.attempts),
         el("td", { class: `outcome-${job.outcome}` }, job.outcome), el("td", {}, job.code || ""));
       row.addEventListener("click", () => selectJob(job.job_id));
