@@ -52,7 +52,8 @@ def timeline_stages(driver: Any) -> list[str]:
     from selenium.webdriver.common.by import By
 
     try:
-        return [row.get_attribute("data-stage") for row in driver.find_elements(By.CSS_SELECTOR, "#timeline-table tr.stage")]
+        rows = driver.find_elements(By.CSS_SELECTOR, "#timeline-table tr.stage")
+        return [row.get_attribute("data-stage") for row in rows]
     except StaleElementReferenceException:
         return []
 
