@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", help="debug, info, warning, error (logging.level, default info)")
     parser.add_argument("--node-mode", choices=("every_job", "original"), default="every_job",
                         help="demo only: simulated nodes that answer every job, or like the original's node agent")
+    parser.add_argument("--keep", action="store_true",
+                        help="demo only: keep serving (the dashboard included) after the clients, until Ctrl-C")
     return parser
 
 
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from trioscheduler.demo import run_demo
 
-        return trio.run(run_demo, config, args.node_mode)
+        return trio.run(run_demo, config, args.node_mode, args.keep)
     trio.run(run_until_signal, config)
     return 0
 

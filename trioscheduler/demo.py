@@ -12,6 +12,7 @@ runs its TTS on the CPU, so it reports TTS not ready.
 from __future__ import annotations
 
 import functools
+import signal
 
 import trio
 
@@ -59,7 +60,9 @@ def _print_outcome(label: str, result: UtteranceResult) -> None:
         print(f"  [{label}] utterance {result.utterance_index}: {latency}  {result.kind} ({detail})", flush=True)
 
 
-async def run_demo(config: Config, node_mode: str = "every_job") -> int:
+async def run_demo(config: Config, node_mode: str = "every_job", keep: bool = False) -> int:
+    """Run the demo; with ``keep``, go on serving (the dashboard included) after the clients are done, until
+    SIGINT or SIGTERM."""
     nodes = demo_nodes(node_mode)
     config = config_with(config, server={"port": 0, "http_port": 0})
     audio = read_wav(default_wav_path())
@@ -67,6 +70,7 @@ async def run_demo(config: Config, node_mode: str = "every_job") -> int:
         listening = await nursery.start(functools.partial(serve, config))
         print(f"scheduler: sessions {listening.session_url}, nodes {listening.node_url}, "
               f"health {listening.http_url}/health", flush=True)
+        print(f"dashboard: {listening.http_url}/dashboard", flush=True)
         for node in nodes:
             node_id = await nursery.start(node.run, listening.node_url)
             print(f"node {node_id}: {_describe_node(node)}", flush=True)
@@ -83,6 +87,11 @@ async def run_demo(config: Config, node_mode: str = "every_job") -> int:
         async with trio.open_nursery() as clients:
             for src, tgt in CLIENTS:
                 clients.start_soon(one_client, src, tgt)
+        if keep:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                print(f"\nclients done; still serving {listening.http_url}/dashboard until Ctrl-C", flush=True)
+                async for _ in signals:
+                    break
         nursery.cancel_scope.cancel()
     print()
     failures = 0
