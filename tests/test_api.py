@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.wire import (
     WAIT,
@@ -22,7 +24,7 @@ from tests.wire import (
     start_daemon,
     until,
 )
-from trioscheduler.api import match_route
+from trioscheduler.api import ROUTES, ApiError, _limit, match_route
 from trioscheduler.config import Config
 
 
@@ -246,3 +248,26 @@ async def test_bad_requests_are_json_errors(daemon: Daemon) -> None:
 ])
 def test_routes_this_module_answers(path: str, route: tuple[str, str | None] | None) -> None:
     assert match_route(path) == route
+
+
+@given(st.text(st.characters(codec="utf-8"), max_size=60))
+def test_any_path_is_one_route_or_left_to_http(tail: str) -> None:
+    for path in (tail, "/" + tail, "/api/v1/" + tail, "/dashboard/" + tail):
+        route = match_route(path)
+        if route is None:
+            continue
+        name, ident = route
+        assert name in ROUTES
+        if name != "dashboard":
+            assert ident is None or (ident and "/" not in ident)
+            assert path.count("/") <= 4  # /api/v1/<kind>[/<id>]: a deeper path (node drain, ...) is http.py's
+
+
+@given(st.text(max_size=12), st.integers(1, 500))
+def test_limit_is_one_to_most_or_a_400(text: str, most: int) -> None:
+    try:
+        limit = _limit({"limit": text}, most)
+    except ApiError as exc:
+        assert exc.status == 400 and exc.code == "BAD_REQUEST"
+        return
+    assert 1 <= limit <= most and limit == min(int(text), most)
