@@ -205,6 +205,19 @@ class LimitsConfig:
     max_log_queue_records: int = attrs.field(default=10_000, validator=_positive_int)
 
 
+# --- operations: the HTTP API's job timelines (issue 11, point 2) ---
+@attrs.frozen
+class ObservabilityConfig:
+    """What the HTTP API (``/api/v1/``) keeps and how long it waits; docs/http-api.md."""
+
+    #: Recent jobs whose timeline ``/api/v1/jobs`` keeps (live ones included); 0 keeps none.
+    job_history_size: int = attrs.field(default=1000, validator=_non_negative_int)
+    #: An API read the registry has not answered within this is a 503, never a hang.
+    api_deadline_seconds: float = attrs.field(default=2.0, validator=_positive)
+    #: Most items in one list answer (``/api/v1/sessions``, ``/api/v1/jobs``, a node's recent failures).
+    api_max_items: int = attrs.field(default=200, validator=_positive_int)
+
+
 @attrs.frozen
 class GroupsConfig:
     """Utterance groups (issue 14): consecutive results of a session joined under one group_id."""
@@ -247,6 +260,7 @@ class Config:
     logging: LoggingConfig = LoggingConfig()
     groups: GroupsConfig = GroupsConfig()
     gateway: GatewayConfig = GatewayConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
 
 
 def _sections(root: type[Config]) -> Mapping[str, type]:

@@ -75,6 +75,7 @@ async def run_demo(config: Config, node_mode: str = "every_job", keep: bool = Fa
         listening = await nursery.start(functools.partial(serve, config))
         print(f"scheduler: sessions {listening.session_url}, nodes {listening.node_url}, "
               f"health {listening.http_url}/health", flush=True)
+        print(f"dashboard: {listening.http_url}/dashboard", flush=True)
         for node in nodes:
             node_id = await nursery.start(node.run, listening.node_url)
             print(f"node {node_id}: {_describe_node(node)}", flush=True)

@@ -11,7 +11,7 @@ import json
 
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 
-from trioscheduler import ops_http
+from trioscheduler import api, ops_http
 from trioscheduler.app import Scheduler
 from trioscheduler.gateway import TRANSLATE_PATH, Gateway, handle_translate
 
@@ -47,6 +47,8 @@ _respond = ops_http.respond
 
 async def _http(scheduler: Scheduler, scope: HTTPScope, send: ASGISendCallable) -> None:
     if await ops_http.handle(scheduler, scope, send):
+        return
+    if await api.serve(scheduler, scope, send):  # /api/v1/ nodes, sessions, jobs and /dashboard (api.py)
         return
     path, method = scope["path"], scope["method"]
     if method not in ("GET", "HEAD"):

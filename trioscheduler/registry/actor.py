@@ -32,6 +32,7 @@ from trioscheduler.policy.capability import NodeCapability, describe_keys
 from trioscheduler.policy.selection import MemberList, choose_node, rejection_reasons
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.errors import ErrorCode, ProtocolError
+from trioscheduler.registry import queries
 from trioscheduler.registry import requests as rq
 from trioscheduler.registry.node_index import NodeIndex
 from trioscheduler.registry.outcomes import (
@@ -45,6 +46,7 @@ from trioscheduler.registry.quarantine import failure_trips_quarantine
 from trioscheduler.registry.state import Job, JobState, NodeRecord
 from trioscheduler.registry.timers import TimerHeap
 from trioscheduler.registry.waiting import WaitingJobs
+from trioscheduler.timeline import JobHistory
 from trioscheduler.ui_events import job_event
 
 log = logging.getLogger("trioscheduler.registry")
@@ -95,6 +97,8 @@ class Registry:
         #: Finalize of an utterance → its job's result (success or failure) accepted from the node.
         self.result_latency = LatencyHistogram(RESULT_BUCKETS)
         self._timers = TimerHeap()
+        #: Recent jobs and their timelines, for the HTTP API (registry/queries.py).
+        self.history = JobHistory(config.observability.job_history_size)
         self._job_numbers = itertools.count()
         self._handlers: dict[type, Callable[[Any, float], None]] = {
             rq.Submit: self._on_submit,
@@ -108,6 +112,7 @@ class Registry:
             rq.Snapshot: self._on_snapshot,
             rq.Accepted: self._on_accepted,
             rq.NodeDrain: self._on_node_drain,
+            queries.Query: self._on_query,
         }
 
     # ------------------------------------------------------------------------------------------ the loop
@@ -219,6 +224,7 @@ class Registry:
         self.jobs_by_id[job.job_id] = job
         self.session_jobs.setdefault(spec.session_id, set()).add(job)
         self.counters["jobs_created"] += 1
+        queries.record_job(self.history, job)
         self._stage(job, "created", now, selection_key=spec.selection_key, cut=spec.cut_reason,
                     audio_bytes=spec.audio_size)
         self._place(job, now)
@@ -425,6 +431,7 @@ class Registry:
                        f"gave up after {job.attempt} attempts (failover_max_attempts="
                        f"{self._sched.failover_max_attempts})", now)
             return
+        self._stage(job, "failover", now, reason=str(job.last_failure))
         node = self._select(job, now)
         if node is not None:
             self._dispatch(job, node, now)
@@ -770,6 +777,9 @@ class Registry:
 
     # ------------------------------------------------------------------------------------------ visibility
 
+    def _on_query(self, request: queries.Query, now: float) -> None:
+        queries.answer(self, request, now)
+
     def _on_snapshot(self, request: rq.Snapshot, now: float) -> None:
         if request.reply.abandoned:
             return
@@ -838,7 +848,8 @@ class Registry:
 
     def _stage(self, job: Job, stage: str, now: float, *, level: int = DEBUG, **fields: Any) -> None:
         """A stage line: ``debug``, or ``warning`` for trouble (deadline missed, node lost); the ``info`` summary
-        is the job's one ``job_done`` line (joblog.py)."""
+        is the job's one ``job_done`` line (joblog.py). Every stage also goes on the job's timeline."""
+        job.stages.timeline.append((stage, now, job.node_id, job.attempt, fields or None))
         if log.isEnabledFor(level):
             spec = job.spec
             emit(log, level, f"job_{stage}", session_id=spec.session_id, utterance_index=spec.utterance_index,

@@ -388,6 +388,18 @@ class RegistryClient:
     async def node_gone(self, link: NodeLink, reason: str) -> None:
         await self._inbox.send(NodeGone(link, reason))
 
+    async def ask(self, request: Any, reply: Reply, timeout: float) -> bool:
+        """Put ``request`` (which answers through ``reply``) in the inbox and wait for the answer; False when none
+        came within ``timeout`` seconds or the caller was cancelled: the request is abandoned then."""
+        try:
+            with trio.move_on_after(timeout):
+                await self._inbox.send(request)
+                await reply.event.wait()
+        finally:
+            if not reply.done:
+                reply.abandoned = True
+        return reply.done
+
     async def snapshot(self, timeout: float = 2.0, *, detail: bool = False) -> dict[str, Any] | None:
         return await self._ask(Snapshot(Reply(), detail), timeout)  # type: ignore[no-any-return]
 

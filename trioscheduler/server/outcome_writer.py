@@ -439,8 +439,10 @@ class OutcomeWriter:
                 for event in outcome_events(message, finalized_at, now):
                     await self._send(event)
             self._counters[f"delivered_{message.TYPE}"] += 1
-            if stages is not None and job_log.isEnabledFor(INFO):
-                log_outcome_done(stages, message, delivered_at=trio.current_time())
+            if stages is not None:
+                stages.delivered(trio.current_time())
+                if job_log.isEnabledFor(INFO):
+                    log_outcome_done(stages, message, delivered_at=trio.current_time())
             if log.isEnabledFor(DEBUG):
                 emit(log, DEBUG, "job_delivered", session_id=getattr(message, "session_id", None),
                      utterance_index=index, job_id=job_id, node_id=getattr(message, "node_id", None),

@@ -104,6 +104,15 @@ class SessionConnection:
         }
 
     @property
+    def state(self) -> SessionState | None:
+        """The open session (None before its session_init and between sessions); read by the HTTP API."""
+        return self._state
+
+    @property
+    def peer(self) -> str:
+        return self._transport.peer
+
+    @property
     def writer_running(self) -> bool:
         """Whether the writer task exists now; false for an idle session."""
         return self._writer.running
