@@ -41,7 +41,8 @@ _BEARER = "bearer"
 
 
 def secret_digest(secret: str) -> bytes:
-    """The SHA-256 digest a configured secret stands for: the hex after ``sha256:``, else the hash of the text."""
+    """The SHA-256 digest a configured secret stands for: the hex after ``sha256:``, else the hash of its UTF-8
+    (a presented credential is hashed the same way; header bytes that are not UTF-8 are hashed as they came)."""
     if secret.startswith(SECRET_DIGEST_PREFIX):
         return bytes.fromhex(secret[len(SECRET_DIGEST_PREFIX):])
     return hashlib.sha256(secret.encode()).digest()
@@ -54,7 +55,7 @@ def credential_id(digest: bytes) -> str:
 
 def _match(presented: str, digests: Sequence[bytes]) -> int | None:
     """Index of the digest ``presented`` hashes to, comparing with every digest (constant time per digest)."""
-    candidate = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).digest()
+    candidate = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
     found: int | None = None
     for index, digest in enumerate(digests):
         if hmac.compare_digest(candidate, digest) and found is None:
@@ -176,7 +177,8 @@ def asgi_admin_refusal(credentials: Credentials, scope: Mapping[str, object]) ->
     """``Credentials.admin`` for an ASGI HTTP scope (its Authorization headers and ``token`` query parameter);
     two different credentials in one request count as a wrong one."""
     raw_headers = scope.get("headers") or ()
-    authorization = [value.decode("latin-1") for name, value in raw_headers  # type: ignore[attr-defined]
+    authorization = [value.decode("utf-8", "surrogateescape")
+                     for name, value in raw_headers  # type: ignore[attr-defined]
                      if name.lower() == b"authorization"]
     query = scope.get("query_string") or b""
     try:

@@ -26,11 +26,11 @@ def server_ssl_context(server: ServerConfig) -> ssl.SSLContext | None:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(server.tls_cert, server.tls_key)
+    except ssl.SSLError as exc:  # an OSError too: first
+        raise ConfigError(f"server.tls_cert {server.tls_cert!r} and server.tls_key {server.tls_key!r} are not a "
+                          f"usable PEM certificate chain and matching private key: {exc.reason or exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read server.tls_cert {server.tls_cert!r} or server.tls_key {server.tls_key!r}: "
                           f"{exc.strerror or exc}") from None
-    except ssl.SSLError as exc:
-        raise ConfigError(f"server.tls_cert {server.tls_cert!r} and server.tls_key {server.tls_key!r} are not a "
-                          f"usable PEM certificate chain and matching private key: {exc.reason or exc}") from None
     context.set_alpn_protocols(ALPN_PROTOCOLS)
     return context

@@ -167,7 +167,8 @@ def parse_request_head(head: bytes) -> RequestHead | None:
         return None
     target = event.target.decode("latin-1")
     return RequestHead(query=target.partition("?")[2],
-                       headers=tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers))
+                       headers=tuple((k.decode("latin-1"), v.decode("utf-8", "surrogateescape"))
+                                     for k, v in event.headers))
 
 
 class PrefixedStream(trio.abc.HalfCloseableStream):
