@@ -100,7 +100,7 @@ async def test_admitted_sockets_carry_their_principal_and_work(start: Callable[.
         assign = await node.recv_type("job_assign")
         await node.send(**result_for(assign, node_id=node_id))
         assert (await client_a.recv_type("translation_result"))["session_id"] == sid
-    kinds = dict((principal.tenant_id, (kind, principal)) for kind, principal in _principals(daemon))
+    kinds = {principal.tenant_id: (kind, principal) for kind, principal in _principals(daemon)}
     node_kind, node_principal = kinds[None]
     (_, principal_a), (_, principal_b) = kinds["tenant-a"], kinds["tenant-b"]
     assert node_kind == "node" and node_principal.tenant_id is None

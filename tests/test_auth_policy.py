@@ -108,7 +108,7 @@ def test_is_loopback_host(host: str, loopback: bool) -> None:
 def test_check_bind() -> None:
     assert check_bind(Config()) is BindPolicy.LOOPBACK_OPEN
     public = config_with(Config(), server={"host": "0.0.0.0"})
-    with pytest.raises(InsecureBind, match="refusing to listen on '0.0.0.0' without authentication") as info:
+    with pytest.raises(InsecureBind, match=r"refusing to listen on '0\.0\.0\.0' without authentication") as info:
         check_bind(public)
     assert "--insecure" in str(info.value) and isinstance(info.value, ConfigError)
     assert check_bind(config_with(public, auth={"insecure": True})) is BindPolicy.INSECURE_OPEN

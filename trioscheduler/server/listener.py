@@ -463,7 +463,8 @@ async def serve(
             port = listeners[0].socket.getsockname()[1]
         else:
             ssl_listeners = await nursery.start(functools.partial(
-                trio.serve_ssl_over_tcp, door.serve_connection, server.port, ssl_context, host=server.host))
+                trio.serve_ssl_over_tcp, door.serve_connection, server.port, ssl_context, host=server.host,
+                https_compatible=True))  # HTTP and WebSocket framing end a connection, not close_notify
             port = ssl_listeners[0].transport_listener.socket.getsockname()[1]
         if one_port:
             http_port = port
