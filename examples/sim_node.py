@@ -20,7 +20,6 @@ stopped is reported not ready.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import logging
 import sys
@@ -124,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name in ("trio-websocket", "trio_websocket"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         trio.run(main_async, args)
+    except* KeyboardInterrupt:  # Ctrl-C, maybe in an exception group from the nodes' nurseries
+        pass
     return 0
 
 

@@ -145,10 +145,12 @@ async def main_async(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    status = 130
     try:
-        return trio.run(main_async, args)
-    except KeyboardInterrupt:
-        return 130
+        status = trio.run(main_async, args)
+    except* KeyboardInterrupt:  # Ctrl-C, maybe in an exception group from the session's nursery
+        pass
+    return status
 
 
 if __name__ == "__main__":
