@@ -37,7 +37,7 @@ __all__ = [
     "describe_exception",
 ]
 
-logger = logging.getLogger("trioscheduler.node")
+logger = logging.getLogger(__name__)
 
 DEFAULT_NODE_URL = "ws://127.0.0.1:5010/ws/node"
 DEFAULT_HEARTBEAT_INTERVAL_S = 15.0  # what the original node uses when nobody tells it otherwise
