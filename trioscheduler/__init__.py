@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from trioscheduler import client, node
     from trioscheduler.app import Scheduler
     from trioscheduler.config import (
         Config,
@@ -67,6 +68,9 @@ _HOMES: Mapping[str, str] = types.MappingProxyType({
     "Transport": "trioscheduler.transport",
     "TransportClosed": "trioscheduler.transport",
     "memory_transport_pair": "trioscheduler.transport",
+    # the SDKs (issue 12)
+    "client": "trioscheduler.client",
+    "node": "trioscheduler.node",
 })
 
 __all__ = [
@@ -89,10 +93,12 @@ __all__ = [
     "TrioschedulerError",
     "__version__",
     "build_config",
+    "client",
     "config_with",
     "load_config",
     "memory_transport_pair",
     "messages",
+    "node",
     "serve",
 ]
 
