@@ -29,6 +29,17 @@ class ErrorCode(enum.StrEnum):
     SESSION_AUDIO_LIMIT_EXCEEDED = "SESSION_AUDIO_LIMIT_EXCEEDED"
     #: The session has ``limits.max_session_outstanding`` utterances without an outcome already.
     SESSION_OUTSTANDING_LIMIT_EXCEEDED = "SESSION_OUTSTANDING_LIMIT_EXCEEDED"
+    # -- identities, claims and tenants
+    #: A node_register under a node_id that another credential holds (live, or gone with jobs not yet settled).
+    NODE_ID_IN_USE = "NODE_ID_IN_USE"
+    #: An implicit session (an utterance without session_init) under a session_id another socket holds or held
+    #: within ``limits.session_id_reuse_seconds``.
+    SESSION_ID_IN_USE = "SESSION_ID_IN_USE"
+    #: The tenant already has ``limits.sessions_per_tenant`` sessions open.
+    TENANT_SESSION_LIMIT_EXCEEDED = "TENANT_SESSION_LIMIT_EXCEEDED"
+    #: The connection sent more than ``limits.messages_per_second`` (beyond ``limits.messages_burst``): this
+    #: message was dropped.
+    RATE_LIMITED = "RATE_LIMITED"
 
 
 class CloseCode(enum.IntEnum):
@@ -46,6 +57,11 @@ class CloseCode(enum.IntEnum):
     HANDSHAKE_TIMEOUT = 4008
     #: The peer does not read what it is sent: its outbound queue reached ``limits.max_send_queue``.
     SLOW_CONSUMER = 4009
+    # -- identities, claims and tenants
+    #: The connection kept sending over ``limits.messages_per_second`` after RATE_LIMITED errors.
+    RATE_LIMITED = 4029
+    #: A node_register under a node_id another credential holds (after the NODE_ID_IN_USE error).
+    NODE_ID_IN_USE = 4030
 
 
 class ProtocolError(TrioschedulerError):

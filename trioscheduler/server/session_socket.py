@@ -21,6 +21,7 @@ import math
 import sys
 from typing import Any
 
+import attrs
 import trio
 
 from trioscheduler.config import Config
@@ -31,10 +32,12 @@ from trioscheduler.principal import ANONYMOUS, Principal
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import client_codec, decode_base64
 from trioscheduler.protocol.errors import CloseCode, ErrorCode, ProtocolError
+from trioscheduler.ratelimit import ACCEPT, REFUSE, TokenBucket
 from trioscheduler.registry.requests import JobSpec, Outcome, RegistryClient
 from trioscheduler.server.jobspec import build_job_spec, utterance_index
 from trioscheduler.server.outcome_writer import CloseSession, Expect, OutcomeWriter, Send
 from trioscheduler.server.session_state import SessionState, check_session_id, implicit_init, new_session_state
+from trioscheduler.session_directory import SessionDirectory
 from trioscheduler.transport import Transport, TransportClosed
 from trioscheduler.wallclock import wall_ms
 
@@ -59,7 +62,7 @@ class SessionMetrics:
 
 class SessionConnection:
     __slots__ = ("_transport", "_registry", "_config", "_codec", "_metrics", "_state", "_writer", "_early_frames",
-                 "_handshake_deadline", "_principal")
+                 "_handshake_deadline", "_principal", "_directory", "_holder", "_bucket")
 
     def __init__(
         self,
@@ -69,6 +72,7 @@ class SessionConnection:
         metrics: SessionMetrics,
         tasks: trio.Nursery,
         principal: Principal = ANONYMOUS,
+        directory: SessionDirectory | None = None,
     ) -> None:
         self._transport = transport
         #: Who this socket acts as (set by the door; ANONYMOUS when authentication is off).
@@ -84,6 +88,12 @@ class SessionConnection:
         self._early_frames: list[str | bytes] | None = None
         #: By when the socket must open its first session; infinite once it has.
         self._handshake_deadline = trio.current_time() + config.limits.handshake_timeout_seconds
+        #: The session ids of all sockets (the Scheduler's); a socket alone gets a directory of its own.
+        self._directory = directory if directory is not None else SessionDirectory(config.limits)
+        #: This socket's token in the directory.
+        self._holder = self._directory.new_holder()
+        limits = config.limits
+        self._bucket = TokenBucket(limits.messages_per_second, limits.messages_burst, trio.current_time())
 
     def footprint(self) -> dict[str, int]:
         """What this session holds beyond its idle size; all zero once its utterances are settled."""
@@ -118,6 +128,7 @@ class SessionConnection:
             state = self._state
             if state is not None:
                 self._registry.session_ended_nowait(state.session_id)
+                self._directory.release(state.session_id, self._holder, state.init.tenant_id, trio.current_time())
                 emit(log, INFO, "session_ended", session_id=state.session_id, reason="socket_closed")
         if writer.crash is not None:
             raise writer.crash
@@ -161,6 +172,13 @@ class SessionConnection:
                     continue
             try:
                 assert frame is not None
+                verdict = self._bucket.take(trio.current_time())
+                if verdict != ACCEPT:
+                    if verdict == REFUSE:
+                        self._rate_limited()
+                        continue
+                    await self._rate_limit_close()
+                    return
                 try:
                     await self._handle(self._codec.decode(frame))
                 except ProtocolError as exc:
@@ -170,6 +188,24 @@ class SessionConnection:
             except (TransportClosed, trio.ClosedResourceError):
                 return  # the socket is gone, or the writer closed it (slow consumer, crash)
             frame = None  # not kept alive by this frame while the socket is quiet (an idle session)
+
+    def _rate_limited(self) -> None:
+        """The frame came over ``limits.messages_per_second``: it is dropped unread and the client told so."""
+        limits = self._config.limits
+        self._metrics.counters["messages_rate_limited"] += 1
+        self._send_now(ProtocolError(
+            f"more than {limits.messages_per_second:g} messages per second (burst {limits.messages_burst}): "
+            "message dropped; slow down", code=ErrorCode.RATE_LIMITED,
+        ).to_message(session_id=self._state.session_id if self._state else None))
+
+    async def _rate_limit_close(self) -> None:
+        limits = self._config.limits
+        self._metrics.counters["sessions_closed_rate_limited"] += 1
+        emit(log, WARNING, "session_rate_limited", peer=self._transport.peer,
+             session_id=self._state.session_id if self._state else None,
+             why=f"kept sending over limits.messages_per_second ({limits.messages_per_second:g}) after "
+                 f"{limits.messages_burst} refusals; closing with {int(CloseCode.RATE_LIMITED)}")
+        await self._writer.close(CloseCode.RATE_LIMITED, "rate limited")
 
     async def _handshake_timed_out(self) -> None:
         timeout = self._config.limits.handshake_timeout_seconds
@@ -185,8 +221,7 @@ class SessionConnection:
             case m.Utterance():
                 try:
                     if state is None:
-                        state = self._open(implicit_init(message), message.session_id or new_session_id(),
-                                           implicit=True)
+                        state = self._open(implicit_init(message), message.session_id, implicit=True)
                     check_session_id(state, message)
                     await self._on_utterance(state, message)
                 except ProtocolError as exc:
@@ -197,7 +232,7 @@ class SessionConnection:
                 if state is not None:
                     raise ProtocolError("session already initialised on this connection; send session_close first",
                                         field="type")
-                self._open(message, new_session_id(), implicit=False)
+                self._open(message, None, implicit=False)
                 return
         if state is None:
             raise ProtocolError(f"{message.TYPE} before session_init: no session on this connection",
@@ -213,9 +248,27 @@ class SessionConnection:
             case m.SessionClose():
                 await self._on_close(state, message)
 
-    def _open(self, init: m.SessionInit, session_id: str, *, implicit: bool) -> SessionState:
-        """Start the session ``init`` describes (ProtocolError if it is invalid); a session_init gets its ack."""
+    def _open(self, init: m.SessionInit, session_id: str | None, *, implicit: bool) -> SessionState:
+        """Start the session ``init`` describes, under ``session_id`` or a fresh one (ProtocolError if it is
+        invalid, its id taken or its tenant full); a session_init gets its ack."""
+        principal, directory, now = self._principal, self._directory, trio.current_time()
+        # Authenticated, the tenant is the API key's, whatever session_init says; without auth it is a label.
+        tenant_id = principal.tenant_id if principal.credential is not None else init.tenant_id
+        if tenant_id != init.tenant_id:
+            init = attrs.evolve(init, tenant_id=tenant_id)
+        if session_id is None:
+            session_id = directory.unused_id(new_session_id, now)
         state = new_session_state(init, session_id, init.trace_id or random_uuid(), self._config.segmentation)
+        refusal = directory.claim(session_id, self._holder, state.init.tenant_id, now)
+        if refusal is not None:
+            self._metrics.counters[f"sessions_refused_{refusal}"] += 1
+            emit(log, WARNING, "session_refused", session_id=session_id, code=refusal, tenant_id=tenant_id,
+                 peer=self._transport.peer)
+            if refusal == ErrorCode.SESSION_ID_IN_USE:
+                raise ProtocolError(f"session_id {session_id!r} is in use or was in use recently: open a session "
+                                    "with session_init, or use another id", field="session_id", code=refusal)
+            raise ProtocolError(f"tenant has {self._config.limits.sessions_per_tenant} sessions open "
+                                "(limits.sessions_per_tenant): session refused", code=refusal)
         self._state = self._writer.session = state
         self._handshake_deadline = math.inf
         counters = self._metrics.counters
@@ -321,6 +374,7 @@ class SessionConnection:
         if self._writer.closed:
             raise TransportClosed  # the writer ended without the ack: the socket is gone
         self._registry.session_ended_nowait(state.session_id)
+        self._directory.release(state.session_id, self._holder, state.init.tenant_id, trio.current_time())
         emit(log, INFO, "session_ended", session_id=state.session_id, reason=message.reason or "session_close")
         self._state = self._writer.session = None
 
