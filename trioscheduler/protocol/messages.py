@@ -461,6 +461,8 @@ class JobAssign:
     is_manual_cut: bool | None = None
     is_timeout_triggered: bool | None = None
     is_max_duration_triggered: bool | None = None
+    #: The session's tenant (identities, claims and tenants); omitted when None. The original's nodes ignore it.
+    tenant_id: str | None = None
 
 
 @attrs.frozen
