@@ -69,7 +69,7 @@ async def test_a_node_claiming_a_billion_slots_that_never_answers_gets_a_small_s
     stats = await scheduler.stats()
     assert stats is not None
     bad_view = next(node for node in stats["nodes"] if node["node_id"] == "bad")
-    assert bad_view["claimed_capacity"] == 512 and bad_view["capacity"] == 1
+    assert bad_view["capacity"] == 512 and bad_view["effective_capacity"] == 1
     assert stats["counters"]["node_capacity_clamped"] == 1
 
 
@@ -89,14 +89,14 @@ async def test_a_node_that_answers_again_regrows_to_its_claim(
     for _ in range(8):
         await node.recv_type("job_assign")
     await trio.sleep(1.5)  # all eight time out: 8 -> 4 -> 2 -> 1
-    capacities = {n["node_id"]: (n["capacity"], n["claimed_capacity"]) for n in (await scheduler.stats())["nodes"]}
+    capacities = {n["node_id"]: (n["effective_capacity"], n["capacity"]) for n in (await scheduler.stats())["nodes"]}
     assert capacities["n"] == (1, 8)
     for index in range(8, 12):
         await send(index)
         assign = await node.recv_type("job_assign", skip=("job_cancel",))
         await node.send(**result_for(assign, node_id="n"))
         await client.recv_type("translation_result", skip=("error",))
-    capacities = {n["node_id"]: (n["capacity"], n["claimed_capacity"]) for n in (await scheduler.stats())["nodes"]}
+    capacities = {n["node_id"]: (n["effective_capacity"], n["capacity"]) for n in (await scheduler.stats())["nodes"]}
     assert capacities["n"] == (8, 8)
 
 

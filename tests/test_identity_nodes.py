@@ -20,7 +20,8 @@ from trioscheduler.transport import MemoryTransport, memory_transport_pair
 A, B = Principal(credential="cred-a"), Principal(credential="cred-b")
 
 
-async def node_socket(nursery: trio.Nursery, scheduler: Scheduler, principal: Principal) -> tuple[Peer, MemoryTransport]:
+async def node_socket(nursery: trio.Nursery, scheduler: Scheduler,
+                      principal: Principal) -> tuple[Peer, MemoryTransport]:
     """A raw node over an in-memory transport that the scheduler sees as ``principal``: (peer, the scheduler's
     end, which records the close code)."""
     server_side, client_side = memory_transport_pair("node")

@@ -11,7 +11,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.wire import Daemon, b64, connect, pcm, registered_node, result_for, session, start_daemon, until
+from tests.wire import Daemon, b64, connect, pcm, registered_node, result_for, session, start_daemon
 from trioscheduler.config import Config, config_with
 from trioscheduler.ids import new_session_id
 from trioscheduler.session_directory import SessionDirectory
@@ -29,18 +29,18 @@ async def test_an_implicit_session_cannot_swallow_a_live_sessions_utterance(daem
     """The attacker sends an utterance under the victim's session_id first: before the fix the registry took it
     as the victim's, and the victim's own utterance 0 was then dropped as a duplicate (no outcome, ever)."""
     async with registered_node(daemon.node_url, "n1") as (node, _), \
-            session(daemon.session_url, audio_format="pcm16") as (victim, victim_id):
-        async with connect(daemon.session_url) as attacker:
-            await attacker.send(**utterance(0, victim_id))
-            refused = await attacker.recv_type("error")
-            assert refused["code"] == "SESSION_ID_IN_USE" and refused["utterance_index"] == 0
-            await victim.send(**utterance(0, victim_id))
-            assign = await node.recv_type("job_assign", skip=("node_heartbeat_ack",))
-            assert assign["session_id"] == victim_id
-            await node.send(**result_for(assign))
-            result = await victim.recv_type("translation_result")
-            assert result["utterance_index"] == 0
-            await attacker.nothing_for(0.2)
+            session(daemon.session_url, audio_format="pcm16") as (victim, victim_id), \
+            connect(daemon.session_url) as attacker:
+        await attacker.send(**utterance(0, victim_id))
+        refused = await attacker.recv_type("error")
+        assert refused["code"] == "SESSION_ID_IN_USE" and refused["utterance_index"] == 0
+        await victim.send(**utterance(0, victim_id))
+        assign = await node.recv_type("job_assign")
+        assert assign["session_id"] == victim_id
+        await node.send(**result_for(assign))
+        result = await victim.recv_type("translation_result")
+        assert result["utterance_index"] == 0
+        await attacker.nothing_for(0.2)
 
 
 async def test_closing_an_implicit_session_under_a_live_id_cancels_nothing(daemon: Daemon) -> None:

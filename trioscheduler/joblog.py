@@ -65,8 +65,9 @@ def log_job_done(stages: JobStages, *, session_id: str | None, utterance_index: 
         return
     since = stages.finalized_at
     emit(log, INFO, "job_done", session_id=session_id, utterance_index=utterance_index, job_id=job_id,
-         node_id=stages.node_id, tenant_id=stages.tenant_id, trace_id=trace_id, attempts=stages.attempt, outcome=outcome, code=code,
-         reason=reason, created_ms=_ms(since, stages.created_at), selected_ms=_ms(since, stages.selected_at),
+         node_id=stages.node_id, tenant_id=stages.tenant_id, trace_id=trace_id, attempts=stages.attempt,
+         outcome=outcome, code=code, reason=reason, created_ms=_ms(since, stages.created_at),
+         selected_ms=_ms(since, stages.selected_at),
          dispatched_ms=_ms(since, stages.dispatched_at), result_ms=_ms(since, stages.result_at),
          delivered_ms=_ms(since, delivered_at), dropped=dropped)
 

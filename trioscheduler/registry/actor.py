@@ -40,7 +40,6 @@ from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.errors import ErrorCode, ProtocolError
 from trioscheduler.registry import requests as rq
 from trioscheduler.registry.node_index import NodeIndex
-from trioscheduler.registry.ownership import NodeOwners
 from trioscheduler.registry.outcomes import (
     error_outcome,
     job_assign,
@@ -48,6 +47,7 @@ from trioscheduler.registry.outcomes import (
     partial_message,
     success_outcome,
 )
+from trioscheduler.registry.ownership import NodeOwners
 from trioscheduler.registry.quarantine import failure_trips_quarantine
 from trioscheduler.registry.state import Job, JobState, NodeRecord
 from trioscheduler.registry.timers import TimerHeap
@@ -778,8 +778,8 @@ class Registry:
                 "node_id": node.node_id,
                 "state": _node_state(node, now),
                 "in_flight": node.in_flight,
-                "capacity": node.capacity,
-                "claimed_capacity": node.claimed_capacity,
+                "capacity": node.claimed_capacity,
+                "effective_capacity": node.capacity,
                 "slot_holders": sum(1 for job in node.jobs if job.holds_slot),
                 "jobs": len(node.jobs),
                 "pools": sorted(node.capability.pools()),
@@ -814,7 +814,6 @@ class Registry:
             snapshot["job_list"] = [_job_view(job) for job in self.jobs_by_key.values()]
             snapshot["held"] = {
                 "nodes": len(self.nodes),
-                "node_owners": len(self.owners),
                 "node_conns": len(self._node_by_conn),
                 "indexes": len(self.indexes),
                 "jobs_by_key": len(self.jobs_by_key),

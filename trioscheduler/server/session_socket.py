@@ -252,8 +252,10 @@ class SessionConnection:
         """Start the session ``init`` describes, under ``session_id`` or a fresh one (ProtocolError if it is
         invalid, its id taken or its tenant full); a session_init gets its ack."""
         principal, directory, now = self._principal, self._directory, trio.current_time()
-        # Authenticated, the tenant is the API key's, whatever session_init says; without auth it is a label.
-        tenant_id = principal.tenant_id if principal.credential is not None else init.tenant_id
+        if principal.credential is None:  # without authentication, session_init's tenant_id is a label
+            tenant_id = init.tenant_id
+        else:  # authenticated, the tenant is the API key's, whatever session_init says
+            tenant_id = None if principal.tenant_id is None else m.Id(principal.tenant_id)
         if tenant_id != init.tenant_id:
             init = attrs.evolve(init, tenant_id=tenant_id)
         if session_id is None:
