@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from trioscheduler.app import Scheduler
+from trioscheduler.auth import Credentials, asgi_admin_refusal
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_HISTOGRAMS = (
@@ -67,11 +68,13 @@ class SnapshotCollector(Collector):
 
 
 def make_app(scheduler: Scheduler) -> ASGIFramework:
+    credentials = Credentials.from_config(scheduler.config.auth)
+
     async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
         elif scope["type"] == "http":
-            await _http(scheduler, scope, send)
+            await _http(scheduler, credentials, scope, send)
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": None})
 
@@ -94,10 +97,13 @@ async def _respond(send: ASGISendCallable, status: int, body: bytes, content_typ
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _http(scheduler: Scheduler, scope: HTTPScope, send: ASGISendCallable) -> None:
+async def _http(scheduler: Scheduler, credentials: Credentials, scope: HTTPScope, send: ASGISendCallable) -> None:
     path, method = scope["path"], scope["method"]
     if method not in ("GET", "HEAD"):
         await _respond(send, 405, b"method not allowed\n", "text/plain")
+    elif path == "/api/v1/stats" and (refusal := asgi_admin_refusal(credentials, scope)) is not None:
+        # Issue 10: the detailed read (node ids, pools) needs an admin token when authentication is on.
+        await _respond(send, int(refusal), b"admin token required\n", "text/plain")
     elif path == "/health":
         await _respond(send, 200, b"OK", "text/plain")
     elif path in ("/api/v1/stats", "/metrics"):
