@@ -9,6 +9,12 @@ and on session_close waits for the writer's ack while it keeps reading, at most 
 frames, so a client that vanishes mid-close is still seen. Whenever it ends, the registry is told the session is
 gone, without a deadline that could lose the notice.
 
+Sessions are opened through the Scheduler's ``SessionDirectory``: a session_id another socket holds or let go within
+``limits.session_id_reuse_seconds`` is never adopted (SESSION_ID_IN_USE), and a tenant holds at most
+``limits.sessions_per_tenant`` sessions. Every frame is charged to the socket's ``TokenBucket`` before it is decoded:
+over ``limits.messages_per_second`` it is dropped (RATE_LIMITED), and a debt over ``limits.messages_burst`` closes the
+socket (CloseCode.RATE_LIMITED).
+
 An idle session is its reader alone: the writer runs only while it has work, in the nursery the scheduler holds
 for all sessions (a nursery per session would cost every idle session its own; see docs/architecture.md).
 """
@@ -203,8 +209,9 @@ class SessionConnection:
         self._metrics.counters["sessions_closed_rate_limited"] += 1
         emit(log, WARNING, "session_rate_limited", peer=self._transport.peer,
              session_id=self._state.session_id if self._state else None,
-             why=f"kept sending over limits.messages_per_second ({limits.messages_per_second:g}) after "
-                 f"{limits.messages_burst} refusals; closing with {int(CloseCode.RATE_LIMITED)}")
+             why=f"kept sending over limits.messages_per_second ({limits.messages_per_second:g}) until its "
+                 f"refused messages exceeded limits.messages_burst ({limits.messages_burst}); closing with "
+                 f"{int(CloseCode.RATE_LIMITED)}")
         await self._writer.close(CloseCode.RATE_LIMITED, "rate limited")
 
     async def _handshake_timed_out(self) -> None:
