@@ -168,7 +168,7 @@ async def test_stats_needs_an_admin_token_when_auth_is_on(start: Callable[..., A
 
 
 async def test_connections_per_address_429_and_freed_places_are_reused(start: Callable[..., Any]) -> None:
-    daemon = await start(limits={"connections_per_address": 2})
+    daemon = await start(limits={"connections_per_address": 2, "connections_per_address_exempt": ["10.0.0.0/8"]})
     async with open_peer(daemon.session_url) as first, open_peer(daemon.node_url) as second:
         await init_session(first)
         await register(second)
@@ -189,3 +189,11 @@ async def test_a_non_ascii_secret_matches_in_the_header_and_the_query(start: Cal
         await init_session(by_query)
     assert await refused_status(daemon.session_url, (b"authorization", "Bearer clé-ünïcode".encode("latin-1"))) \
         == 403
+
+
+async def test_exempt_peers_are_not_held_to_the_per_address_cap(start: Callable[..., Any]) -> None:
+    daemon = await start(limits={"connections_per_address": 1})  # the default exempts this host (loopback)
+    async with open_peer(daemon.session_url) as first, open_peer(daemon.session_url) as second:
+        await init_session(first)
+        await init_session(second)
+    assert daemon.scheduler.edge.counters["refused_per_address"] == 0

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from trioscheduler.auth import (
     AmbiguousCredential,
+    ExemptAddresses,
     BindPolicy,
     Credentials,
     InsecureBind,
@@ -27,7 +28,7 @@ from trioscheduler.auth import (
     presented_credential,
     warn_insecure,
 )
-from trioscheduler.config import AuthConfig, Config, ConfigError, build_config, config_with
+from trioscheduler.config import AuthConfig, Config, ConfigError, LimitsConfig, build_config, config_with
 from trioscheduler.principal import ANONYMOUS, Principal
 
 secrets = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40).filter(
@@ -158,3 +159,19 @@ async def test_an_open_public_bind_is_warned_at_start_and_every_hour(autojump_cl
         await trio.sleep(3600 * 3)
         assert len(auth_log.lines) == 4
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("host", "exempt"), [
+    ("127.0.0.1", True), ("127.9.9.9", True), ("::1", True), ("::ffff:127.0.0.1", True), ("10.1.2.3", True),
+    ("10.1.2.4", False), ("192.0.2.1", False), ("::ffff:192.0.2.1", False), ("fd00::1", False),
+    ("unknown", False),
+])
+def test_exempt_addresses(host: str, exempt: bool) -> None:
+    exempted = ExemptAddresses.from_config(LimitsConfig(
+        connections_per_address_exempt=("127.0.0.0/8", "::1", "10.1.2.3")))
+    assert (host in exempted) is exempt
+
+
+def test_exempt_addresses_must_be_networks() -> None:
+    with pytest.raises(ConfigError, match="limits.connections_per_address_exempt must be a list of IP addresses"):
+        build_config({"limits": {"connections_per_address_exempt": ["10.0.0.0/33"]}})

@@ -433,6 +433,8 @@ def _value_strategy(section: str, field: attrs.Attribute) -> st.SearchStrategy: 
     # issue 10: lists of strings (origins, tokens) and the api_keys table (key -> tenant id)
     item = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1,
                    max_size=20).filter(lambda text: not text.startswith("sha256:"))
+    if field.name == "connections_per_address_exempt":
+        return st.lists(st.sampled_from(["10.0.0.7", "10.0.0.0/8", "::1/128", "fd00::/8"]), max_size=3).map(tuple)
     if field.type == tuple[str, ...]:
         return st.lists(item, max_size=3).map(tuple)
     if field.type == dict[str, str]:

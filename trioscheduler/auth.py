@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import attrs
 import trio
 
-from trioscheduler.config import SECRET_DIGEST_PREFIX, AuthConfig, Config, ConfigError, ServerConfig
+from trioscheduler.config import SECRET_DIGEST_PREFIX, AuthConfig, Config, ConfigError, LimitsConfig, ServerConfig
 from trioscheduler.logs import emit
 from trioscheduler.principal import ANONYMOUS, Principal
 
@@ -270,3 +270,27 @@ class OriginPolicy:
             return True
         normalized = {_normalized_origin(o) for o in origins}
         return len(normalized) == 1 and normalized <= self.allowed
+
+
+# ------------------------------------------------------------------------------------------ connections per address
+
+
+@attrs.frozen
+class ExemptAddresses:
+    """The peers ``limits.connections_per_address`` does not hold (``connections_per_address_exempt``)."""
+
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+    @classmethod
+    def from_config(cls, limits: LimitsConfig) -> ExemptAddresses:
+        return cls(tuple(ipaddress.ip_network(n, strict=False) for n in limits.connections_per_address_exempt))
+
+    def __contains__(self, host: str) -> bool:
+        """Whether peer IP ``host`` is exempt (an IPv4-mapped IPv6 address counts as its IPv4 address)."""
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.networks)

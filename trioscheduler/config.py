@@ -8,6 +8,7 @@ path (``scheduler.job_timeout_seconds``). Only environment variables are text, p
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -122,6 +123,16 @@ _api_keys = _check_secret(
     lambda v: all(_is_secret(key) and isinstance(tenant, str) and 0 < len(tenant) <= MAX_TENANT_ID_CHARS
                   for key, tenant in v.items()),
     f"a table of API keys ({_SECRET_REQUIREMENT}) to tenant ids of 1..{MAX_TENANT_ID_CHARS} characters")
+def _is_network(value: Any) -> bool:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+_networks = _check(lambda v: all(isinstance(item, str) and _is_network(item) for item in v),
+                   'a list of IP addresses or networks ("10.0.0.7", "10.0.0.0/8", "::1/128")')
 _origins = _check(lambda v: all(isinstance(item, str) and item for item in v), "a list of non-empty strings")
 
 
@@ -243,6 +254,9 @@ class LimitsConfig:
     max_log_queue_records: int = attrs.field(default=10_000, validator=_positive_int)
     #: WebSocket connections open at once from one remote IP address; beyond it the handshake gets HTTP 429.
     connections_per_address: int = attrs.field(default=100, validator=_positive_int)
+    #: Peers not held to ``connections_per_address`` (IP networks: this host, a reverse proxy, a gateway).
+    connections_per_address_exempt: tuple[str, ...] = attrs.field(default=("127.0.0.0/8", "::1/128"),
+                                                                  validator=_networks)
     # -- identities, claims and tenants
     #: Largest max_concurrent_jobs a node may claim; a larger claim is clamped to it (and logged).
     max_node_capacity: int = attrs.field(default=1024, validator=_positive_int)
@@ -259,6 +273,7 @@ class LimitsConfig:
     #: ...and at once after a quiet spell. Refused messages still cost a token; a debt over it closes the socket
     #: (4029).
     messages_burst: int = attrs.field(default=400, validator=_positive_int)
+
 
 @attrs.frozen
 class AuthConfig:

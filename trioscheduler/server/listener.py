@@ -43,6 +43,7 @@ from trioscheduler.auth import (
     AmbiguousCredential,
     BindPolicy,
     Credentials,
+    ExemptAddresses,
     OriginPolicy,
     Refusal,
     check_bind,
@@ -221,8 +222,9 @@ class Door:
         self._http = http
         self._credentials = Credentials.from_config(config.auth)
         self._origins = OriginPolicy.from_config(config.server)
-        #: Open WebSockets per peer IP address; an address leaves when its last one closes.
+        #: Open WebSockets per peer IP address (exempt ones not counted); an address leaves when its last closes.
         self._open_by_address: dict[str, int] = {}
+        self._exempt = ExemptAddresses.from_config(config.limits)
 
     async def serve_connection(self, stream: trio.abc.Stream) -> None:
         """Never raises (but Cancelled): the connection's failure is logged and counted here."""
@@ -271,8 +273,9 @@ class Door:
         principal = await self._admit(stream, head, path)
         if principal is None:
             return
-        address = peer_host(stream)
-        if self._open_by_address.get(address, 0) >= self._limits.connections_per_address:
+        host = peer_host(stream)
+        address = None if host in self._exempt else host  # None: not counted
+        if address is not None and self._open_by_address.get(address, 0) >= self._limits.connections_per_address:
             edge.counters["refused_per_address"] += 1
             log.info("connection from %s refused: limits.connections_per_address (%d) reached", peer_name(stream),
                      self._limits.connections_per_address)
@@ -295,16 +298,18 @@ class Door:
             await self._refuse(stream, http_response(400, "Bad Request", "not a WebSocket upgrade request\n"))
             return
         edge.open += 1
-        self._open_by_address[address] = self._open_by_address.get(address, 0) + 1
+        if address is not None:
+            self._open_by_address[address] = self._open_by_address.get(address, 0) + 1
         try:
             await self._websocket(ws, stream, path, deadline.deadline, principal)
         finally:
             edge.open -= 1
-            remaining = self._open_by_address[address] - 1
-            if remaining:
-                self._open_by_address[address] = remaining
-            else:
-                del self._open_by_address[address]
+            if address is not None:
+                remaining = self._open_by_address[address] - 1
+                if remaining:
+                    self._open_by_address[address] = remaining
+                else:
+                    del self._open_by_address[address]
 
     async def _admit(self, stream: trio.abc.Stream, head: bytes, path: str) -> Principal | None:
         """The principal of a WebSocket request on ``path``, or None once the request has been refused (Origin,
