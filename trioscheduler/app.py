@@ -26,6 +26,7 @@ from trioscheduler.registry.actor import Registry
 from trioscheduler.registry.requests import RegistryClient, open_registry_channel
 from trioscheduler.server.node_socket import NodeConnection
 from trioscheduler.server.session_socket import SessionConnection, SessionMetrics
+from trioscheduler.session_directory import SessionDirectory
 from trioscheduler.transport import Transport
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ class Scheduler:
         self.registry = Registry(config, receive, rng=rng)
         self.client = RegistryClient(send, self.registry.notices)
         self.sessions = SessionMetrics()
+        #: Session ids of all session sockets, and sessions per tenant.
+        self.session_directory = SessionDirectory(config.limits)
         self.connections_crashed = 0
         self.edge = EdgeMetrics()
         self._conn_ids = itertools.count(1)
@@ -80,11 +83,11 @@ class Scheduler:
             tasks = self._session_tasks
             if tasks is not None:
                 await SessionConnection(transport, self.client, self.config, self.sessions, tasks, principal,
-                                        drain=self.drain).run()
+                                        self.session_directory, drain=self.drain).run()
                 return
             async with trio.open_nursery() as tasks:  # before run() (tests that hold the registry back)
                 await SessionConnection(transport, self.client, self.config, self.sessions, tasks, principal,
-                                        drain=self.drain).run()
+                                        self.session_directory, drain=self.drain).run()
                 tasks.cancel_scope.cancel()
         except Exception:
             await self._crashed("session", transport)

@@ -465,6 +465,8 @@ class JobAssign:
     is_max_duration_triggered: bool | None = None
     #: The recent text of the session's open utterance group (groups.py); omitted when there is none.
     context_text: str | None = None
+    #: The session's tenant (identities, claims and tenants); omitted when None. The original's nodes ignore it.
+    tenant_id: str | None = None
 
 
 @attrs.frozen
