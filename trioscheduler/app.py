@@ -22,6 +22,7 @@ from trioscheduler.principal import ANONYMOUS, Principal
 from trioscheduler.protocol.errors import CloseCode
 from trioscheduler.registry.actor import Registry
 from trioscheduler.registry.requests import RegistryClient, open_registry_channel
+from trioscheduler.rooms.owner import open_rooms
 from trioscheduler.server.node_socket import NodeConnection
 from trioscheduler.server.session_socket import SessionConnection, SessionMetrics
 from trioscheduler.transport import Transport
@@ -46,6 +47,8 @@ class Scheduler:
         self.registry = Registry(config, receive, rng=rng)
         self.client = RegistryClient(send, self.registry.notices)
         self.sessions = SessionMetrics()
+        #: The room owner task (run beside the registry) and the client the sessions reach it through.
+        self.room_owner, self.rooms = open_rooms(config.rooms)
         self.connections_crashed = 0
         self.edge = EdgeMetrics()
         self._conn_ids = itertools.count(1)
@@ -57,6 +60,7 @@ class Scheduler:
         writers run in while they have work (one nursery, not one per session: an idle session costs less)."""
         async with trio.open_nursery() as session_tasks:
             self._session_tasks = session_tasks
+            await session_tasks.start(self.room_owner.run)
             try:
                 await self.registry.run(task_status=task_status)
             finally:
@@ -68,10 +72,12 @@ class Scheduler:
         try:
             tasks = self._session_tasks
             if tasks is not None:
-                await SessionConnection(transport, self.client, self.config, self.sessions, tasks, principal).run()
+                await SessionConnection(transport, self.client, self.config, self.sessions, tasks, principal,
+                                        self.rooms).run()
                 return
             async with trio.open_nursery() as tasks:  # before run() (tests that hold the registry back)
-                await SessionConnection(transport, self.client, self.config, self.sessions, tasks, principal).run()
+                await SessionConnection(transport, self.client, self.config, self.sessions, tasks, principal,
+                                        self.rooms).run()
                 tasks.cancel_scope.cancel()
         except Exception:
             await self._crashed("session", transport)
@@ -100,6 +106,7 @@ class Scheduler:
         snapshot["node_connections"] = self.nodes_connected
         snapshot["connections_crashed"] = self.connections_crashed
         snapshot["edge"] = {"open": self.edge.open, "counters": dict(self.edge.counters)}
+        snapshot["rooms"] = self.room_owner.snapshot()
         return snapshot
 
 

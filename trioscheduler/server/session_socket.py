@@ -31,7 +31,10 @@ from trioscheduler.principal import ANONYMOUS, Principal
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import client_codec, decode_base64
 from trioscheduler.protocol.errors import CloseCode, ErrorCode, ProtocolError
+from trioscheduler.protocol.rooms import ROOM_CLIENT_MESSAGES
 from trioscheduler.registry.requests import JobSpec, Outcome, RegistryClient
+from trioscheduler.rooms.owner import RoomsClient
+from trioscheduler.rooms.session_side import SessionRooms
 from trioscheduler.server.jobspec import build_job_spec, utterance_index
 from trioscheduler.server.outcome_writer import CloseSession, Expect, OutcomeWriter, Send
 from trioscheduler.server.session_state import SessionState, check_session_id, implicit_init, new_session_state
@@ -59,7 +62,7 @@ class SessionMetrics:
 
 class SessionConnection:
     __slots__ = ("_transport", "_registry", "_config", "_codec", "_metrics", "_state", "_writer", "_early_frames",
-                 "_handshake_deadline", "_principal")
+                 "_handshake_deadline", "_principal", "_rooms_client", "_rooms")
 
     def __init__(
         self,
@@ -69,6 +72,7 @@ class SessionConnection:
         metrics: SessionMetrics,
         tasks: trio.Nursery,
         principal: Principal = ANONYMOUS,
+        rooms: RoomsClient | None = None,
     ) -> None:
         self._transport = transport
         #: Who this socket acts as (set by the door; ANONYMOUS when authentication is off).
@@ -84,6 +88,9 @@ class SessionConnection:
         self._early_frames: list[str | bytes] | None = None
         #: By when the socket must open its first session; infinite once it has.
         self._handshake_deadline = trio.current_time() + config.limits.handshake_timeout_seconds
+        #: The room owner (None: rooms are off), and this socket's part in rooms, made on its first room message.
+        self._rooms_client = rooms
+        self._rooms: SessionRooms | None = None
 
     def footprint(self) -> dict[str, int]:
         """What this session holds beyond its idle size; all zero once its utterances are settled."""
@@ -118,6 +125,8 @@ class SessionConnection:
             state = self._state
             if state is not None:
                 self._registry.session_ended_nowait(state.session_id)
+                if self._rooms is not None:
+                    self._rooms.ended(state.session_id)
                 emit(log, INFO, "session_ended", session_id=state.session_id, reason="socket_closed")
         if writer.crash is not None:
             raise writer.crash
@@ -212,6 +221,8 @@ class SessionConnection:
                 state.segmenter.restart_pause_clock(trio.current_time())
             case m.SessionClose():
                 await self._on_close(state, message)
+            case _ if type(message) in ROOM_CLIENT_MESSAGES:
+                await self._on_room_message(state, message)
 
     def _open(self, init: m.SessionInit, session_id: str, *, implicit: bool) -> SessionState:
         """Start the session ``init`` describes (ProtocolError if it is invalid); a session_init gets its ack."""
@@ -293,6 +304,9 @@ class SessionConnection:
                 session_id=spec.session_id, utterance_index=index, trace_id=spec.trace_id), ""))
             return
         state.jobs.hold(index, audio_bytes)
+        rooms = self._rooms
+        if rooms is not None and rooms.in_room and await rooms.submit(state, spec):
+            return
         deadline_ms = self._config.scheduler.selection_deadline_ms
         reply = await self._registry.submit(spec, writer, spec.finalized_at + deadline_ms / 1000.0)
         if reply is not None:
@@ -315,12 +329,16 @@ class SessionConnection:
         cut = state.segmenter.flush()
         if cut is not None:
             await self._submit_cut(state, cut)
+        if self._rooms is not None:
+            await self._rooms.closing(deadline)
         done = trio.Event()
         self._writer.send_nowait(CloseSession(state.session_id, done, deadline))
         await self._read_while_closing(done)
         if self._writer.closed:
             raise TransportClosed  # the writer ended without the ack: the socket is gone
         self._registry.session_ended_nowait(state.session_id)
+        if self._rooms is not None:
+            self._rooms.ended(state.session_id)
         emit(log, INFO, "session_ended", session_id=state.session_id, reason=message.reason or "session_close")
         self._state = self._writer.session = None
 
@@ -356,6 +374,16 @@ class SessionConnection:
             self._early_frames = None
         if gone:
             raise TransportClosed
+
+    async def _on_room_message(self, state: SessionState, message: Any) -> None:
+        rooms = self._rooms
+        if rooms is None:
+            if self._rooms_client is None:
+                raise ProtocolError(f"message type '{message.TYPE}' is not supported here: rooms are off",
+                                    field="type", code=ErrorCode.UNSUPPORTED_FEATURE)
+            rooms = self._rooms = SessionRooms(self._rooms_client, self._registry, self._config, self._writer,
+                                               self._metrics.counters)
+        await rooms.handle(state, message)
 
     def _send_now(self, message: Any) -> None:
         self._writer.send_nowait(Send(message))
