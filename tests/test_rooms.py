@@ -130,10 +130,10 @@ async def test_room_messages_need_a_session(fast: Daemon) -> None:
 
 async def test_three_clients_two_languages_speaker_excluded(fast: Daemon) -> None:
     async with registered_node(fast.node_url, languages=("zh", "en", "de")) as (node, _), \
-            three_in_a_room(fast) as (_, [(a, sid_a), (b, _), (c, _)]):
+            three_in_a_room(fast, langs=("zh", "en", "de")) as (_, [(a, sid_a), (b, _), (c, _)]):
         await speak(a, sid_a)
         jobs = await assigns(node, 2)
-        assert set(jobs) == {"en", "de"}
+        assert set(jobs) == {"en", "de"}  # the speaker's own preferred_lang is nobody's target
         assert all(j["session_id"] == sid_a and j["utterance_index"] == 0 for j in jobs.values())
         assert jobs["en"]["turn_id"] != jobs["de"]["turn_id"]  # a node never merges two languages' audio
         for lang, job in jobs.items():

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import collections
 import random
 from typing import Any
 
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from trioscheduler.config import Config, config_with
 from trioscheduler.protocol import messages as m
+from trioscheduler.protocol.rooms import WebRtcIce
 from trioscheduler.registry.requests import Outcome
 from trioscheduler.rooms.delivery import ListenerQueue, RoomUtterance
 from trioscheduler.rooms.policy import (
@@ -22,6 +26,9 @@ from trioscheduler.rooms.policy import (
     members_wire,
     new_room_code,
 )
+from trioscheduler.rooms.session_side import SessionPort
+from trioscheduler.server.outcome_writer import OutcomeWriter
+from trioscheduler.transport import memory_transport_pair
 
 
 class Inbox:
@@ -159,3 +166,16 @@ def test_raw_voice_is_accepted_unless_refused() -> None:
     receiver = member("b", "en", a=False, c=True)
     assert not accepts_raw_voice(receiver, "a")
     assert accepts_raw_voice(receiver, "c") and accepts_raw_voice(receiver, "d")
+
+
+async def test_relayed_signalling_is_dropped_not_fatal_when_the_receiver_is_behind(nursery: trio.Nursery) -> None:
+    """Another member's flood of WebRTC signalling may fill a receiver's writer inbox: the excess is dropped and
+    the receiver keeps its socket (a full inbox of ordered messages would close it as a slow consumer)."""
+    config = config_with(Config(), limits={"max_send_queue": 2})
+    server_side, _client_side = memory_transport_pair()
+    writer = OutcomeWriter(server_side, None, config, collections.Counter(), nursery)  # type: ignore[arg-type]
+    port = SessionPort(writer)
+    ice = WebRtcIce(room_code="123456", to="s-A", candidate={"candidate": "c"})
+    assert port.offer(ice) and port.offer(ice)
+    assert not port.offer(ice)
+    assert not writer.closed

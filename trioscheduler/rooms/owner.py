@@ -9,7 +9,8 @@ Guarantees:
 - a speaker's ``Plan`` opens, before its jobs exist, a slot in the ``ListenerQueue`` of every member listening in
   a language (docs/protocol.md "Rooms"), and counts as speaking: a room nobody spoke in for
   ``rooms.idle_expiry_seconds`` is closed and its members get ``room_expired``;
-- WebRTC signalling reaches the member it names only when that member accepts the sender's raw voice;
+- WebRTC signalling reaches the member it names only when that member accepts the sender's raw voice, and best
+  effort: a receiver whose writer inbox is full misses it (rather than being closed for another member's flood);
 - a session's end is never lost (``RoomsClient.session_gone_nowait`` goes around a full inbox) and leaves its room.
 """
 
@@ -312,8 +313,10 @@ class RoomOwner:
             self.counters["signals_dropped_raw_voice_refused"] += 1
             return
         # The receiver reads the sender in ``to`` (the original turned it around).
-        receiver.port.deliver(attrs.evolve(message, to=request.session_id))
-        self.counters[f"signals_relayed_{message.TYPE}"] += 1
+        if receiver.port.offer(attrs.evolve(message, to=request.session_id)):
+            self.counters[f"signals_relayed_{message.TYPE}"] += 1
+        else:
+            self.counters["signals_dropped_receiver_full"] += 1
 
     def _member_of(self, port: Port, session_id: str, room_code: str) -> Member | None:
         """The session's membership of ``room_code``, or None after telling it why not."""

@@ -25,6 +25,8 @@ class Port(Protocol):
 
     def deliver(self, message: Any) -> bool: ...
 
+    def offer(self, message: Any) -> bool: ...
+
 
 @attrs.define(eq=False)
 class Member:

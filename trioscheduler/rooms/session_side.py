@@ -26,7 +26,7 @@ from trioscheduler.logs import emit
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol import rooms as rm
 from trioscheduler.protocol.errors import ErrorCode
-from trioscheduler.registry.requests import JobSpec, Outcome, RegistryClient
+from trioscheduler.registry.requests import JobSpec, Outcome, Passthrough, RegistryClient
 from trioscheduler.rooms.codes import RoomErrorCode
 from trioscheduler.rooms.delivery import RoomUtterance
 from trioscheduler.rooms.owner import Create, Join, Leave, RoomsClient, SetRawVoice, Signal
@@ -56,6 +56,15 @@ class SessionPort:
             return False
         except RuntimeError:
             return False  # the scheduler is stopping: the nursery writers run in takes no new task
+        return True
+
+    def offer(self, message: Any) -> bool:
+        """Best effort: dropped (False) when the socket's writer inbox is full or closed, so another member's
+        flood of signalling can never close this socket as a slow consumer."""
+        try:
+            self._writer.send_nowait(Passthrough(message))
+        except (trio.WouldBlock, trio.ClosedResourceError, RuntimeError):
+            return False
         return True
 
 
