@@ -257,7 +257,7 @@ def test_missing_or_non_string_type_names_the_type_field() -> None:
 @pytest.mark.parametrize("kind", sorted(cls.TYPE for cls in ROOM_CLIENT_MESSAGES))
 def test_room_and_webrtc_types_are_session_messages_only(kind: str) -> None:
     if kind == "room_create":
-        assert CLIENT_CODEC.decode(json.dumps({"type": kind})).TYPE == kind  # every field is optional
+        assert kind == CLIENT_CODEC.decode(json.dumps({"type": kind})).TYPE  # every field is optional
     else:
         with pytest.raises(ProtocolError) as info:
             CLIENT_CODEC.decode(json.dumps({"type": kind}))  # their required fields are checked

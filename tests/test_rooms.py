@@ -14,7 +14,6 @@ from tests.wire import (
     Peer,
     b64,
     connect,
-    memory_node,
     memory_session,
     pcm,
     registered_node,
@@ -281,22 +280,21 @@ async def test_signalling_is_relayed_only_where_raw_voice_is_accepted(fast: Daem
 
 
 async def test_closing_a_session_leaves_its_room(fast: Daemon) -> None:
-    async with session(fast.session_url) as (a, sid_a):
-        async with session(fast.session_url) as (b, sid_b):
-            code = await create_room(a)
-            await join_room(b, code)
-            await a.recv_type("room_members")
-            await b.send(type="session_close", session_id=sid_b)
-            await b.recv_type("session_close_ack")
-            members = (await a.recv_type("room_members"))["members"]
-            assert [x["session_id"] for x in members] == [sid_a]
-            await a.send(type="session_close", session_id=sid_a)
-            await a.recv_type("session_close_ack")
-            await until(lambda: not fast.scheduler.room_owner.rooms)
-            await b.send(type="session_init", src_lang="zh", tgt_lang="en")
-            await b.recv_type("session_init_ack")
-            await b.send(type="room_join", room_code=code)
-            assert (await b.recv_type("room_error"))["code"] == "ROOM_NOT_FOUND"
+    async with session(fast.session_url) as (a, sid_a), session(fast.session_url) as (b, sid_b):
+        code = await create_room(a)
+        await join_room(b, code)
+        await a.recv_type("room_members")
+        await b.send(type="session_close", session_id=sid_b)
+        await b.recv_type("session_close_ack")
+        members = (await a.recv_type("room_members"))["members"]
+        assert [x["session_id"] for x in members] == [sid_a]
+        await a.send(type="session_close", session_id=sid_a)
+        await a.recv_type("session_close_ack")
+        await until(lambda: not fast.scheduler.room_owner.rooms)
+        await b.send(type="session_init", src_lang="zh", tgt_lang="en")
+        await b.recv_type("session_init_ack")
+        await b.send(type="room_join", room_code=code)
+        assert (await b.recv_type("room_error"))["code"] == "ROOM_NOT_FOUND"
 
 
 async def test_room_expires_when_nobody_speaks(nursery: trio.Nursery, make_config: Callable[..., Config],

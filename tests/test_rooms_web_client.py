@@ -30,7 +30,7 @@ async def test_web_client_room_mode(nursery: trio.Nursery, make_config: Callable
         sid_guest = (await guest.recv_type("session_init_ack"))["session_id"]
 
         # The create button: createRoom() with no display name or language (JSON.stringify drops undefined).
-        await host.send_raw('{"type":"room_create","client_ts":%d}' % int(time.time() * 1000))
+        await host.send_raw(f'{{"type":"room_create","client_ts":{int(time.time() * 1000)}}}')
         ack = await host.recv_type("room_create_ack")
         code = ack["room_code"]
         assert code.isdigit() and len(code) == 6  # the client's join form checks /^\d{6}$/

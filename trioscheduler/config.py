@@ -202,7 +202,8 @@ class RoomsConfig:
     idle_expiry_seconds: float = attrs.field(default=1800.0, validator=_positive)
     #: Members one room may hold; one more gets ``room_error ROOM_FULL``.
     max_members: int = attrs.field(default=16, validator=_positive_int)
-    #: Rooms open at once; one more ``room_create`` gets ``room_error ROOM_LIMIT_REACHED``.
+    #: Rooms open at once (never more than the 900000 six-digit codes); one more ``room_create`` gets
+    #: ``room_error ROOM_LIMIT_REACHED``.
     max_rooms: int = attrs.field(default=1000, validator=_positive_int)
     #: Requests waiting for the room owner task; a session that cannot queue or is not answered within
     #: ``request_deadline_ms`` gets ``room_error ROOMS_BUSY`` (an utterance: ``error SCHEDULER_BUSY``).

@@ -57,10 +57,8 @@ class ListenerQueue:
         if len(order) >= self._max_held:
             head = order[0]
             self._fill(speaker, head, _missing(speaker, head, "gap_timeout"))
-            if self.closed:
-                return
-            slots = self._slots.setdefault(speaker, {})
-            order = self._order.setdefault(speaker, [])
+            self.expect(speaker, index)  # the head is released (or the queue closed): one level deeper at most
+            return
         slots[index] = _EMPTY
         bisect.insort(order, index)
 

@@ -31,10 +31,12 @@ from trioscheduler.config import RoomsConfig
 from trioscheduler.ids import random_uuid
 from trioscheduler.logs import emit
 from trioscheduler.protocol import rooms as rm
+from trioscheduler.protocol.messages import Id
 from trioscheduler.registry.requests import Reply
 from trioscheduler.rooms.codes import RoomErrorCode
 from trioscheduler.rooms.delivery import ListenerQueue
 from trioscheduler.rooms.policy import (
+    CODE_SPACE,
     Member,
     Port,
     Room,
@@ -212,7 +214,7 @@ class RoomOwner:
             self._refuse(port, RoomErrorCode.ALREADY_IN_ROOM,
                          f"session is in room {self.room_of[session_id].code} already; leave it first")
             return
-        if len(self.rooms) >= self._config.max_rooms:
+        if len(self.rooms) >= min(self._config.max_rooms, CODE_SPACE):
             self._refuse(port, RoomErrorCode.ROOM_LIMIT_REACHED,
                          f"{len(self.rooms)} rooms are open (rooms.max_rooms)")
             return
@@ -313,7 +315,7 @@ class RoomOwner:
             self.counters["signals_dropped_raw_voice_refused"] += 1
             return
         # The receiver reads the sender in ``to`` (the original turned it around).
-        if receiver.port.offer(attrs.evolve(message, to=request.session_id)):
+        if receiver.port.offer(attrs.evolve(message, to=Id(request.session_id))):
             self.counters[f"signals_relayed_{message.TYPE}"] += 1
         else:
             self.counters["signals_dropped_receiver_full"] += 1
