@@ -14,6 +14,7 @@ from tests.wire import (
     Peer,
     b64,
     connect,
+    memory_peer,
     memory_session,
     pcm,
     registered_node,
@@ -22,7 +23,9 @@ from tests.wire import (
     start_daemon,
     until,
 )
+from trioscheduler.app import Scheduler
 from trioscheduler.config import Config
+from trioscheduler.rooms.owner import open_rooms
 
 
 @pytest.fixture
@@ -318,3 +321,30 @@ async def test_room_expires_when_nobody_speaks(nursery: trio.Nursery, make_confi
     assert not scheduler.room_owner.rooms and not scheduler.room_owner.room_of
     await a.send(type="room_join", room_code=code)
     assert (await a.recv_type("room_error"))["code"] == "ROOM_NOT_FOUND"
+
+
+async def test_a_room_owner_that_does_not_answer_gives_rooms_busy(
+        nursery: trio.Nursery, make_config: Callable[..., Config], autojump_clock: trio.testing.MockClock) -> None:
+    """The owner's inbox is bounded (rooms.inbox_size): a request that cannot be queued within
+    rooms.request_deadline_ms is refused with ROOMS_BUSY, and the session goes on."""
+    scheduler = Scheduler(make_config(rooms={"inbox_size": 1, "request_deadline_ms": 50}))  # owner never runs
+    client = memory_peer(nursery, scheduler, "session")
+    await client.send(type="session_init", src_lang="zh", tgt_lang="en")
+    sid = (await client.recv_type("session_init_ack"))["session_id"]
+    await client.send(type="room_create", client_ts=1)  # queued: the inbox holds one
+    await client.send(type="room_join", room_code="123456")
+    started = trio.current_time()
+    error = await client.recv_type("room_error")
+    assert error["code"] == "ROOMS_BUSY" and "rooms.request_deadline_ms" in error["message"]
+    assert trio.current_time() - started == pytest.approx(0.05, abs=0.01)
+    await client.send(type="client_heartbeat", session_id=sid, timestamp=1)
+    await client.recv_type("server_heartbeat")
+
+
+async def test_an_unanswered_plan_opens_no_slot(nursery: trio.Nursery,
+                                                autojump_clock: trio.testing.MockClock) -> None:
+    owner, rooms = open_rooms(Config().rooms)
+    answered, plan = await rooms.plan("s-A", 0, trio.current_time() + 1)  # the owner is not running yet
+    assert (answered, plan) == (False, None)
+    await nursery.start(owner.run)
+    await until(lambda: owner.counters["plans_abandoned"] == 1)
