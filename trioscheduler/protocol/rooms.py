@@ -1,8 +1,10 @@
 """Room messages (issue 14 point 1), one frozen attrs class per ``type``, shaped as the original's web client sends
 and reads them (docs/protocol.md "Rooms"). The codec registers ``ROOM_CLIENT_MESSAGES`` beside the session's own.
 
-The WebRTC messages go both ways with one shape: the client names the member it writes ``to``; the relayed copy
-names the sender in ``to`` (the original turned ``to`` around, and its web client reads it so).
+``sdp`` and ``candidate`` are free-form JSON (the web client sends the browser's objects; the original took any
+value), bounded like every free-form field. The WebRTC messages go both ways with one shape: the client names the
+member it writes ``to``; the relayed copy names the sender in ``to`` (the original turned ``to`` around, and its
+web client reads it so).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from trioscheduler.protocol.messages import Id, JSONObject
+from trioscheduler.protocol.messages import Id
 
 # ---------------------------------------------------------------------------------------------- client → scheduler
 
@@ -51,7 +53,7 @@ class WebRtcOffer:
     TYPE: ClassVar[str] = "webrtc_offer"
     room_code: Id
     to: Id
-    sdp: JSONObject
+    sdp: Any
 
 
 @attrs.frozen
@@ -59,7 +61,7 @@ class WebRtcAnswer:
     TYPE: ClassVar[str] = "webrtc_answer"
     room_code: Id
     to: Id
-    sdp: JSONObject
+    sdp: Any
 
 
 @attrs.frozen
@@ -67,7 +69,7 @@ class WebRtcIce:
     TYPE: ClassVar[str] = "webrtc_ice"
     room_code: Id
     to: Id
-    candidate: JSONObject
+    candidate: Any
 
 
 RoomClientMessage = (RoomCreate | RoomJoin | RoomLeave | RoomRawVoicePreference | WebRtcOffer | WebRtcAnswer
