@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 
 from trioscheduler.config import Config, config_with
 from trioscheduler.protocol import messages as m
-from trioscheduler.protocol.rooms import WebRtcIce
-from trioscheduler.registry.requests import Outcome
+from trioscheduler.protocol.rooms import RoomCreate, RoomJoin, WebRtcIce
+from trioscheduler.registry.requests import Outcome, Reply
 from trioscheduler.rooms.delivery import ListenerQueue, RoomUtterance
+from trioscheduler.rooms.owner import Create, Join, Plan, open_rooms
 from trioscheduler.rooms.policy import (
     CODE_HIGH,
     CODE_LOW,
@@ -179,3 +180,31 @@ async def test_relayed_signalling_is_dropped_not_fatal_when_the_receiver_is_behi
     assert port.offer(ice) and port.offer(ice)
     assert not port.offer(ice)
     assert not writer.closed
+
+
+class FakePort:
+    def __init__(self) -> None:
+        self.room_code: str | None = None
+        self.got: list[Any] = []
+
+    def deliver(self, message: Any) -> bool:
+        self.got.append(message)
+        return True
+
+    def offer(self, message: Any) -> bool:
+        return self.deliver(message)
+
+
+async def test_speaking_costs_the_room_owner_no_timer_entry(autojump_clock: trio.testing.MockClock) -> None:
+    """Each utterance keeps the room alive without a heap entry of its own: one entry per open room."""
+    owner, _ = open_rooms(Config().rooms)
+    speaker, listener = FakePort(), FakePort()
+    owner.handle(Create(speaker, "s-A", RoomCreate()), trio.current_time())
+    code = speaker.got[0].room_code
+    owner.handle(Join(listener, "s-B", RoomJoin(room_code=code, preferred_lang="en")), trio.current_time())
+    for index in range(100):
+        plan = Plan("s-A", index, Reply())
+        owner.handle(plan, trio.current_time())
+        assert list(plan.reply.value) == ["en"]
+        plan.reply.value["en"][0].fill("s-A", index, result("s-A", index))
+    assert owner.snapshot()["timers"] == 1

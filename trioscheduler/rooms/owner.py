@@ -165,7 +165,8 @@ class RoomOwner:
         #: session_id -> the room it is a member of (one at most).
         self.room_of: dict[str, Room] = {}
         self.counters: collections.Counter[str] = collections.Counter()
-        #: (deadline, seq, room code, token): a room's expiry; stale entries are skipped.
+        #: (deadline, seq, room code, the room's token): one entry per open room (and a closed room's, until it
+        #: comes due and is skipped), so speaking costs no entry.
         self._timers: list[tuple[float, int, str, int]] = []
         self._seq = itertools.count()
         self._handlers: dict[type, Callable[[Any, float], None]] = {
@@ -204,7 +205,8 @@ class RoomOwner:
                 reply.set(None)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"rooms": len(self.rooms), "members": len(self.room_of), "counters": dict(self.counters)}
+        return {"rooms": len(self.rooms), "members": len(self.room_of), "timers": len(self._timers),
+                "counters": dict(self.counters)}
 
     # ------------------------------------------------------------------------------------------ membership
 
@@ -219,7 +221,9 @@ class RoomOwner:
                          f"{len(self.rooms)} rooms are open (rooms.max_rooms)")
             return
         code = new_room_code(self._randint, self.rooms, len(self.rooms))
-        room = self.rooms[code] = Room(code=code, room_id=random_uuid())
+        room = self.rooms[code] = Room(code=code, room_id=random_uuid(), last_spoken=now,
+                                       timer_token=next(self._seq))
+        self._arm(room, now + self._config.idle_expiry_seconds)
         self.counters["rooms_created"] += 1
         emit(log, INFO, "room_created", room_code=code, room_id=room.room_id, session_id=session_id)
         port.deliver(rm.RoomCreateAck(room_code=code, room_id=room.room_id))
@@ -283,7 +287,6 @@ class RoomOwner:
              members=len(room.members))
         if not room.members:
             del self.rooms[room.code]
-            room.timer_token += 1
             self.counters["rooms_closed_empty"] += 1
             emit(log, INFO, "room_closed", room_code=room.code, reason="empty")
             return
@@ -353,16 +356,20 @@ class RoomOwner:
         request.reply.set(plan)
 
     def _spoke(self, room: Room, now: float) -> None:
-        room.last_spoken = now
-        room.timer_token += 1
-        heapq.heappush(self._timers, (now + self._config.idle_expiry_seconds, next(self._seq), room.code,
-                                      room.timer_token))
+        room.last_spoken = now  # its one timer entry re-arms itself from this when it comes due
+
+    def _arm(self, room: Room, deadline: float) -> None:
+        heapq.heappush(self._timers, (deadline, next(self._seq), room.code, room.timer_token))
 
     def _expire(self, code: str, token: int, now: float) -> None:
+        """A room's timer came due: it expires if nobody spoke since, else waits again from the last speaking."""
         room = self.rooms.get(code)
         if room is None or room.timer_token != token:
-            return
+            return  # closed (its code may be another room's now)
         idle = self._config.idle_expiry_seconds
+        if now < room.last_spoken + idle:
+            self._arm(room, room.last_spoken + idle)
+            return
         del self.rooms[code]
         self.counters["rooms_expired"] += 1
         emit(log, INFO, "room_expired", room_code=code, members=len(room.members), idle_s=idle)

@@ -51,7 +51,8 @@ class Room:
     members: dict[str, Member] = attrs.field(factory=dict)
     #: When someone last spoke (or joined, or the room was made); it expires ``rooms.idle_expiry_seconds`` later.
     last_spoken: float = 0.0
-    #: Bumped whenever the expiry is re-armed, so older timer entries are skipped.
+    #: Unique to this room among all rooms ever made: its timer entries carry it, so an entry of a closed room
+    #: whose code was taken again is skipped.
     timer_token: int = 0
 
 

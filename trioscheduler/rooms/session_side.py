@@ -34,7 +34,7 @@ from trioscheduler.server.outcome_writer import OutcomeWriter, Send, Settled
 from trioscheduler.server.session_state import SessionState, selection_key_for
 
 log = logging.getLogger("trioscheduler.rooms")
-INFO, WARNING = logging.INFO, logging.WARNING
+DEBUG = logging.DEBUG
 
 
 class SessionPort:
@@ -141,9 +141,10 @@ class SessionRooms:
         live.add(utterance)
         self._writer.send_nowait(Settled(index))
         self._counters["room_utterances"] += 1
-        emit(log, INFO, "room_utterance", session_id=state.session_id, utterance_index=index,
-             trace_id=spec.trace_id, languages=",".join(plan),
-             listeners=sum(len(listeners) for listeners in plan.values()))
+        if log.isEnabledFor(DEBUG):
+            emit(log, DEBUG, "room_utterance", session_id=state.session_id, utterance_index=index,
+                 trace_id=spec.trace_id, languages=",".join(plan),
+                 listeners=sum(len(listeners) for listeners in plan.values()))
         submit_by = spec.finalized_at + self._config.scheduler.selection_deadline_ms / 1000.0
         for language, sink in sinks:
             language_spec = language_job(spec, state, language)
