@@ -39,8 +39,11 @@ from trioscheduler.principal import ANONYMOUS, Principal
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import client_codec, decode_base64
 from trioscheduler.protocol.errors import CloseCode, ErrorCode, ProtocolError
+from trioscheduler.protocol.rooms import ROOM_CLIENT_MESSAGES
 from trioscheduler.ratelimit import ACCEPT, REFUSE, TokenBucket
 from trioscheduler.registry.requests import JobSpec, Outcome, RegistryClient
+from trioscheduler.rooms.owner import RoomsClient
+from trioscheduler.rooms.session_side import SessionRooms
 from trioscheduler.server.jobspec import build_job_spec, utterance_index
 from trioscheduler.server.outcome_writer import CloseSession, Expect, OutcomeWriter, Send
 from trioscheduler.server.session_state import SessionState, check_session_id, implicit_init, new_session_state
@@ -69,7 +72,8 @@ class SessionMetrics:
 
 class SessionConnection:
     __slots__ = ("_transport", "_registry", "_config", "_codec", "_metrics", "_state", "_writer", "_early_frames",
-                 "_handshake_deadline", "_principal", "_directory", "_holder", "_bucket", "_drain", "_wait_scope")
+                 "_handshake_deadline", "_principal", "_directory", "_holder", "_bucket", "_drain", "_wait_scope",
+                 "_rooms_client", "_rooms")
 
     def __init__(
         self,
@@ -80,6 +84,7 @@ class SessionConnection:
         tasks: trio.Nursery,
         principal: Principal = ANONYMOUS,
         directory: SessionDirectory | None = None,
+        rooms: RoomsClient | None = None,
         *,
         drain: DrainControl | None = None,
     ) -> None:
@@ -106,6 +111,9 @@ class SessionConnection:
         self._holder = self._directory.new_holder()
         limits = config.limits
         self._bucket = TokenBucket(limits.messages_per_second, limits.messages_burst, trio.current_time())
+        #: The room owner (None: rooms are off), and this socket's part in rooms, made on its first room message.
+        self._rooms_client = rooms
+        self._rooms: SessionRooms | None = None
 
     def footprint(self) -> dict[str, int]:
         """What this session holds beyond its idle size; all zero once its utterances are settled."""
@@ -151,6 +159,8 @@ class SessionConnection:
             state = self._state
             if state is not None:
                 self._registry.session_ended_nowait(state.session_id)
+                if self._rooms is not None:
+                    self._rooms.ended(state.session_id)
                 self._directory.release(state.session_id, self._holder, state.init.tenant_id, trio.current_time())
                 emit(log, INFO, "session_ended", session_id=state.session_id, reason="socket_closed")
         if writer.crash is not None:
@@ -277,6 +287,8 @@ class SessionConnection:
                     state.groups.touch(message.group_id, now)
             case m.SessionClose():
                 await self._on_close(state, message)
+            case _ if type(message) in ROOM_CLIENT_MESSAGES:
+                await self._on_room_message(state, message)
 
     def _open(self, init: m.SessionInit, session_id: str | None, *, implicit: bool) -> SessionState:
         """Start the session ``init`` describes, under ``session_id`` or a fresh one (ProtocolError if it is
@@ -389,6 +401,9 @@ class SessionConnection:
         state.jobs.hold(index, audio_bytes)
         if state.groups is not None or state.init.ui_events:
             spec = _with_group_context(state, spec)
+        rooms = self._rooms
+        if rooms is not None and rooms.in_room and await rooms.submit(state, spec):
+            return
         deadline_ms = self._config.scheduler.selection_deadline_ms
         reply = await self._registry.submit(spec, writer, spec.finalized_at + deadline_ms / 1000.0)
         if reply is not None:
@@ -411,12 +426,16 @@ class SessionConnection:
         cut = state.segmenter.flush()
         if cut is not None:
             await self._submit_cut(state, cut)
+        if self._rooms is not None:
+            await self._rooms.closing(deadline)
         done = trio.Event()
         self._writer.send_nowait(CloseSession(state.session_id, done, deadline))
         await self._read_while_closing(done)
         if self._writer.closed:
             raise TransportClosed  # the writer ended without the ack: the socket is gone
         self._registry.session_ended_nowait(state.session_id)
+        if self._rooms is not None:
+            self._rooms.ended(state.session_id)
         self._directory.release(state.session_id, self._holder, state.init.tenant_id, trio.current_time())
         emit(log, INFO, "session_ended", session_id=state.session_id, reason=message.reason or "session_close")
         self._state = self._writer.session = None
@@ -500,6 +519,15 @@ class SessionConnection:
             code=ErrorCode.SCHEDULER_DRAINING, message="scheduler draining: utterance cut at the drain deadline, "
                                                        "not scheduled",
             session_id=state.session_id, utterance_index=index, trace_id=state.trace_id), ""))
+    async def _on_room_message(self, state: SessionState, message: Any) -> None:
+        rooms = self._rooms
+        if rooms is None:
+            if self._rooms_client is None:
+                raise ProtocolError(f"message type '{message.TYPE}' is not supported here: rooms are off",
+                                    field="type", code=ErrorCode.UNSUPPORTED_FEATURE)
+            rooms = self._rooms = SessionRooms(self._rooms_client, self._registry, self._config, self._writer,
+                                               self._metrics.counters)
+        await rooms.handle(state, message)
 
     def _send_now(self, message: Any) -> None:
         self._writer.send_nowait(Send(message))
