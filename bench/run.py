@@ -6,8 +6,9 @@ repeats and ratios are computed inside each repeat. Process CPU comes from /proc
 
 Systems: scheduler (`python -m trioscheduler` at its default log level, info, with bench/scheduler-bench.toml:
 only the admission cap and the per-client message budget raised), scheduler-warning (the same at `--log-level
-warning`, so the cost of logging is always visible; throughput only unless named in --systems), relay (bench/relay.py, the transport ceiling), celery
-(Celery + Redis, throughput only; skipped with a note if unavailable).
+warning`, so the cost of logging is always visible; throughput only unless named in --systems), relay
+(bench/relay.py, the transport ceiling), celery (Celery + Redis, throughput only; skipped with a note if
+unavailable).
 
 Experiments (issue 4):
   throughput  closed-loop 33 KB `utterance`, c clients, 4 nodes               (point 3)
