@@ -13,11 +13,16 @@ from trioscheduler import opus
 from trioscheduler.policy.segmentation import opus_packet_count
 
 
-@given(st.lists(st.binary(max_size=300), max_size=20))
+@given(st.lists(st.binary(min_size=1, max_size=300), max_size=20))
 def test_framing_round_trips_and_agrees_with_the_schedulers_count(packets: list[bytes]) -> None:
     payload = opus.frame_packets(packets)
     assert opus.split_packets(payload) == packets
     assert opus_packet_count(payload) == len(packets)
+
+
+def test_an_empty_packet_is_not_framed() -> None:
+    with pytest.raises(ValueError, match="never empty"):
+        opus.frame_packets([b"\x01", b""])
 
 
 @given(st.binary(max_size=200))

@@ -54,9 +54,12 @@ def _check_rate(sample_rate: int) -> None:
 
 
 def frame_packets(packets: Iterable[bytes]) -> bytes:
-    """Packets in the original's framing; ValueError for a packet longer than a u16 length can say."""
+    """Packets in the original's framing; ValueError for an empty packet (the scheduler takes a payload with one as
+    not opus framing) or one longer than a u16 length can say."""
     parts: list[bytes] = []
     for packet in packets:
+        if not packet:
+            raise ValueError("an opus packet is never empty; the scheduler counts such a payload as unframed")
         if len(packet) > MAX_PACKET_BYTES:
             raise ValueError(f"an opus packet of {len(packet)} bytes does not fit the u16 length prefix")
         parts.append(_PREFIX.pack(len(packet)))
