@@ -1,4 +1,4 @@
-"""HTTP for operators (ASGI, served by hypercorn): /health, /api/v1/stats, /metrics.
+"""HTTP for operators (ASGI, served by hypercorn): /health, /api/v1/stats, /metrics; and the /try page.
 
 WebSockets never reach this app: the door in server/listener.py carries /ws/session and /ws/node in both listener modes
 (when ``http_port`` equals ``port`` it hands every other request to hypercorn, and so to this app).
@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from trioscheduler.app import Scheduler
+from trioscheduler.web import TRY_PATH, try_page_asset
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_HISTOGRAMS = (
@@ -110,5 +111,7 @@ async def _http(scheduler: Scheduler, scope: HTTPScope, send: ASGISendCallable) 
             await _respond(send, 200, generate_latest(registry), PROMETHEUS_CONTENT_TYPE)
         else:
             await _respond(send, 200, json.dumps(snapshot).encode(), "application/json")
+    elif path.startswith(TRY_PATH) and (asset := try_page_asset(path, scheduler.config.server.port)) is not None:
+        await _respond(send, 200, *asset)
     else:
         await _respond(send, 404, b"not found\n", "text/plain")
