@@ -4,7 +4,7 @@ The pipeline is the speech node's job handler without the wire: :meth:`SpeechPip
 and languages and returns a :class:`SpeechOutcome`, whose :meth:`~SpeechOutcome.job_result_fields` are the
 ``job_result`` a node sends. Audio it cannot read, a language it cannot hear and audio longer than
 ``max_audio_s`` are failures with a code (nothing is raised for what a client sent); no words heard is a success
-with ``extra.reason = "ASR_EMPTY"``, which the scheduler turns into ``missing_result silence_detected``.
+with ``extra.reason = "ASR_EMPTY"`` (so is audio quieter than ``silence_rms``), which the scheduler turns into ``missing_result silence_detected``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from trioscheduler.speech.asr import ASR_LANGUAGES, PocketsphinxRecognizer
-from trioscheduler.speech.audio import AudioFormatError, Pcm16, parse_wav, wav_bytes
+from trioscheduler.speech.audio import AudioFormatError, Pcm16, parse_wav, rms, wav_bytes
 from trioscheduler.speech.translate import GlossaryTranslator, Translator
 from trioscheduler.speech.tts import EspeakSynthesizer, SynthesisError
 
@@ -76,6 +76,9 @@ class SpeechPipeline:
     synthesizer: EspeakSynthesizer = attrs.field(factory=EspeakSynthesizer)
     opus_decoder: OpusDecoder | None = None
     max_audio_s: float = 60.0
+    #: Audio quieter than this root mean square (pcm16 scale) is silence, not sent to the recogniser (which
+    #: hears words in digital silence).
+    silence_rms: float = 100.0
 
     def decode(self, audio: bytes, audio_format: str, sample_rate: int) -> Pcm16:
         """The job's audio as pcm16; raises AudioFormatError."""
@@ -105,7 +108,7 @@ class SpeechPipeline:
             return _failure(INVALID_AUDIO, str(exc))
         if pcm.duration_s > self.max_audio_s:
             return _failure(AUDIO_TOO_LONG, f"{pcm.duration_s:.1f} s of audio, at most {self.max_audio_s} s")
-        text_asr = await self.recognizer.recognize(pcm)
+        text_asr = await self.recognizer.recognize(pcm) if rms(pcm.samples) >= self.silence_rms else ""
         asr_done = time.monotonic()
         if not text_asr:
             return SpeechOutcome(timings_ms={"asr_ms": _ms(asr_done - started), "total_ms": _ms(asr_done - started)})

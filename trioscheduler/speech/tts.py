@@ -29,7 +29,9 @@ def espeak_path() -> str | None:
 class EspeakSynthesizer:
     """Text → mono pcm16 speech in one of :data:`VOICES` (espeak-ng writes 22 050 Hz)."""
 
-    def __init__(self, *, max_chars: int = 1000, timeout_s: float = 20.0, binary: str = ESPEAK_BINARY) -> None:
+    def __init__(self, *, words_per_minute: int = 140, max_chars: int = 1000, timeout_s: float = 20.0,
+                 binary: str = ESPEAK_BINARY) -> None:
+        self.words_per_minute = words_per_minute
         self.max_chars = max_chars
         self.timeout_s = timeout_s
         self.binary = binary
@@ -41,7 +43,7 @@ class EspeakSynthesizer:
     async def synthesize(self, text: str, language: str) -> Pcm16:
         """Speech for ``text`` (cut to ``max_chars``); raises SynthesisError, KeyError for an unknown language."""
         voice = VOICES[language.strip().lower()]
-        command = [self.binary, "-v", voice, "--stdout"]
+        command = [self.binary, "-v", voice, "-s", str(self.words_per_minute), "--stdout"]
         with trio.move_on_after(self.timeout_s) as scope:
             done = await trio.run_process(command, stdin=text[:self.max_chars].encode(), capture_stdout=True,
                                           capture_stderr=True, check=False)
