@@ -36,10 +36,12 @@ PUBLIC_API = {
     "TrioschedulerError",
     "__version__",
     "build_config",
+    "client",
     "config_with",
     "load_config",
     "memory_transport_pair",
     "messages",
+    "node",
     "serve",
 }
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         load_config,
     )
     from trioscheduler.errors import TrioschedulerError
+    from trioscheduler import client, node
     from trioscheduler.protocol import messages
     from trioscheduler.protocol.errors import CloseCode, ErrorCode, ProtocolError
     from trioscheduler.server.listener import Listening, serve
@@ -67,6 +68,9 @@ _HOMES: Mapping[str, str] = types.MappingProxyType({
     "Transport": "trioscheduler.transport",
     "TransportClosed": "trioscheduler.transport",
     "memory_transport_pair": "trioscheduler.transport",
+    # the SDKs (issue 12)
+    "client": "trioscheduler.client",
+    "node": "trioscheduler.node",
 })
 
 __all__ = [
@@ -89,10 +93,12 @@ __all__ = [
     "TrioschedulerError",
     "__version__",
     "build_config",
+    "client",
     "config_with",
     "load_config",
     "memory_transport_pair",
     "messages",
+    "node",
     "serve",
 ]
 
