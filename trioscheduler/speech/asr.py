@@ -1,8 +1,8 @@
 """Speech recognition with pocketsphinx (its wheel ships an English acoustic model, language model and dictionary).
 
-Decoding is blocking C work, so it runs in a worker thread. A pocketsphinx decoder is not safe to share between
-threads: the recognizer keeps a pool of at most ``decoders`` of them, created on first need, and a call waits for a
-free one, so at most ``decoders`` utterances are decoded at once.
+Resampling and decoding are blocking work, so they run in a worker thread. A pocketsphinx decoder is not safe to
+share between threads: the recognizer keeps a pool of at most ``decoders`` of them, created on first need, and a
+call waits for a free one, so at most ``decoders`` utterances are decoded at once.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ def _new_decoder() -> Any:
     return Decoder(samprate=ASR_SAMPLE_RATE, loglevel="FATAL")
 
 
-def _decode(decoder: Any, samples: bytes) -> str:
+def _decode(decoder: Any, audio: Pcm16) -> str:
     decoder.start_utt()
-    decoder.process_raw(samples, full_utt=True)
+    decoder.process_raw(resample(audio, ASR_SAMPLE_RATE).samples, full_utt=True)
     decoder.end_utt()
     hypothesis = decoder.hyp()
     return str(hypothesis.hypstr).strip() if hypothesis is not None else ""
@@ -58,10 +58,9 @@ class PocketsphinxRecognizer:
 
     async def recognize(self, audio: Pcm16) -> str:
         """The words pocketsphinx hears in ``audio`` (any sample rate; resampled to 16 kHz), lower case."""
-        samples = resample(audio, ASR_SAMPLE_RATE).samples
         decoder = await self._take()
         try:
             # abandon_on_cancel=False: the decoder goes back to the pool only once the thread is done with it.
-            return await trio.to_thread.run_sync(_decode, decoder, samples)
+            return await trio.to_thread.run_sync(_decode, decoder, audio)
         finally:
             self._idle_send.send_nowait(decoder)

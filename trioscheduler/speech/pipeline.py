@@ -3,8 +3,9 @@
 The pipeline is the speech node's job handler without the wire: :meth:`SpeechPipeline.run` takes the job's audio
 and languages and returns a :class:`SpeechOutcome`, whose :meth:`~SpeechOutcome.job_result_fields` are the
 ``job_result`` a node sends. Audio it cannot read, a language it cannot hear and audio longer than
-``max_audio_s`` are failures with a code (nothing is raised for what a client sent); no words heard is a success
-with ``extra.reason = "ASR_EMPTY"`` (so is audio quieter than ``silence_rms``), which the scheduler turns into ``missing_result silence_detected``.
+``max_audio_s`` are failures with a code (nothing is raised for what a client sent). No words heard, or audio
+quieter than ``silence_rms``, is a success with ``extra.reason = "ASR_EMPTY"``, which the scheduler turns into
+``missing_result silence_detected``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import trio
 
 from trioscheduler.speech.asr import ASR_LANGUAGES, PocketsphinxRecognizer
 from trioscheduler.speech.audio import AudioFormatError, Pcm16, parse_wav, rms, wav_bytes
@@ -103,7 +105,7 @@ class SpeechPipeline:
             return _failure(UNSUPPORTED_LANGUAGE, f"this node cannot speak {tgt!r}")
         started = time.monotonic()
         try:
-            pcm = self.decode(audio, audio_format, sample_rate)
+            pcm = await trio.to_thread.run_sync(self.decode, audio, audio_format, sample_rate)
         except (AudioFormatError, ValueError) as exc:
             return _failure(INVALID_AUDIO, str(exc))
         if pcm.duration_s > self.max_audio_s:
