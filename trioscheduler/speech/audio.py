@@ -84,19 +84,25 @@ def wav_bytes(audio: Pcm16) -> bytes:
 
 
 def resample(audio: Pcm16, sample_rate: int) -> Pcm16:
-    """``audio`` at ``sample_rate``, by linear interpolation (enough for speech recognition)."""
+    """``audio`` at ``sample_rate``: down, each output sample is the mean of the input samples of its period (a box
+    filter against aliasing); up, linear interpolation. Enough for speech recognition."""
     if audio.sample_rate == sample_rate or not audio.samples:
         return Pcm16(audio.samples, sample_rate)
     src = _native(array("h", audio.samples[:len(audio.samples) - len(audio.samples) % PCM16_WIDTH]))
     step = audio.sample_rate / sample_rate
     count = int(len(src) / step)
-    last = len(src) - 1
     out = array("h", bytes(PCM16_WIDTH * count))
-    for i in range(count):
-        x = i * step
-        j = int(x)
-        k = j + 1 if j < last else last
-        out[i] = int(src[j] + (src[k] - src[j]) * (x - j))
+    if step > 1:
+        for i in range(count):
+            start, end = int(i * step), int((i + 1) * step)
+            out[i] = sum(src[start:end]) // (end - start)
+    else:
+        last = len(src) - 1
+        for i in range(count):
+            x = i * step
+            j = int(x)
+            k = j + 1 if j < last else last
+            out[i] = int(src[j] + (src[k] - src[j]) * (x - j))
     return Pcm16(_native(out).tobytes(), sample_rate)
 
 

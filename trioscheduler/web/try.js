@@ -7,6 +7,7 @@ const TARGET_RATE = 16000;
 const CHUNK_MS = 200;
 const SILENCE_END_MS = 700;
 const SPEECH_RMS = 0.02;  // a block louder than this (full scale 1.0) counts as speech
+const PREROLL_MS = 300;
 
 const $ = (id) => document.getElementById(id);
 
@@ -31,21 +32,20 @@ function bytesFromBase64(b64) {
   return bytes;
 }
 
-// Linear-interpolation resampler from the AudioContext's rate to 16 kHz, keeping its phase across blocks.
+// Resampler from the AudioContext's rate down to 16 kHz: each output sample is the mean of the input samples in its
+// period (a box filter, so the high frequencies fold back much less than with plain decimation), phase kept
+// across blocks.
 class Resampler {
-  constructor(fromRate) { this.step = fromRate / TARGET_RATE; this.pos = 0; this.last = 0; }
+  constructor(fromRate) { this.step = fromRate / TARGET_RATE; this.filled = 0; this.sum = 0; this.count = 0; }
   push(input) {
     const out = [];
-    // position `pos` is measured from the sample before input[0] (this.last)
-    while (this.pos < input.length) {
-      const i = Math.floor(this.pos);
-      const a = i === 0 ? this.last : input[i - 1];
-      const b = input[i];
-      out.push(a + (b - a) * (this.pos - i));
-      this.pos += this.step;
+    for (let i = 0; i < input.length; i++) {
+      this.sum += input[i]; this.count += 1; this.filled += 1;
+      if (this.filled >= this.step) {
+        out.push(this.sum / this.count);
+        this.filled -= this.step; this.sum = 0; this.count = 0;
+      }
     }
-    this.pos -= input.length;
-    this.last = input[input.length - 1];
     return out;
   }
 }
@@ -54,6 +54,7 @@ class TrySession {
   constructor(url, srcLang, tgtLang) {
     this.url = url; this.srcLang = srcLang; this.tgtLang = tgtLang;
     this.pending = [];           // 16 kHz samples not yet sent
+    this.preroll = [];           // the last PREROLL_MS of silence, sent ahead of speech so no onset is lost
     this.heardSpeech = false;    // speech since the last is_final
     this.silentMs = 0;
     this.seq = 0;
@@ -70,7 +71,7 @@ class TrySession {
     this.ws.send(JSON.stringify({type: "session_init", src_lang: this.srcLang, tgt_lang: this.tgtLang,
       audio_format: "pcm16", sample_rate: TARGET_RATE, platform: "web", client_version: "try-page"}));
     this.stream = await navigator.mediaDevices.getUserMedia(
-      {audio: {channelCount: 1, echoCancellation: true, noiseSuppression: true}});
+      {audio: {channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: true}});
     this.context = new AudioContext();
     this.resampler = new Resampler(this.context.sampleRate);
     this.source = this.context.createMediaStreamSource(this.stream);
@@ -98,10 +99,24 @@ class TrySession {
     const pcm = new Int16Array(this.pending.length);
     for (let i = 0; i < pcm.length; i++) pcm[i] = Math.max(-32768, Math.min(32767, Math.round(this.pending[i] * 32767)));
     this.pending = [];
-    if (!this.heardSpeech && !isFinal) return;  // silence between utterances is not sent
+    if (!this.heardSpeech && !isFinal) {  // silence between utterances is not sent, but its end is kept
+      this.preroll = this.preroll.concat(Array.from(pcm)).slice(-TARGET_RATE * PREROLL_MS / 1000);
+      return;
+    }
+    if (this.preroll.length) {
+      const joined = new Int16Array(this.preroll.length + pcm.length);
+      joined.set(this.preroll); joined.set(pcm, this.preroll.length);
+      this.preroll = [];
+      this.sendChunk(joined, isFinal);
+    } else {
+      this.sendChunk(pcm, isFinal);
+    }
+    if (isFinal) { this.heardSpeech = false; this.silentMs = 0; }
+  }
+
+  sendChunk(pcm, isFinal) {
     this.ws.send(JSON.stringify({type: "audio_chunk", seq: this.seq++, is_final: isFinal,
       payload: base64FromBytes(new Uint8Array(pcm.buffer))}));
-    if (isFinal) { this.heardSpeech = false; this.silentMs = 0; }
   }
 
   onMessage(message) {
