@@ -109,6 +109,11 @@ async def test_glossary_translates_word_by_word_and_says_so(tgt: str, expected: 
     assert "not a translation model" in translation.translator
 
 
+@pytest.mark.parametrize(("tgt", "expected"), [("zh", "早上好朋友"), ("de", "guten Morgen Freund")])
+async def test_glossary_looks_phrases_up_before_words(tgt: str, expected: str) -> None:
+    assert (await GlossaryTranslator().translate("Good morning friend", "en", tgt)).text == expected
+
+
 async def test_glossary_keeps_unknown_words_and_other_pairs() -> None:
     translator = GlossaryTranslator()
     assert (await translator.translate("hello zebra", "en", "de")).text == "hallo zebra"

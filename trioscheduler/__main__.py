@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", help="debug, info, warning, error (logging.level, default info)")
     parser.add_argument("--node-mode", choices=("every_job", "original"), default="every_job",
                         help="demo only: simulated nodes that answer every job, or like the original's node agent")
+    parser.add_argument("--speech", action="store_true",
+                        help="demo only: a node with real speech engines instead (pip install -e '.[speech]')")
     return parser
 
 
@@ -81,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     # The demo prints its own story: stage lines would drown it.
     level = "warning" if args.command == "demo" and args.log_level is None else config.logging.level
     configure_logging(level, queue_records=config.limits.max_log_queue_records)
+    if args.command == "demo" and args.speech:
+        from trioscheduler.speech.demo import run_speech_demo
+
+        return trio.run(run_speech_demo, config, getattr(args, "keep", False))
     if args.command == "demo":
         from trioscheduler.demo import run_demo
 

@@ -1,10 +1,11 @@
 """Translation behind one small interface, and its default: a word-by-word glossary, not a translation model.
 
-No translation model installs offline, so the speech node ships :class:`GlossaryTranslator`: a few hundred
-characters of English → Chinese and English → German words (greetings, digits, a few common words). It looks each
-recognised word up and keeps a word it does not know as it is. Every :class:`Translation` names the translator that
-made it, and the speech node passes that name on to the client (``extra.translator``), so nobody mistakes a glossary
-lookup for machine translation. Plug in a real one by passing any :class:`Translator` to the speech pipeline.
+No translation model installs offline, so the speech node ships :class:`GlossaryTranslator`: a short table of
+English → Chinese and English → German words and two-word phrases (greetings, digits, a few common words). It
+looks each recognised phrase, then word, up and keeps a word it does not know as it is. Every :class:`Translation`
+names the translator that made it, and the speech node passes that name on to the client (``extra.translator``),
+so nobody mistakes a glossary lookup for machine translation. Plug in a real one by passing any
+:class:`Translator` to the speech pipeline.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ EN_GLOSSARY: Mapping[str, tuple[str, str]] = {
     "four": ("四", "vier"), "five": ("五", "fünf"), "six": ("六", "sechs"), "seven": ("七", "sieben"),
     "eight": ("八", "acht"), "nine": ("九", "neun"), "ten": ("十", "zehn"),
 }
+#: Two-word English phrases → (Chinese, German), looked up before their words.
+EN_PHRASES: Mapping[str, tuple[str, str]] = {
+    "good morning": ("早上好", "guten Morgen"), "good evening": ("晚上好", "guten Abend"),
+    "good night": ("晚安", "gute Nacht"), "thank you": ("谢谢", "danke"), "how are": ("怎么样", "wie geht es"),
+}
 _COLUMN = {"zh": 0, "de": 1}
 _WORD = re.compile(r"[a-z']+|[^a-z'\s]+")
 
@@ -55,8 +61,10 @@ class GlossaryTranslator:
 
     name = GLOSSARY_LABEL
 
-    def __init__(self, glossary: Mapping[str, tuple[str, str]] = EN_GLOSSARY) -> None:
+    def __init__(self, glossary: Mapping[str, tuple[str, str]] = EN_GLOSSARY,
+                 phrases: Mapping[str, tuple[str, str]] = EN_PHRASES) -> None:
         self._glossary = glossary
+        self._phrases = phrases
 
     @staticmethod
     def supports(src_lang: str, tgt_lang: str) -> bool:
@@ -67,12 +75,15 @@ class GlossaryTranslator:
         if src != "en" or tgt not in _COLUMN:
             return Translation(text, self.name)
         column = _COLUMN[tgt]
-        words = []
-        for token in _WORD.findall(text.lower()):
-            entry = self._glossary.get(token)
-            word = token if entry is None else entry[column]
+        tokens = _WORD.findall(text.lower())
+        words, i = [], 0
+        while i < len(tokens):
+            phrase = self._phrases.get(" ".join(tokens[i:i + 2])) if i + 1 < len(tokens) else None
+            entry = phrase or self._glossary.get(tokens[i])
+            word = tokens[i] if entry is None else entry[column]
             if word:
                 words.append(word)
+            i += 2 if phrase else 1
         joiner = "" if tgt == "zh" else " "
         return Translation(joiner.join(words), self.name)
 
