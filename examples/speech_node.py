@@ -55,7 +55,7 @@ async def main_async(args: argparse.Namespace) -> None:
                               words_per_minute=args.words_per_minute)
     languages = tuple(lang.strip() for lang in args.languages.split(",") if lang.strip())
     logging.getLogger(__name__).info("speech node: ASR pocketsphinx (en), translation %s, TTS espeak-ng",
-                                     pipeline.translator.name if hasattr(pipeline.translator, "name") else "custom")
+                                     pipeline.translator.name)
     await run_speech_node(args.scheduler, pipeline=pipeline, capacity=args.capacity, node_id=args.node_id,
                           token=args.token, languages=languages)
 

@@ -26,7 +26,9 @@ class Translation:
 
 
 class Translator(Protocol):
-    """Anything that turns text from one language code into another."""
+    """Anything that turns text from one language code into another; ``name`` says what it is, to the user."""
+
+    name: str
 
     async def translate(self, text: str, src_lang: str, tgt_lang: str) -> Translation: ...
 
@@ -59,7 +61,7 @@ _WORD = re.compile(r"[a-z']+|[^a-z'\s]+")
 class GlossaryTranslator:
     """English → Chinese or German, word by word from :data:`EN_GLOSSARY`; any other pair is returned unchanged."""
 
-    name = GLOSSARY_LABEL
+    name: str = GLOSSARY_LABEL
 
     def __init__(self, glossary: Mapping[str, tuple[str, str]] = EN_GLOSSARY,
                  phrases: Mapping[str, tuple[str, str]] = EN_PHRASES) -> None:
