@@ -4,6 +4,10 @@ speech node (pocketsphinx, glossary, espeak-ng) → ``translation_result`` with 
 from __future__ import annotations
 
 import functools
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import trio
 
@@ -14,6 +18,7 @@ from trioscheduler.speech import GLOSSARY_LABEL, EspeakSynthesizer, Pcm16, parse
 from trioscheduler.speech.node import run_speech_node
 from trioscheduler.speech.pipeline import UNSUPPORTED_LANGUAGE
 
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "speech_node.py"
 DEADLINE_S = 60.0  # a loaded runner decodes slowly; a bug still fails instead of hanging
 
 
@@ -83,3 +88,29 @@ async def test_a_language_it_cannot_hear_is_an_error_with_a_code(nursery: trio.N
     outcome = await one_outcome(daemon, await spoken_pcm16(), src="zh", tgt="en")
     assert isinstance(outcome, client.Error), outcome
     assert outcome.code == UNSUPPORTED_LANGUAGE and outcome.utterance_index == 0
+
+
+async def test_the_example_serves_until_sigterm(daemon: Daemon) -> None:
+    """examples/speech_node.py --scheduler URL: registers, answers real speech, drains and exits 0 on SIGTERM."""
+    require_speech_engines()
+    process = await trio.lowlevel.open_process(
+        [sys.executable, str(EXAMPLE), "--scheduler", daemon.node_url, "--node-id", "node-EXAMPLE1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        with trio.fail_after(DEADLINE_S):
+            while not (snapshot := await daemon.scheduler.stats()) or not snapshot["nodes"]:
+                await trio.sleep(0.05)
+        result = await one_outcome(daemon, await spoken_pcm16(), tgt="zh")
+        assert isinstance(result, client.Result) and result.node_id == "node-EXAMPLE1", result
+        assert len(set(result.text_asr.split()) & SPOKEN_WORDS) >= 3, result.text_asr
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(DEADLINE_S):
+            code = await process.wait()
+        assert process.stderr is not None
+        stderr = await process.stderr.receive_some(1 << 20)
+        assert code == 0, stderr
+        assert b"Traceback" not in stderr
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
