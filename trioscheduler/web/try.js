@@ -79,7 +79,12 @@ class TrySession {
     this.processor.onaudioprocess = (event) => this.onAudio(event.inputBuffer.getChannelData(0));
     this.source.connect(this.processor);
     this.processor.connect(this.context.destination);
-    setStatus("listening — speak, then pause");
+    this.listening = true;
+    this.showListening();
+  }
+
+  showListening() {
+    if (this.listening) setStatus(`session ${this.sessionId || "(opening)"} — listening: speak, then pause`);
   }
 
   onAudio(block) {
@@ -121,7 +126,7 @@ class TrySession {
 
   onMessage(message) {
     switch (message.type) {
-      case "session_init_ack": setStatus(`session ${message.session_id} — listening, speak then pause`); break;
+      case "session_init_ack": this.sessionId = message.session_id; this.showListening(); break;
       case "asr_partial": $("partial").textContent = message.text || ""; break;
       case "translation_result": $("partial").textContent = ""; showResult(message); break;
       case "missing_result": showNote(message.utterance_index, `no result (${message.reason})`); break;
@@ -131,6 +136,7 @@ class TrySession {
   }
 
   async stop() {
+    this.listening = false;
     if (this.heardSpeech) this.flush(true);
     if (this.processor) { this.processor.disconnect(); this.source.disconnect(); }
     if (this.stream) this.stream.getTracks().forEach((track) => track.stop());
