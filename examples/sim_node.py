@@ -5,8 +5,10 @@
     python examples/sim_node.py --failure-rate 0.2 --seed 7       # one job in five fails, reproducibly
     python examples/sim_node.py --mode original --cpu-services tts # like the original's node agent
 
-Each node reconnects with backoff (0.5 s doubling to 10 s) when the scheduler goes away, keeps its node_id
-across reconnects, and logs one line per job. Ctrl-C stops them.
+Each node is a :class:`trioscheduler.sim.SimNode`, built on the node SDK's connection layer
+(:class:`trioscheduler.node.NodeAgent`): it reconnects with backoff (0.5 s doubling to 10 s, ``--jitter`` to spread
+nodes out) when the scheduler goes away, keeps its node_id across reconnects, and logs one line per job. They run
+until stopped (Ctrl-C). To write a node of your own, use ``trioscheduler.node.run`` (docs/sdk.md).
 
 ``--mode every_job`` (default) answers every job and says so in node_register (``answers_every_job``).
 ``--mode original`` behaves like the original system's node agent: a job with no cut flag (``is_manual_cut``,
@@ -18,7 +20,7 @@ stopped is reported not ready.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -62,11 +64,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stopped-services", default="",
                         help="comma-separated service types stopped, reported not ready (a stopped tts: text only)")
     parser.add_argument("--count", type=int, default=1, help="number of nodes to run (default: %(default)s)")
+    parser.add_argument("--jitter", type=float, default=0.0,
+                        help="scale each reconnect delay by a random factor within [1 - jitter, 1] (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="RNG seed; node i uses seed+i (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be at least 1")
+    if not 0.0 <= args.jitter <= 1.0:
+        parser.error("--jitter must be within [0, 1]")
     for flag in ("cpu_services", "stopped_services"):
         unknown = {v.strip() for v in getattr(args, flag).split(",") if v.strip()} - set(SERVICE_TYPES)
         if unknown:
@@ -106,7 +112,7 @@ async def main_async(args: argparse.Namespace) -> None:
     nodes = build_nodes(args)
     async with trio.open_nursery() as nursery:
         for node in nodes:
-            nursery.start_soon(node.run_forever, args.scheduler)
+            nursery.start_soon(functools.partial(node.run_forever, args.scheduler, jitter=args.jitter))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name in ("trio-websocket", "trio_websocket"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         trio.run(main_async, args)
+    except* KeyboardInterrupt:  # Ctrl-C, maybe in an exception group from the nodes' nurseries
+        pass
     return 0
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.wire import WAIT, Daemon, Peer, b64, pcm, registered_node, result_for
 from trioscheduler import client, opus
@@ -109,3 +111,26 @@ async def test_an_unknown_audio_format_is_refused_before_connecting() -> None:
         async with client.connect("ws://127.0.0.1:1/ws/session", src_lang="zh", tgt_lang="en",
                                   audio_format="mp3"):  # type: ignore[arg-type]
             raise AssertionError("must not open")
+
+
+async def test_an_opus_session_at_a_rate_opus_cannot_do_is_refused_before_connecting() -> None:
+    with pytest.raises(ValueError, match="44100"):
+        async with client.connect("ws://127.0.0.1:1/ws/session", src_lang="zh", tgt_lang="en", audio_format="opus",
+                                  sample_rate=44100):
+            raise AssertionError("must not open")
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                    max_leaves=10)
+KINDS = st.sampled_from(["translation_result", "asr_partial", "missing_result", "error", "server_heartbeat", "x"])
+KEYS = st.sampled_from(["utterance_index", "job_id", "text_asr", "text_translated", "tts_audio", "tts_format", "text",
+                        "is_final", "reason", "merged_into", "code", "message", "field", "extra", "node_id"])
+
+
+@given(KINDS, st.dictionaries(KEYS, JSON, max_size=8))
+def test_any_message_maps_to_an_outcome_or_none_without_raising(kind: str, fields: dict[str, Any]) -> None:
+    outcome = client.outcome_from_message({"type": kind, **fields})
+    expected = {"translation_result": client.Result, "asr_partial": client.Partial,
+                "missing_result": client.MissingResult, "error": client.Error}.get(kind)
+    assert (outcome is None) if expected is None else isinstance(outcome, expected)

@@ -244,6 +244,9 @@ async def test_no_more_than_capacity_handlers_run_and_the_excess_is_refused() ->
         refused = await next_of(ws, "job_result")
         assert (refused["job_id"], refused["success"], refused["error"]["code"]) == ("j2", False, sdk.OVER_CAPACITY)
         await until(lambda: running == 2)
+        await ws.send_message(assign("j0", 0))  # the same job_id again while it runs
+        duplicate = await next_of(ws, "job_result")
+        assert (duplicate["job_id"], duplicate["error"]["code"]) == ("j0", sdk.DUPLICATE_JOB_ID)
         gate.set()
         answered = {(await next_of(ws, "job_result"))["job_id"] for _ in range(2)}
         assert answered == {"j0", "j1"} and most == 2
@@ -339,3 +342,20 @@ def test_backoff_doubles_to_its_cap_within_its_jitter(min_s: float, max_s: float
     for delay in (next(iter(delays)) for _ in range(12)):
         assert base * (1 - jitter) - 1e-9 <= delay <= base + 1e-9
         base = min(max_s, base * 2)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                    max_leaves=10)
+JOB_KEYS = ["job_id", "attempt_id", "session_id", "utterance_index", "src_lang", "tgt_lang", "audio", "audio_format",
+            "sample_rate", "trace_id", "pipeline", "features", "turn_id", "is_manual_cut", "dialect", "mode"]
+
+
+@given(st.dictionaries(st.sampled_from(JOB_KEYS), JSON | st.binary(max_size=20).map(b64), max_size=len(JOB_KEYS)))
+def test_any_job_assign_decodes_to_a_job_or_a_value_error(message: dict[str, Any]) -> None:
+    try:
+        job = sdk.Job.from_message(message)
+    except ValueError:
+        return
+    assert job.job_id == message["job_id"] and isinstance(job.audio, bytes)
+    assert isinstance(job.utterance_index, int) and isinstance(job.is_manual_cut, bool)

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from trioscheduler import client, node
     from trioscheduler.app import Scheduler
     from trioscheduler.config import (
         Config,
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
         load_config,
     )
     from trioscheduler.errors import TrioschedulerError
-    from trioscheduler import client, node
     from trioscheduler.protocol import messages
     from trioscheduler.protocol.errors import CloseCode, ErrorCode, ProtocolError
     from trioscheduler.server.listener import Listening, serve

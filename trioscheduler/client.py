@@ -162,13 +162,13 @@ class Session:
     """One open session (see the module docstring); made by :func:`connect`."""
 
     def __init__(self, ws: trio_websocket.WebSocketConnection, ack: Mapping[str, Any],
-                 audio_format: Literal["pcm16", "opus"], sample_rate: int) -> None:
+                 audio_format: Literal["pcm16", "opus"], sample_rate: int, encoder: Pcm16Encoder | None) -> None:
         self._ws = ws
         self.session_id: str = str(ack.get("session_id"))
         self.trace_id: str = str(ack.get("trace_id"))
         self.audio_format = audio_format
         self.sample_rate = sample_rate
-        self._encoder = Pcm16Encoder(sample_rate) if audio_format == "opus" else None
+        self._encoder = encoder
         self._seq = 0
         self._ended = False
         #: Why iteration ended: "session_close_ack", or "connection closed (<code> <reason>)"; None while open.
@@ -252,6 +252,8 @@ async def connect(
     the connection is closed (without waiting for outcomes: iterate first, or :meth:`Session.close` and iterate)."""
     if audio_format not in ("pcm16", "opus"):
         raise ValueError(f"audio_format must be 'pcm16' or 'opus', not {audio_format!r}")
+    # before connecting: a rate opus cannot do is a ValueError, a missing libopus an OpusUnavailable
+    encoder = Pcm16Encoder(sample_rate) if audio_format == "opus" else None
     headers = [(b"Authorization", f"Bearer {token}".encode())] if token else None
     async with trio_websocket.open_websocket_url(
         url, receive_buffer_size=WS_RECEIVE_BUFFER, max_message_size=WS_MAX_MESSAGE, extra_headers=headers
@@ -261,7 +263,7 @@ async def connect(
                 "sample_rate": sample_rate, **session_fields}
         await ws.send_message(json.dumps(init, separators=(",", ":")))
         ack = await _await_ack(ws)
-        yield Session(ws, ack, audio_format, sample_rate)
+        yield Session(ws, ack, audio_format, sample_rate, encoder)
 
 
 async def _await_ack(ws: trio_websocket.WebSocketConnection) -> Mapping[str, Any]:

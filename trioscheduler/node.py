@@ -53,6 +53,7 @@ __all__ = [
     "DEFAULT_NODE_URL",
     "DEFAULT_SERVICES",
     "DRAINING",
+    "DUPLICATE_JOB_ID",
     "OVER_CAPACITY",
     "Answer",
     "Backoff",
@@ -78,6 +79,8 @@ PROCESSING_ERROR = "PROCESSING_ERROR"
 OVER_CAPACITY = "NODE_OVER_CAPACITY"
 #: ``error.code`` of a job that arrived while the node drains.
 DRAINING = "NODE_DRAINING"
+#: ``error.code`` of a ``job_assign`` for a job_id this node is running already.
+DUPLICATE_JOB_ID = "DUPLICATE_JOB_ID"
 #: ``error.code`` of a ``job_assign`` whose audio is not base64 or whose fields have the wrong type.
 BAD_JOB = "INVALID_MESSAGE"
 CLOSE_TIMEOUT_S = 5.0  # a drained node waits this long for the close handshake
@@ -645,7 +648,10 @@ class HandlerNode(NodeAgent):
         if self.draining:
             await self.send(conn, self._failure(message, DRAINING, "the node is draining"))
             return True
-        if self.running >= self.capacity or job_id in self._pending:
+        if job_id in self._pending:  # a DUPLICATE_ code: the scheduler drops the reply and keeps its job
+            await self.send(conn, self._failure(message, DUPLICATE_JOB_ID, "this job_id is running here"))
+            return True
+        if self.running >= self.capacity:
             await self.send(conn, self._failure(message, OVER_CAPACITY, f"{self.running} jobs running"))
             return True
         try:

@@ -14,7 +14,8 @@ it holds the jobs of a turn until one carries a cut flag, answers the turn once 
 ``stopped_services``).
 
 The messages are built as plain dicts on purpose: the simulator plays a *foreign* node and must not share the
-daemon's codec, otherwise a codec bug would be invisible on both sides.
+daemon's codec, otherwise a codec bug would be invisible on both sides. Its connection layer (register, heartbeat,
+dispatch, reconnect) is the node SDK's :class:`trioscheduler.node.NodeAgent`, which builds plain dicts too.
 
 The core (:meth:`SimNode.serve`) only needs a :class:`MessageConnection`: a ``trio_websocket.WebSocketConnection``,
 or for socket-free tests one end of ``trioscheduler.transport.memory_transport_pair()``.
@@ -26,20 +27,25 @@ import array
 import base64
 import collections
 import hashlib
-import json
 import logging
 import math
 import random
 import time
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 import trio
-import trio_websocket
-from trio_websocket import ConnectionClosed
 
-from trioscheduler.errors import TrioschedulerError
+from trioscheduler.node import (
+    CONNECTION_CLOSED,
+    DEFAULT_HEARTBEAT_INTERVAL_S,
+    DEFAULT_NODE_URL,
+    Backoff,
+    MessageConnection,
+    NodeAgent,
+    RegistrationRefused,
+)
 from trioscheduler.sim.original import (
     DEFAULT_ANSWER_AFTER_MS,
     HeldJob,
@@ -48,7 +54,6 @@ from trioscheduler.sim.original import (
     TurnBuffer,
     ready_types,
 )
-from trioscheduler.transport import TransportClosed
 
 __all__ = [
     "CONNECTION_CLOSED",
@@ -69,38 +74,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_NODE_URL = "ws://127.0.0.1:5010/ws/node"
 SIM_VERSION = "trioscheduler-sim/0.1.0"
 SERVICE_TYPES: tuple[str, ...] = ("asr", "nmt", "tts", "semantic")
 #: ``every_job``: answers each job (and says so); ``original``: behaves like the original system's node agent.
 MODES: tuple[str, ...] = ("every_job", "original")
-DEFAULT_HEARTBEAT_INTERVAL_S = 15.0  # what the original node uses when nobody tells it otherwise
-WS_RECEIVE_BUFFER = 65536  # trio-websocket's 4 KiB default slows bulk audio down (bench/README.md)
-WS_MAX_MESSAGE = 16 * 2**20  # a job_assign carries a whole utterance of base64 audio
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Transport
-# --------------------------------------------------------------------------------------------------------------
-
-
-class MessageConnection(Protocol):
-    """The three calls the simulators need from a socket.
-
-    ``trio_websocket.WebSocketConnection`` fits, and so does the scheduler's own
-    :class:`trioscheduler.transport.MemoryTransport` (from ``memory_transport_pair()``), which is what socket-free
-    tests should use.
-    """
-
-    async def get_message(self) -> str | bytes: ...
-
-    async def send_message(self, message: str) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-
-#: What "the peer is gone" looks like on each transport the simulators accept.
-CONNECTION_CLOSED: tuple[type[Exception], ...] = (ConnectionClosed, TransportClosed)
 
 
 async def abort_connection(conn: MessageConnection) -> None:
@@ -112,10 +89,6 @@ async def abort_connection(conn: MessageConnection) -> None:
     with trio.CancelScope() as scope:
         scope.cancel()
         await conn.aclose()
-
-
-def _dumps(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
 
 
 def _now_ms() -> int:
@@ -276,7 +249,7 @@ class SimNodeStats:
     no_text_assigned_sent: int = 0
 
 
-class SimNodeError(TrioschedulerError):
+class SimNodeError(RegistrationRefused):
     """Registration failed: the scheduler refused us or hung up before ``node_register_ack``."""
 
 
@@ -292,8 +265,11 @@ class _Outcome:
 
 
 @attrs.define(eq=False)
-class SimNode:
+class SimNode(NodeAgent):
     """A fake worker node. One instance may serve several connections in turn and keeps its node_id and counters.
+
+    Its connection layer (register, heartbeat, dispatch, reconnect) is the node SDK's :class:`NodeAgent`; what it
+    registers and how it answers jobs are its own.
 
     >>> node = SimNode(SimNodeBehaviour(delay_s=0.05), node_id="node-SIM00001")
     >>> # await nursery.start(node.run, "ws://127.0.0.1:5010/ws/node")  -> "node-SIM00001"
@@ -341,61 +317,50 @@ class SimNode:
 
     # ---- public entry points -----------------------------------------------------------------------------
 
+    refused = SimNodeError
+
     async def run(
         self, url: str = DEFAULT_NODE_URL, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Connect once and serve until the connection ends; ``task_status.started(node_id)`` once registered."""
-        async with trio_websocket.open_websocket_url(
-            url, receive_buffer_size=WS_RECEIVE_BUFFER, max_message_size=WS_MAX_MESSAGE
-        ) as ws:
-            await self.serve(ws, task_status=task_status)
+        await self.run_once(url, task_status=task_status)
 
-    async def run_forever(
+    async def run_forever(  # type: ignore[override]
         self,
         url: str = DEFAULT_NODE_URL,
         *,
         min_backoff_s: float = 0.5,
         max_backoff_s: float = 10.0,
+        jitter: float = 0.0,
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Like the real node agent: reconnect with doubling backoff whenever the scheduler goes away.
+        """Like the real node agent: reconnect with doubling backoff whenever the scheduler goes away (no jitter
+        unless asked, so a scenario replays the same). The backoff resets after every successful registration;
+        ``task_status`` fires on the first one."""
+        backoff = Backoff(min_s=min_backoff_s, max_s=max_backoff_s, jitter=jitter)
+        await NodeAgent.run_forever(self, url, backoff=backoff, rng=random.Random(self.behaviour.seed),
+                                    task_status=task_status)
 
-        The backoff resets after every successful registration; ``task_status`` fires on the first one.
-        """
-        backoff = min_backoff_s
-        status = task_status
-        while True:
-            registrations, crashes = self.stats.registrations, self.stats.crashes
-            try:
-                await self.run(url, task_status=status)
-            except (OSError, trio_websocket.HandshakeError, SimNodeError, ConnectionClosed, TransportClosed) as exc:
-                what = _describe(exc)
-            else:
-                what = "crashed on purpose" if self.stats.crashes > crashes else "scheduler closed the connection"
-            if self.stats.registrations > registrations:
-                status = trio.TASK_STATUS_IGNORED  # started() fires once, on the first registration
-                backoff = min_backoff_s
-            logger.warning("node %s: %s; reconnecting in %.1f s", self.node_id, what, backoff)
-            await trio.sleep(backoff)
-            backoff = min(max_backoff_s, backoff * 2)
+    # ---- the connection layer's hooks --------------------------------------------------------------------
 
-    async def serve(
-        self, conn: MessageConnection, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Register on ``conn``, then heartbeat and answer jobs until the peer closes (returns normally).
+    def heartbeat_period(self) -> float:
+        return self.behaviour.heartbeat_interval_override or self.heartbeat_interval_s
 
-        Raises :class:`SimNodeError` if the scheduler answers the registration with ``error`` or closes first.
-        Jobs still pending when the connection ends are dropped, as they would be by a node that lost its socket.
-        """
-        node_id = await self._register(conn)
-        task_status.started(node_id)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._heartbeat_loop, conn)
-            try:
-                await self._receive_loop(conn, nursery)
-            finally:
-                nursery.cancel_scope.cancel()
-                self._pending.clear()
+    def on_registered(self, node_id: str) -> None:
+        self.stats.registrations += 1
+        logger.info("node %s registered (languages %s)", node_id, ",".join(self.behaviour.languages))
+
+    def on_heartbeat_sent(self) -> None:
+        self.stats.heartbeats_sent += 1
+
+    def on_connection_end(self) -> None:
+        self._pending.clear()
+
+    async def on_job_assign(self, conn: MessageConnection, message: dict[str, Any], nursery: trio.Nursery) -> bool:
+        return await self._on_job_assign(conn, message, nursery)
+
+    def on_job_cancel(self, message: dict[str, Any]) -> None:
+        self._on_job_cancel(message)
 
     # ---- registration and heartbeats ---------------------------------------------------------------------
 
@@ -456,86 +421,13 @@ class SimNode:
             "language_capabilities": self._languages(),
         }
 
-    async def _register(self, conn: MessageConnection) -> str:
-        try:
-            await self._send(conn, self.register_message(), swallow_closed=False)
-            while True:
-                message = await self._receive(conn)
-                if message is None:
-                    continue
-                kind = message.get("type")
-                if kind == "node_register_ack":
-                    break
-                if kind == "error":
-                    raise SimNodeError(f"registration refused: {message.get('code')}: {message.get('message')}")
-                logger.debug("node %s: ignoring %s before node_register_ack", self.node_id, kind)
-        except CONNECTION_CLOSED as exc:
-            raise SimNodeError(f"connection closed before node_register_ack ({_describe(exc)})") from exc
-        node_id = message.get("node_id") or self.node_id
-        if not isinstance(node_id, str) or not node_id:
-            raise SimNodeError("node_register_ack without node_id")
-        self.node_id = node_id
-        interval = message.get("heartbeat_interval_seconds")
-        if isinstance(interval, (int, float)) and interval > 0:
-            self.heartbeat_interval_s = float(interval)
-        self.stats.registrations += 1
-        logger.info("node %s registered (languages %s)", node_id, ",".join(self.behaviour.languages))
-        return node_id
-
-    async def _heartbeat_loop(self, conn: MessageConnection) -> None:
-        interval = self.behaviour.heartbeat_interval_override or self.heartbeat_interval_s
-        next_at = trio.current_time()
-        while True:  # one right after the ack, as the original node does, then on a fixed grid
-            if not await self._send(conn, self.heartbeat_message()):
-                return
-            self.stats.heartbeats_sent += 1
-            next_at += interval
-            await trio.sleep_until(next_at)
-
     # ---- receiving ---------------------------------------------------------------------------------------
 
-    async def _receive(self, conn: MessageConnection) -> dict[str, Any] | None:
-        """One decoded message, or None for frames the protocol says to ignore (binary, bad JSON)."""
-        raw = await conn.get_message()
-        if isinstance(raw, bytes):
-            logger.warning("node %s: ignoring a binary frame", self.node_id)
-            return None
-        try:
-            message = json.loads(raw)
-        except ValueError:
-            logger.warning("node %s: ignoring a frame that is not JSON", self.node_id)
-            return None
-        if not isinstance(message, dict):
-            logger.warning("node %s: ignoring a JSON frame that is not an object", self.node_id)
-            return None
-        if self.behaviour.record_limit:
+    async def receive(self, conn: MessageConnection) -> dict[str, Any] | None:
+        message = await NodeAgent.receive(self, conn)
+        if message is not None and self.behaviour.record_limit:
             self.received.append(message)
         return message
-
-    async def _receive_loop(self, conn: MessageConnection, nursery: trio.Nursery) -> None:
-        while True:
-            try:
-                message = await self._receive(conn)
-            except CONNECTION_CLOSED:
-                return
-            if message is None:
-                continue
-            kind = message.get("type")
-            if kind == "job_assign":
-                if not await self._on_job_assign(conn, message, nursery):
-                    return
-            elif kind == "job_cancel":
-                self._on_job_cancel(message)
-            elif kind == "node_control" and message.get("command") == "shutdown":
-                logger.info("node %s: shutdown requested (%s)", self.node_id, message.get("reason"))
-                await conn.aclose()
-                return
-            elif kind == "error":
-                logger.warning(
-                    "node %s: scheduler error %s: %s", self.node_id, message.get("code"), message.get("message")
-                )
-            else:
-                logger.debug("node %s: ignoring %s", self.node_id, kind)
 
     def _on_job_cancel(self, message: dict[str, Any]) -> None:
         job_id = message.get("job_id")
@@ -634,7 +526,7 @@ class SimNode:
         )
         logger.info("node %s: job %s rejected: %s", self.node_id, job.get("job_id"), reason)
         self._count_answer("rejected", 1, +1)
-        if not await self._send(conn, message):
+        if not await self.send(conn, message):
             self._count_answer("rejected", 1, -1)
 
     async def _job(
@@ -690,7 +582,7 @@ class SimNode:
                 "trace_id": job.get("trace_id"),
             }
             self.stats.partials_sent += 1
-            if not await self._send(conn, partial):
+            if not await self.send(conn, partial):
                 self.stats.partials_sent -= 1
             await trio.sleep(delay - delay / 2)
         else:
@@ -732,7 +624,7 @@ class SimNode:
         sent = 0
         for _ in range(2 if outcome.duplicate else 1):
             self._count_answer(outcome.kind, sent + 1, +1)
-            if not await self._send(conn, message):
+            if not await self.send(conn, message):
                 self._count_answer(outcome.kind, sent + 1, -1)
                 break
             sent += 1
@@ -775,7 +667,7 @@ class SimNode:
             )
             self.stats.no_text_assigned_sent += 1
             self.stats.results_sent += 1
-            if not await self._send(conn, message):
+            if not await self.send(conn, message):
                 self.stats.no_text_assigned_sent -= 1
                 self.stats.results_sent -= 1
                 return
@@ -795,13 +687,9 @@ class SimNode:
         elif kind == "success":
             stats.jobs_succeeded += sign
 
-    async def _send(self, conn: MessageConnection, message: dict[str, Any], *, swallow_closed: bool = True) -> bool:
+    async def send(self, conn: MessageConnection, message: dict[str, Any], *, swallow_closed: bool = True) -> bool:
         """Send one message; False if the connection is gone (the receive loop notices and ends the session)."""
-        try:
-            await conn.send_message(_dumps(message))
-        except CONNECTION_CLOSED:
-            if not swallow_closed:
-                raise
+        if not await NodeAgent.send(self, conn, message, swallow_closed=swallow_closed):
             return False
         if self.behaviour.record_limit:
             self.sent.append(message)
@@ -826,13 +714,3 @@ def _job_audio(job: dict[str, Any]) -> tuple[bytes, float]:
 
 def _int(value: object, default: int = 0) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TransportClosed):
-        return "connection closed"
-    if isinstance(exc, ConnectionClosed):
-        reason = exc.reason
-        return f"connection closed ({getattr(reason, 'code', '?')} {getattr(reason, 'name', '')})".rstrip()
-    detail = str(exc) or (f"{type(exc.__cause__).__name__}: {exc.__cause__}" if exc.__cause__ else "")
-    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
