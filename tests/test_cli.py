@@ -39,7 +39,7 @@ async def test_daemon_prints_where_it_listens_serves_health_and_stops_cleanly(si
             await node.send(**node_register("node-METRICS1"))
             await node.recv_type("node_register_ack")
             metrics = (await http.get(f"{http_url}/metrics")).text
-            assert "scheduler_nodes 1.0" in metrics and "scheduler_pools 1.0" in metrics
+            assert 'trioscheduler_nodes{state="ready"} 1.0' in metrics and "trioscheduler_pools 1.0" in metrics
     code, stderr = await _stop(process, signum)
     assert code == 0, stderr
     assert b"Traceback" not in stderr

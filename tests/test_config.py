@@ -422,6 +422,8 @@ def _value_strategy(section: str, field: attrs.Attribute) -> st.SearchStrategy: 
         return st.sampled_from(LEVELS).flatmap(lambda level: st.sampled_from([level, level.upper()]))
     if field.name == "ordering":
         return st.sampled_from(["bounded", "strict"])
+    if field.name == "format":
+        return st.sampled_from(["text", "json"])
     if field.type is bool:
         return st.booleans()
     if field.type is str:

@@ -299,8 +299,8 @@ async def test_http_endpoints_and_edge_counters(edge_daemon: Callable[..., Any])
             stats = (await http.get(f"{daemon.listening.http_url}/api/v1/stats")).json()
             metrics = (await http.get(f"{daemon.listening.http_url}/metrics")).text
     assert stats["edge"] == {"open": 1, "counters": {"refused_at_capacity": 1}}
-    assert 'scheduler_edge_events_total{event="refused_at_capacity"} 1.0' in metrics
-    assert "scheduler_connections_open 1.0" in metrics
+    assert 'trioscheduler_edge_events_total{event="refused_at_capacity"} 1.0' in metrics
+    assert "trioscheduler_connections_open 1.0" in metrics
 
 
 # 5. Closing a transport never raises.

@@ -291,8 +291,8 @@ async def test_metrics_export_selection_and_dispatch_latency(daemon: Daemon) -> 
         assert stats["selection_seconds"]["count"] == 1 and stats["dispatch_delay_seconds"]["count"] == 1
         assert stats["selection_seconds"]["buckets"][-1] == ["+Inf", 1]
         metrics = (await http.get(f"{http_url}/metrics")).text
-    assert "# TYPE scheduler_selection_seconds histogram" in metrics
-    assert 'scheduler_selection_seconds_bucket{le="+Inf"} 1.0' in metrics
-    assert "scheduler_selection_seconds_count 1.0" in metrics
-    assert "scheduler_dispatch_delay_seconds_count 1.0" in metrics
-    assert 'scheduler_dispatch_delay_seconds_bucket{le="0.00025"}' in metrics
+    assert "# TYPE trioscheduler_selection_seconds histogram" in metrics
+    assert 'trioscheduler_selection_seconds_bucket{le="+Inf"} 1.0' in metrics
+    assert "trioscheduler_selection_seconds_count 1.0" in metrics
+    assert "trioscheduler_dispatch_delay_seconds_count 1.0" in metrics
+    assert 'trioscheduler_dispatch_delay_seconds_bucket{le="0.00025"}' in metrics

@@ -296,7 +296,7 @@ def opus_framing(packets: list[bytes]) -> bytes:
     return b"".join(struct.pack("<H", len(p)) + p for p in packets)
 
 
-packets_strategy = st.lists(st.binary(max_size=300), max_size=12)
+packets_strategy = st.lists(st.binary(min_size=1, max_size=300), max_size=12)
 
 
 @given(packets=packets_strategy)
@@ -329,7 +329,8 @@ def test_opus_overlong_packet_raises(packets: list[bytes], declared_extra: int, 
 
 def test_opus_examples() -> None:
     assert opus_packet_count(b"") == 0
-    assert opus_packet_count(b"\x00\x00") == 1  # a zero-length packet is still a frame
+    with pytest.raises(ValueError):
+        opus_packet_count(b"\x00\x00")  # an opus packet is never empty: not the framing
     assert opus_packet_count(b"\x03\x00abc\x01\x00d") == 2
     with pytest.raises(ValueError):
         opus_packet_count(b"\x03")

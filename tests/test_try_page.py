@@ -19,7 +19,7 @@ from tests.wire import Daemon, start_daemon
 from trioscheduler.config import Config
 from trioscheduler.speech import EspeakSynthesizer, Pcm16, resample, wav_bytes
 from trioscheduler.speech.node import run_speech_node
-from trioscheduler.web import try_page_asset
+from trioscheduler.web.try_page import try_page_asset
 
 
 def _free_port() -> int:

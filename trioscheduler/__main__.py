@@ -1,4 +1,8 @@
-"""``python -m trioscheduler [serve|demo]``: flags → Config, then run until SIGINT or SIGTERM."""
+"""``python -m trioscheduler [serve|demo]``: flags → Config, then run until a signal or a finished drain.
+
+SIGTERM drains (trioscheduler/drain.py: sessions close at an utterance boundary, then the process exits 0); SIGINT,
+or a second signal while draining, stops at once.
+"""
 
 from __future__ import annotations
 
@@ -27,17 +31,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--http-port", type=int, help="HTTP port (server.http_port, default 5011)")
     parser.add_argument("--config", metavar="PATH", help="TOML configuration file")
     parser.add_argument("--log-level", help="debug, info, warning, error (logging.level, default info)")
+    parser.add_argument("--log-format", choices=("text", "json"),
+                        help="text: event key=value lines; json: one JSON object per line (logging.format)")
     parser.add_argument("--node-mode", choices=("every_job", "original"), default="every_job",
                         help="demo only: simulated nodes that answer every job, or like the original's node agent")
     parser.add_argument("--speech", action="store_true",
                         help="demo only: a node with real speech engines instead (pip install -e '.[speech]')")
+    parser.add_argument("--keep", action="store_true",
+                        help="demo only: once the clients are done, keep serving (dashboard included) until Ctrl-C")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     overrides: dict[str, dict[str, Any]] = {}
     for flag, section, key in (("host", "server", "host"), ("port", "server", "port"),
-                               ("http_port", "server", "http_port"), ("log_level", "logging", "level")):
+                               ("http_port", "server", "http_port"), ("log_level", "logging", "level"),
+                               ("log_format", "logging", "format")):
         value = getattr(args, flag)
         if value is not None:
             overrides.setdefault(section, {})[key] = value
@@ -57,20 +66,25 @@ def apply_fd_limit(config: Config) -> None:
 
 
 async def run_until_signal(config: Config) -> None:
+    from trioscheduler.app import Scheduler
+    from trioscheduler.drain import watch_signals
     from trioscheduler.server.listener import serve
 
     apply_fd_limit(config)
+    scheduler = Scheduler(config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            listening = await nursery.start(serve, config)
+            async def serve_then_stop(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+                await serve(config, scheduler=scheduler, task_status=task_status)
+                print("trioscheduler: drained, exiting", flush=True)
+                nursery.cancel_scope.cancel()  # serve returns only when a drain has finished
+
+            listening = await nursery.start(serve_then_stop)
             tuning = tune_garbage_collector(config.server)
             print(f"trioscheduler listening: sessions {listening.session_url} nodes {listening.node_url} "
                   f"http {listening.http_url}", flush=True)
             emit(log, logging.INFO, "runtime_tuned", **tuning)
-            async for signum in signals:
-                print(f"trioscheduler: {signal.Signals(signum).name} received, shutting down", flush=True)
-                nursery.cancel_scope.cancel()
-                break
+            await watch_signals(signals, scheduler.drain, nursery.cancel_scope)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,15 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # The demo prints its own story: stage lines would drown it.
     level = "warning" if args.command == "demo" and args.log_level is None else config.logging.level
-    configure_logging(level, queue_records=config.limits.max_log_queue_records)
+    configure_logging(level, queue_records=config.limits.max_log_queue_records, log_format=config.logging.format)
     if args.command == "demo" and args.speech:
         from trioscheduler.speech.demo import run_speech_demo
 
-        return trio.run(run_speech_demo, config, getattr(args, "keep", False))
+        return trio.run(run_speech_demo, config, args.keep)
     if args.command == "demo":
         from trioscheduler.demo import run_demo
 
-        return trio.run(run_demo, config, args.node_mode)
+        return trio.run(run_demo, config, args.node_mode, args.keep)
     trio.run(run_until_signal, config)
     return 0
 

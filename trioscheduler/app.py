@@ -11,12 +11,13 @@ import collections
 import itertools
 import logging
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 from trioscheduler.config import Config
+from trioscheduler.drain import DrainControl
 from trioscheduler.logs import emit
 from trioscheduler.principal import ANONYMOUS, Principal
 from trioscheduler.protocol.errors import CloseCode
@@ -25,6 +26,9 @@ from trioscheduler.registry.requests import RegistryClient, open_registry_channe
 from trioscheduler.server.node_socket import NodeConnection
 from trioscheduler.server.session_socket import SessionConnection, SessionMetrics
 from trioscheduler.transport import Transport
+
+if TYPE_CHECKING:
+    from trioscheduler.gateway import Gateway
 
 log = logging.getLogger("trioscheduler")
 
@@ -51,6 +55,10 @@ class Scheduler:
         self._conn_ids = itertools.count(1)
         self.nodes_connected = 0
         self._session_tasks: trio.Nursery | None = None
+        #: The REST/stream gateway when serve() runs one (its counters join the stats).
+        self.gateway: Gateway | None = None
+        #: Whole-scheduler drain (trioscheduler/drain.py); /ready reads it, the door and the sessions obey it.
+        self.drain = DrainControl(config.server.drain_timeout_seconds)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The registry task; everything else talks to it through ``self.client``. Also the nursery the sessions'
@@ -68,10 +76,12 @@ class Scheduler:
         try:
             tasks = self._session_tasks
             if tasks is not None:
-                await SessionConnection(transport, self.client, self.config, self.sessions, tasks, principal).run()
+                await SessionConnection(transport, self.client, self.config, self.sessions, tasks, principal,
+                                        drain=self.drain).run()
                 return
             async with trio.open_nursery() as tasks:  # before run() (tests that hold the registry back)
-                await SessionConnection(transport, self.client, self.config, self.sessions, tasks, principal).run()
+                await SessionConnection(transport, self.client, self.config, self.sessions, tasks, principal,
+                                        drain=self.drain).run()
                 tasks.cancel_scope.cancel()
         except Exception:
             await self._crashed("session", transport)
@@ -100,6 +110,9 @@ class Scheduler:
         snapshot["node_connections"] = self.nodes_connected
         snapshot["connections_crashed"] = self.connections_crashed
         snapshot["edge"] = {"open": self.edge.open, "counters": dict(self.edge.counters)}
+        snapshot["draining"] = self.drain.draining
+        if self.gateway is not None:
+            snapshot["gateway"] = {"running": self.gateway.running, "counters": dict(self.gateway.counters)}
         return snapshot
 
 

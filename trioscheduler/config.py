@@ -71,6 +71,8 @@ def _is_int(value: Any) -> bool:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+#: logging.format: human-readable ``event key=value`` lines, or one JSON object per line.
+LOG_FORMATS = ("text", "json")
 #: results.ordering: "bounded" (an outcome waits for lower indices at most max_hold_ms) or "strict".
 RESULT_ORDERINGS = ("bounded", "strict")
 
@@ -80,6 +82,7 @@ _positive_int = _check(lambda v: _is_int(v) and v >= 1, "an integer >= 1")
 _non_negative_int = _check(lambda v: _is_int(v) and v >= 0, "an integer >= 0")
 _bool = _check(lambda v: isinstance(v, bool), "true or false")
 _level = _check(lambda v: isinstance(v, str) and v.lower() in LOG_LEVELS, "one of " + ", ".join(LOG_LEVELS))
+_log_format = _check(lambda v: v in LOG_FORMATS, "one of " + ", ".join(LOG_FORMATS))
 _ordering = _check(lambda v: v in RESULT_ORDERINGS, "one of " + ", ".join(RESULT_ORDERINGS))
 
 
@@ -99,6 +102,12 @@ class ServerConfig:
     gc_gen0_threshold: int = attrs.field(default=10_000, validator=_positive_int)
     gc_gen1_threshold: int = attrs.field(default=10, validator=_positive_int)
     gc_gen2_threshold: int = attrs.field(default=100, validator=_positive_int)
+    # -- operations (drain, health): docs/operations.md
+    #: After a drain starts (SIGTERM or POST /api/v1/drain), how long open sessions have to reach an utterance
+    #: boundary; then what they still owe is flushed as errors (SCHEDULER_DRAINING) and the process exits.
+    drain_timeout_seconds: float = attrs.field(default=30.0, validator=_positive)
+    #: /health is 200 only when the registry answers within this; /metrics and /api/v1/stats wait as long.
+    health_timeout_seconds: float = attrs.field(default=2.0, validator=_positive)
 
 
 @attrs.frozen
@@ -161,6 +170,8 @@ class ResultsConfig:
 class LoggingConfig:
     #: debug, info, warning, error or critical, in any case.
     level: str = attrs.field(default="info", validator=_level)
+    #: "text" (``event key=value``) or "json" (one JSON object per line).
+    format: str = attrs.field(default="text", validator=_log_format)
 
 
 @attrs.frozen
@@ -194,6 +205,51 @@ class LimitsConfig:
     max_log_queue_records: int = attrs.field(default=10_000, validator=_positive_int)
 
 
+# --- operations: the HTTP API's job timelines (issue 11, point 2) ---
+@attrs.frozen
+class ObservabilityConfig:
+    """What the HTTP API (``/api/v1/``) keeps and how long it waits; docs/http-api.md."""
+
+    #: Recent jobs whose timeline ``/api/v1/jobs`` keeps (live ones included); 0 keeps none.
+    job_history_size: int = attrs.field(default=1000, validator=_non_negative_int)
+    #: An API read the registry has not answered within this is a 503, never a hang.
+    api_deadline_seconds: float = attrs.field(default=2.0, validator=_positive)
+    #: Most items in one list answer (``/api/v1/sessions``, ``/api/v1/jobs``, a node's recent failures).
+    api_max_items: int = attrs.field(default=200, validator=_positive_int)
+
+
+@attrs.frozen
+class GroupsConfig:
+    """Utterance groups (issue 14): consecutive results of a session joined under one group_id."""
+
+    #: A result joins the session's current group within this long of the group's last activity (a part, or a
+    #: tts_started / tts_play_ended naming it).
+    window_ms: float = attrs.field(default=2000.0, validator=_positive)
+    #: Parts in one group; the next result starts a new group.
+    max_parts: int = attrs.field(default=8, validator=_positive_int)
+    #: Characters of the group's recent text sent to the node as ``context_text`` (the newest ones).
+    max_context_chars: int = attrs.field(default=800, validator=_non_negative_int)
+
+
+@attrs.frozen
+class GatewayConfig:
+    """The REST and WebSocket gateway (``POST /v1/speech/translate``, ``WS /v1/stream``)."""
+
+    enabled: bool = attrs.field(default=True, validator=_bool)
+    #: Largest request body of ``POST /v1/speech/translate``; beyond it 413 REQUEST_TOO_LARGE.
+    max_body_bytes: int = attrs.field(default=8 * 2**20, validator=_positive_int)
+    #: Gateway requests (REST calls and stream utterances) running at once; beyond it 503 GATEWAY_BUSY.
+    max_concurrent_requests: int = attrs.field(default=64, validator=_positive_int)
+    #: Requests per second per tenant (token bucket refill rate); beyond it 429 RATE_LIMITED.
+    requests_per_second: float = attrs.field(default=100.0, validator=_positive)
+    #: Requests a tenant may make at once after a quiet spell (token bucket size).
+    burst: int = attrs.field(default=100, validator=_positive_int)
+    #: Tenants the rate limiter remembers; the least recently seen is forgotten beyond it.
+    max_tenants: int = attrs.field(default=10_000, validator=_positive_int)
+    #: How long one request may wait for its outcome; then 504 JOB_TIMEOUT and its job is cancelled.
+    request_timeout_seconds: float = attrs.field(default=120.0, validator=_positive)
+
+
 @attrs.frozen
 class Config:
     server: ServerConfig = ServerConfig()
@@ -202,6 +258,9 @@ class Config:
     results: ResultsConfig = ResultsConfig()
     limits: LimitsConfig = LimitsConfig()
     logging: LoggingConfig = LoggingConfig()
+    groups: GroupsConfig = GroupsConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
 
 
 def _sections(root: type[Config]) -> Mapping[str, type]:

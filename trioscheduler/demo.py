@@ -7,11 +7,15 @@ outcome is printed with its latency from the end of the utterance.
 With ``--node-mode original`` the nodes behave like the original system's node agent (``trioscheduler.sim``
 ``mode="original"``): they answer a turn only on a job with a cut flag, drop a repeated text, and the third one
 runs its TTS on the CPU, so it reports TTS not ready.
+
+With ``--keep`` the scheduler and its nodes keep serving once the clients are done, and the dashboard's URL is
+printed; the demo then ends at SIGINT (Ctrl-C) or SIGTERM, with the exit status it would have had.
 """
 
 from __future__ import annotations
 
 import functools
+import signal
 
 import trio
 
@@ -59,7 +63,11 @@ def _print_outcome(label: str, result: UtteranceResult) -> None:
         print(f"  [{label}] utterance {result.utterance_index}: {latency}  {result.kind} ({detail})", flush=True)
 
 
-async def run_demo(config: Config, node_mode: str = "every_job") -> int:
+def dashboard_url(http_url: str) -> str:
+    return f"{http_url}/dashboard"
+
+
+async def run_demo(config: Config, node_mode: str = "every_job", keep: bool = False) -> int:
     nodes = demo_nodes(node_mode)
     config = config_with(config, server={"port": 0, "http_port": 0})
     audio = read_wav(default_wav_path())
@@ -67,6 +75,7 @@ async def run_demo(config: Config, node_mode: str = "every_job") -> int:
         listening = await nursery.start(functools.partial(serve, config))
         print(f"scheduler: sessions {listening.session_url}, nodes {listening.node_url}, "
               f"health {listening.http_url}/health", flush=True)
+        print(f"dashboard: {listening.http_url}/dashboard", flush=True)
         for node in nodes:
             node_id = await nursery.start(node.run, listening.node_url)
             print(f"node {node_id}: {_describe_node(node)}", flush=True)
@@ -83,6 +92,8 @@ async def run_demo(config: Config, node_mode: str = "every_job") -> int:
         async with trio.open_nursery() as clients:
             for src, tgt in CLIENTS:
                 clients.start_soon(one_client, src, tgt)
+        if keep:
+            await _keep_serving(listening.http_url)
         nursery.cancel_scope.cancel()
     print()
     failures = 0
@@ -99,4 +110,14 @@ async def run_demo(config: Config, node_mode: str = "every_job") -> int:
     return 1 if failures or not reports else 0
 
 
-__all__ = ["demo_nodes", "run_demo"]
+async def _keep_serving(http_url: str) -> None:
+    """Serve until SIGINT or SIGTERM, after saying where to look."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        print(f"\ndashboard: {dashboard_url(http_url)}  (metrics {http_url}/metrics); "
+              "serving until Ctrl-C", flush=True)
+        async for signum in signals:
+            print(f"demo: {signal.Signals(signum).name} received, stopping", flush=True)
+            return
+
+
+__all__ = ["dashboard_url", "demo_nodes", "run_demo"]

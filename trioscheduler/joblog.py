@@ -8,6 +8,10 @@ has no outcome to deliver (cancelled, or its session's writer gone) gets its lin
 Guarantees: every job the registry created gets exactly one ``job_done`` line (at ``info``, logger
 ``trioscheduler.jobs``); every time in it is in ms since the utterance was finalized; nothing is formatted when
 ``info`` is off for that logger.
+
+``JobStages.timeline`` is the job's whole history for the HTTP API (``/api/v1/jobs/{job_id}``, see
+trioscheduler/timeline.py): one tuple ``(stage, trio time, node_id, attempt, fields)`` appended per stage, by the
+registry, the node's writer (dispatched) and the session's writer (delivered); nothing is formatted on the way.
 """
 
 from __future__ import annotations
@@ -21,12 +25,18 @@ log = logging.getLogger("trioscheduler.jobs")
 INFO = logging.INFO
 
 
+#: One timeline entry: stage name, trio time, node_id, attempt (0 before the first dispatch), the stage's fields.
+TimelineEntry = tuple[str, float, str | None, int, dict[str, Any] | None]
+
+
 class JobStages:
     """When a job reached each stage (trio clock), and the node and attempt of its latest dispatch.
 
-    ``selected_at`` and ``dispatched_at`` are those of the latest attempt; a stage not reached is None."""
+    ``selected_at`` and ``dispatched_at`` are those of the latest attempt; a stage not reached is None.
+    ``timeline`` lists every stage reached, in order, every attempt's included."""
 
-    __slots__ = ("finalized_at", "created_at", "selected_at", "dispatched_at", "result_at", "attempt", "node_id")
+    __slots__ = ("finalized_at", "created_at", "selected_at", "dispatched_at", "result_at", "attempt", "node_id",
+                 "timeline")
 
     def __init__(self, finalized_at: float, created_at: float) -> None:
         self.finalized_at = finalized_at
@@ -36,6 +46,7 @@ class JobStages:
         self.result_at: float | None = None
         self.attempt = 0
         self.node_id: str | None = None
+        self.timeline: list[TimelineEntry] = []
 
     def selected(self, now: float, attempt: int, node_id: str) -> None:
         """A new attempt: its dispatch is not written yet."""
@@ -48,6 +59,11 @@ class JobStages:
         """The job_assign of ``attempt`` was written; a late write of an older attempt changes nothing."""
         if attempt == self.attempt:
             self.dispatched_at = now
+            self.timeline.append(("dispatched", now, self.node_id, attempt, None))
+
+    def delivered(self, now: float) -> None:
+        """The session's writer has written the job's outcome to its client."""
+        self.timeline.append(("delivered", now, self.node_id, self.attempt, None))
 
 
 def _ms(since: float, at: float | None) -> float | None:

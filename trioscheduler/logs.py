@@ -1,4 +1,5 @@
-"""Structured log lines (``event key=value ...``) written by a thread of their own, so no sink can stall the loop.
+"""Structured log lines (``event key=value ...``, or one JSON object per line with ``logging.format = "json"``)
+written by a thread of their own, so no sink can stall the loop.
 
 Guarantees:
 
@@ -14,6 +15,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -26,6 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 FIELDS_ATTR = "trioscheduler_fields"
+#: The record attribute that holds an ``emit`` line's event name.
+EVENT_ATTR = "trioscheduler_event"
 #: The logger every trioscheduler logger descends from; configure_logging installs its handler here.
 ROOT_LOGGER = "trioscheduler"
 #: Seconds between two ``log_records_dropped`` warnings (one per interval at most, while records are dropped).
@@ -46,7 +50,7 @@ def emit(logger: logging.Logger, level: int, event: str, **fields: Any) -> None:
     """One line ``event key=value ...``; the fields also ride on the record for structured handlers."""
     if logger.isEnabledFor(level):
         line = " ".join([event, *(f"{k}={_format_value(v)}" for k, v in fields.items() if v is not None)])
-        logger.log(level, line, extra={FIELDS_ATTR: fields})
+        logger.log(level, line, extra={FIELDS_ATTR: fields, EVENT_ATTR: event})
 
 
 def _format_value(value: Any) -> str:
@@ -96,6 +100,52 @@ class LogfmtFormatter(logging.Formatter):
             line += "\n" + record.exc_text
         return line
 
+
+#: Keys every JSON line has; a field of the same name is written with a ``field_`` prefix instead.
+JSON_RESERVED_KEYS = frozenset({"time", "level", "logger", "event", "message", "traceback"})
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (UTC, ISO 8601), ``level``, ``logger``, then for an ``emit`` line its
+    ``event`` and every field (a value JSON cannot hold is written as its ``str``), for any other line its
+    ``message``; ``traceback`` when there is one. JSON escapes every control character, so a line is one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        data: dict[str, Any] = {"time": f"{stamp}.{int(record.msecs):03d}Z", "level": record.levelname.lower(),
+                                "logger": record.name}
+        event = getattr(record, EVENT_ATTR, None)
+        fields = getattr(record, FIELDS_ATTR, None)
+        if event is not None:
+            data["event"] = event
+        else:
+            data["message"] = record.getMessage()
+        if fields:
+            for key, value in fields.items():
+                if value is not None:
+                    data[f"field_{key}" if key in JSON_RESERVED_KEYS else key] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            data["traceback"] = record.exc_text
+        try:
+            return json.dumps(data, ensure_ascii=False, default=str, allow_nan=False)
+        except ValueError:  # NaN or an infinity somewhere: JSON has neither, so write those as strings
+            return json.dumps(_strings_for_non_finite(data), ensure_ascii=False, default=str, allow_nan=False)
+
+
+def _strings_for_non_finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _strings_for_non_finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strings_for_non_finite(v) for v in value]
+    return value
+
+
+#: ``logging.format`` → the formatter of the writer thread.
+FORMATTERS: dict[str, type[logging.Formatter]] = {"text": LogfmtFormatter, "json": JsonFormatter}
 
 Sink = Callable[[bytes], None]
 
@@ -231,9 +281,11 @@ def _default_sink() -> Sink:
         return stream_sink(sys.stderr)
 
 
-def configure_logging(level: str, *, queue_records: int = 10_000, sink: Sink | None = None) -> QueueingHandler:
+def configure_logging(level: str, *, queue_records: int = 10_000, sink: Sink | None = None,
+                      log_format: str = "text") -> QueueingHandler:
     """Route every ``trioscheduler`` logger through one :class:`QueueingHandler` (replacing any earlier one) that
-    writes to ``sink`` (default: the process's stderr) and holds at most ``queue_records`` records."""
+    writes to ``sink`` (default: the process's stderr) and holds at most ``queue_records`` records, formatted as
+    ``log_format`` ("text" or "json", see FORMATTERS)."""
     # Records carry nothing the formatter does not print: no caller lookup (a stack walk per record), no thread
     # or process names (the logging HOWTO's "Optimization" list).
     logging._srcfile = None
@@ -243,7 +295,7 @@ def configure_logging(level: str, *, queue_records: int = 10_000, sink: Sink | N
     root = logging.getLogger(ROOT_LOGGER)
     for old in root.handlers:
         old.close()
-    handler = QueueingHandler(sink or _default_sink(), queue_records)
+    handler = QueueingHandler(sink or _default_sink(), queue_records, formatter=FORMATTERS[log_format]())
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False

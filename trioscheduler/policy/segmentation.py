@@ -55,8 +55,15 @@ def pcm16_duration_ms(payload: bytes, sample_rate: int) -> float:
     return len(payload) * 1000.0 / (2 * sample_rate)
 
 
+class EmptyOpusPacket(ValueError):
+    """The payload declares a zero-length packet: an opus packet is at least one byte (RFC 6716 §3), so this is not
+    the length-prefixed framing. (The original's web client, switched to pcm16 without saying so, sent 256 ms of
+    silence, 8,192 zero bytes, that parse as 4,096 empty packets: 81.9 s of "audio".)"""
+
+
 def opus_packet_count(payload: bytes) -> int:
-    """Packets in the original's framing, ``[u16 little-endian length][packet]`` repeated; raises ValueError."""
+    """Packets in the original's framing, ``[u16 little-endian length][packet]`` repeated; raises ValueError (its
+    subclass EmptyOpusPacket for a zero-length packet)."""
     count = 0
     pos = 0
     end = len(payload)
@@ -64,6 +71,8 @@ def opus_packet_count(payload: bytes) -> int:
         if pos + 2 > end:
             raise ValueError(f"truncated opus length prefix at byte {pos}")
         (length,) = struct.unpack_from("<H", payload, pos)
+        if not length:
+            raise EmptyOpusPacket(f"opus packet {count} at byte {pos} declares zero length")
         pos += 2 + length
         if pos > end:
             raise ValueError(f"opus packet {count} declares {length} bytes past the end of the payload")
@@ -78,7 +87,8 @@ def unframed_opus_duration_ms(payload: bytes) -> float:
 
 
 def audio_duration_ms(payload: bytes, audio_format: str, sample_rate: int) -> float:
-    """Opus: one 20 ms frame per packet (the web client's VOIP framing); pcm16: exact. Raises ValueError."""
+    """Opus: one 20 ms frame per packet (the web client's VOIP framing); pcm16: exact. Raises ValueError
+    (EmptyOpusPacket for a payload that is not opus framing because it declares an empty packet)."""
     if audio_format == "opus":
         return opus_packet_count(payload) * OPUS_FRAME_MS
     return pcm16_duration_ms(payload, sample_rate)

@@ -29,6 +29,16 @@ class ErrorCode(enum.StrEnum):
     SESSION_AUDIO_LIMIT_EXCEEDED = "SESSION_AUDIO_LIMIT_EXCEEDED"
     #: The session has ``limits.max_session_outstanding`` utterances without an outcome already.
     SESSION_OUTSTANDING_LIMIT_EXCEEDED = "SESSION_OUTSTANDING_LIMIT_EXCEEDED"
+    # issue 14: the gateway (POST /v1/speech/translate, WS /v1/stream)
+    #: The tenant made more than ``gateway.requests_per_second`` (beyond ``gateway.burst``): HTTP 429.
+    RATE_LIMITED = "RATE_LIMITED"
+    #: ``gateway.max_concurrent_requests`` requests are running: HTTP 503.
+    GATEWAY_BUSY = "GATEWAY_BUSY"
+    #: A request body over ``gateway.max_body_bytes``: HTTP 413.
+    REQUEST_TOO_LARGE = "REQUEST_TOO_LARGE"
+    # -- operations (drain)
+    #: The scheduler is draining: no new session here; what a session still owed at the drain deadline.
+    SCHEDULER_DRAINING = "SCHEDULER_DRAINING"
 
 
 class CloseCode(enum.IntEnum):
@@ -42,6 +52,8 @@ class CloseCode(enum.IntEnum):
     #: A frame over ``limits.max_message_bytes``.
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    #: Service restart: the scheduler is draining; the client reconnects (to another scheduler).
+    SERVICE_RESTART = 1012
     #: No ``session_init`` / ``node_register`` (or ``utterance``) within ``limits.handshake_timeout_seconds``.
     HANDSHAKE_TIMEOUT = 4008
     #: The peer does not read what it is sent: its outbound queue reached ``limits.max_send_queue``.

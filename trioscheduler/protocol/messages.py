@@ -90,6 +90,8 @@ class SessionInit:
     audio_format: StreamAudioFormat = "opus"
     sample_rate: SampleRate = SampleRate(16000)
     pipeline: Pipeline | None = None
+    #: Progress events (``ui_event``) for this session's utterances; off unless asked for.
+    ui_events: bool | None = None
 
 
 @attrs.frozen
@@ -461,6 +463,8 @@ class JobAssign:
     is_manual_cut: bool | None = None
     is_timeout_triggered: bool | None = None
     is_max_duration_triggered: bool | None = None
+    #: The recent text of the session's open utterance group (groups.py); omitted when there is none.
+    context_text: str | None = None
 
 
 @attrs.frozen
@@ -470,3 +474,38 @@ class JobCancel:
     reason: JobCancelReason
     trace_id: str | None = None
 
+
+
+# ---------------------------------------------------------------------------------------------- issue 14: ui_event
+
+UiEventName = Literal["DISPATCHED", "NODE_ACCEPTED", "ASR_PARTIAL", "ASR_FINAL", "NMT_DONE", "ERROR"]
+
+
+@attrs.frozen
+class UiEvent:
+    """Progress of one utterance, sent only to a session whose session_init asked (``ui_events: true``)."""
+
+    TYPE: ClassVar[str] = "ui_event"
+    trace_id: str
+    session_id: str
+    job_id: str
+    utterance_index: int
+    event: UiEventName
+    #: Since the utterance was finalized, in milliseconds.
+    elapsed_ms: float
+    status: Literal["ok", "error"] = "ok"
+    error_code: str | None = None
+# -- operations (drain) ------------------------------------------------------------------------------------------
+
+#: node_control commands this scheduler sends: stop taking new jobs (running ones finish), or take them again.
+NodeControlCommand = Literal["drain", "resume"]
+
+
+@attrs.frozen
+class NodeControl:
+    """The original's ``node_control`` (command, reason?): its type lets any command string through; this
+    scheduler sends ``drain`` when an operator drains the node and ``resume`` when the drain is undone."""
+
+    TYPE: ClassVar[str] = "node_control"
+    command: NodeControlCommand
+    reason: str | None = None

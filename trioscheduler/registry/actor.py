@@ -26,12 +26,13 @@ import trio
 from trioscheduler.config import Config
 from trioscheduler.ids import new_job_id, new_node_id
 from trioscheduler.joblog import JobStages, log_job_done, log_outcome_done
-from trioscheduler.latency import DISPATCH_BUCKETS, SELECTION_BUCKETS, LatencyHistogram
+from trioscheduler.latency import DISPATCH_BUCKETS, RESULT_BUCKETS, SELECTION_BUCKETS, LatencyHistogram
 from trioscheduler.logs import emit
 from trioscheduler.policy.capability import NodeCapability, describe_keys
 from trioscheduler.policy.selection import MemberList, choose_node, rejection_reasons
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.errors import ErrorCode, ProtocolError
+from trioscheduler.registry import queries
 from trioscheduler.registry import requests as rq
 from trioscheduler.registry.node_index import NodeIndex
 from trioscheduler.registry.outcomes import (
@@ -45,6 +46,8 @@ from trioscheduler.registry.quarantine import failure_trips_quarantine
 from trioscheduler.registry.state import Job, JobState, NodeRecord
 from trioscheduler.registry.timers import TimerHeap
 from trioscheduler.registry.waiting import WaitingJobs
+from trioscheduler.timeline import JobHistory
+from trioscheduler.ui_events import job_event
 
 log = logging.getLogger("trioscheduler.registry")
 INFO, WARNING, DEBUG = logging.INFO, logging.WARNING, logging.DEBUG
@@ -91,7 +94,11 @@ class Registry:
         #: Time inside choose_node per selection, and finalize → job_assign queued for the node, per dispatch.
         self.selection_latency = LatencyHistogram(SELECTION_BUCKETS)
         self.dispatch_delay = LatencyHistogram(DISPATCH_BUCKETS)
+        #: Finalize of an utterance → its job's result (success or failure) accepted from the node.
+        self.result_latency = LatencyHistogram(RESULT_BUCKETS)
         self._timers = TimerHeap()
+        #: Recent jobs and their timelines, for the HTTP API (registry/queries.py).
+        self.history = JobHistory(config.observability.job_history_size)
         self._job_numbers = itertools.count()
         self._handlers: dict[type, Callable[[Any, float], None]] = {
             rq.Submit: self._on_submit,
@@ -103,6 +110,9 @@ class Registry:
             rq.Partial: self._on_partial,
             rq.NodeGone: self._on_node_gone,
             rq.Snapshot: self._on_snapshot,
+            rq.Accepted: self._on_accepted,
+            rq.NodeDrain: self._on_node_drain,
+            queries.Query: self._on_query,
         }
 
     # ------------------------------------------------------------------------------------------ the loop
@@ -214,6 +224,7 @@ class Registry:
         self.jobs_by_id[job.job_id] = job
         self.session_jobs.setdefault(spec.session_id, set()).add(job)
         self.counters["jobs_created"] += 1
+        queries.record_job(self.history, job)
         self._stage(job, "created", now, selection_key=spec.selection_key, cut=spec.cut_reason,
                     audio_bytes=spec.audio_size)
         self._place(job, now)
@@ -318,6 +329,8 @@ class Registry:
             self._dispatched_unready(job, node, ready)
         if not self._send_to_node(node, Dispatch(assign, spec.finalized_at, job.stages)):
             self._lose_node(node, "outbox_unavailable", now)
+        elif spec.ui_events:
+            self._ui_event(job, "DISPATCHED", now)
 
     def _dispatched_unready(self, job: Job, node: NodeRecord, ready: frozenset[str]) -> None:
         """No node with the job's services ready had room: the node serves the language pair (the original's
@@ -390,6 +403,7 @@ class Registry:
             node.jobs_failed += 1
             self._record_failure(node, now)
         job.last_failure = ErrorCode.JOB_TIMEOUT
+        self.counters["failovers_job_timeout"] += 1
         self._retry(job, now)
 
     def _pending_expired(self, job: Job, now: float) -> None:
@@ -417,6 +431,7 @@ class Registry:
                        f"gave up after {job.attempt} attempts (failover_max_attempts="
                        f"{self._sched.failover_max_attempts})", now)
             return
+        self._stage(job, "failover", now, reason=str(job.last_failure))
         node = self._select(job, now)
         if node is not None:
             self._dispatch(job, node, now)
@@ -478,6 +493,7 @@ class Registry:
             # connection may take it again. (A job that timed out keeps its node excluded: see _job_timed_out.)
             job.tried.discard(node.node_id)
             job.lost_on |= {node.node_id}
+            self.counters["failovers_node_lost"] += 1
             self._retry(job, now)
 
     # ------------------------------------------------------------------------------------------ outcomes
@@ -610,7 +626,11 @@ class Registry:
         self._offer_slots(node, now)
 
     def _reindex(self, node: NodeRecord, capability: NodeCapability, now: float) -> tuple[int, int]:
-        """Move the node to ``capability``'s index keys and count the pools made. Returns (created, removed)."""
+        """Move the node to ``capability``'s index keys and count the pools made. Returns (created, removed).
+        A draining node only keeps the capability: it is indexed again when its drain is undone."""
+        if node.draining:
+            node.capability = capability
+            return 0, 0
         created, removed = self.indexes.reindex(node, capability)
         if created:
             self.counters["pools_created"] += created
@@ -659,6 +679,7 @@ class Registry:
                 self.counters["results_dropped_duplicate_after_reconnect"] += 1
                 job.tried.add(job.node_id)
                 self._release_slot(job, now)
+                self.counters["failovers_duplicate_after_reconnect"] += 1
                 self._retry(job, now)
                 return
             if duplicate:
@@ -674,6 +695,7 @@ class Registry:
             if node is not None and spec.turn_id is not None and not node.answers_every_job:
                 self._close_merged(job, now)
             job.stages.result_at = now
+            self.result_latency.observe(now - spec.finalized_at)
             self._stage(job, "result", now, success=False, code=error.code)
             self._fail(job, error.code, error.message, now, details=error.details)
             return
@@ -682,6 +704,7 @@ class Registry:
             if spec.turn_id is not None and not node.answers_every_job:
                 self._close_merged(job, now)
         job.stages.result_at = now
+        self.result_latency.observe(now - spec.finalized_at)
         self._stage(job, "result", now, success=True)
         outcome = success_outcome(job, message, now)
         self.counters["outcome_result" if outcome.TYPE == m.TranslationResult.TYPE else "outcome_missing_silence"] += 1
@@ -713,7 +736,49 @@ class Registry:
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             self.counters["partials_undeliverable"] += 1
 
+    # ------------------------------------------------------------------------------------------ ui_event (issue 14)
+
+    def _on_accepted(self, request: rq.Accepted, now: float) -> None:
+        job, _ = self._accepting_node(request.link, request.job_id, request.attempt_id)
+        if job is not None and job.spec.ui_events:
+            self._ui_event(job, "NODE_ACCEPTED", now)
+
+    def _ui_event(self, job: Job, event: m.UiEventName, now: float) -> None:
+        """Best effort, like a partial: a session that does not read loses progress events, never outcomes."""
+        try:
+            job.sink.send_nowait(rq.Passthrough(job_event(job.spec, job.job_id, event, now)))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.counters["ui_events_undeliverable"] += 1
+    def _on_node_drain(self, request: rq.NodeDrain, now: float) -> None:
+        """Drain a node (out of every index, so no new job goes to it; its running jobs finish and free their
+        slots as usual) and send it ``node_control`` drain; or undo that (``resume``) and offer it waiting jobs."""
+        node = self.nodes.get(request.node_id)
+        if node is None or not node.alive:
+            request.reply.set(rq.UNKNOWN_NODE)
+            return
+        if request.draining != node.draining:
+            if request.draining:
+                removed = self.indexes.unindex(node, node.index_keys)
+                node.index_keys = frozenset()
+                node.draining = True
+                if removed:
+                    self.counters["pools_removed"] += removed
+            else:
+                node.draining = False
+                self._reindex(node, node.capability, now)
+            command: m.NodeControlCommand = "drain" if node.draining else "resume"
+            self.counters[f"nodes_{command}"] += 1
+            self._send_to_node(node, m.NodeControl(command=command, reason=f"operator_{command}"))
+            emit(log, WARNING, f"node_{command}", node_id=node.node_id, in_flight=node.in_flight,
+                 jobs=len(node.jobs))
+            if not node.draining:
+                self._offer_slots(node, now)
+        request.reply.set(node.draining)
+
     # ------------------------------------------------------------------------------------------ visibility
+
+    def _on_query(self, request: queries.Query, now: float) -> None:
+        queries.answer(self, request, now)
 
     def _on_snapshot(self, request: rq.Snapshot, now: float) -> None:
         if request.reply.abandoned:
@@ -735,6 +800,7 @@ class Registry:
                 "ready_services": None if node.capability.ready_services is None
                 else sorted(node.capability.ready_services),
                 "quarantined": node.quarantined_until > now,
+                "draining": node.draining,
                 "quarantined_for_s": max(0.0, round(node.quarantined_until - now, 3))
                 if math.isfinite(node.quarantined_until) else 0.0,
                 "last_heartbeat_age_s": round(now - node.last_heartbeat, 3),
@@ -744,19 +810,23 @@ class Registry:
             for node in self.nodes.values()
         ]
         pools = self.indexes.pools()
-        dispatched = sum(1 for job in self.jobs_by_key.values() if job.state is JobState.DISPATCHED)
+        in_flight_by_key: collections.Counter[str] = collections.Counter(
+            job.spec.selection_key for job in self.jobs_by_key.values() if job.state is JobState.DISPATCHED)
+        dispatched = sum(in_flight_by_key.values())
         snapshot = {
             "nodes": nodes,
             "pools": pools,
             "jobs": {"dispatched": dispatched, "waiting": len(self.waiting), "total": len(self.jobs_by_key)},
             "waiting_by_key": self.waiting.per_key(),
+            "in_flight_by_key": dict(in_flight_by_key),
             "slots": {"in_flight": sum(n.in_flight for n in self.nodes.values()),
                       "capacity": sum(n.capacity for n in self.nodes.values())},
             "sessions_with_jobs": sum(1 for jobs in self.session_jobs.values() if jobs),
             "inbox_pending": self._inbox.statistics().current_buffer_used,
             "counters": dict(self.counters),
             "latency": {"selection_seconds": self.selection_latency.snapshot(),
-                        "dispatch_delay_seconds": self.dispatch_delay.snapshot()},
+                        "dispatch_delay_seconds": self.dispatch_delay.snapshot(),
+                        "result_seconds": self.result_latency.snapshot()},
         }
         if detail:
             snapshot["job_list"] = [_job_view(job) for job in self.jobs_by_key.values()]
@@ -778,7 +848,8 @@ class Registry:
 
     def _stage(self, job: Job, stage: str, now: float, *, level: int = DEBUG, **fields: Any) -> None:
         """A stage line: ``debug``, or ``warning`` for trouble (deadline missed, node lost); the ``info`` summary
-        is the job's one ``job_done`` line (joblog.py)."""
+        is the job's one ``job_done`` line (joblog.py). Every stage also goes on the job's timeline."""
+        job.stages.timeline.append((stage, now, job.node_id, job.attempt, fields or None))
         if log.isEnabledFor(level):
             spec = job.spec
             emit(log, level, f"job_{stage}", session_id=spec.session_id, utterance_index=spec.utterance_index,
@@ -787,6 +858,8 @@ class Registry:
 
 
 def _node_state(node: NodeRecord, now: float) -> str:
+    if node.draining:
+        return "draining"
     if node.quarantined_until > now:
         return "quarantined"
     return "full" if node.in_flight >= node.capacity else "ready"

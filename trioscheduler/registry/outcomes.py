@@ -111,4 +111,5 @@ def job_assign(job: Job) -> m.JobAssign:
         is_manual_cut=spec.is_manual_cut or None,
         is_timeout_triggered=spec.is_timeout_triggered or None,
         is_max_duration_triggered=spec.is_max_duration_triggered or None,
+        context_text=spec.context_text,
     )

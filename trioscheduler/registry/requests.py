@@ -125,6 +125,9 @@ class JobSpec:
     tenant_id: str | None = None
     #: The client's own base64 when it sent the whole utterance (then ``audio`` is empty): forwarded as is.
     audio_b64: str | None = None
+    #: Issue 14: the session asked for ui_event progress messages; the recent text of its open utterance group.
+    ui_events: bool = False
+    context_text: str | None = None
 
     @property
     def audio_size(self) -> int:
@@ -210,6 +213,15 @@ class Partial:
 
 
 @attrs.define(eq=False)
+class Accepted:
+    """A node's job_ack or job_started (issue 14: NODE_ACCEPTED for sessions that asked for ui_events)."""
+
+    link: NodeLink
+    job_id: str
+    attempt_id: int | None
+
+
+@attrs.define(eq=False)
 class NodeGone:
     link: NodeLink
     reason: str
@@ -220,6 +232,21 @@ class Snapshot:
     reply: Reply
     #: Also list every job and the size of every job table (tests, operators' detail view); off for metrics.
     detail: bool = False
+
+
+#: NodeDrain's reply when no live node has the id; RegistryClient's answer when the registry did not answer.
+UNKNOWN_NODE = "unknown_node"
+NO_ANSWER = "no_answer"
+
+
+@attrs.define(eq=False)
+class NodeDrain:
+    """An operator drains a node (no new jobs; its running jobs finish) or undoes it. The reply is the node's
+    drain state afterwards (True or False), or UNKNOWN_NODE."""
+
+    node_id: str
+    draining: bool
+    reply: Reply
 
 
 class Notices:
@@ -355,16 +382,40 @@ class RegistryClient:
     async def partial(self, link: NodeLink, message: m.AsrPartialIn) -> None:
         await self._inbox.send(Partial(link, message))
 
+    async def accepted(self, link: NodeLink, job_id: str, attempt_id: int | None) -> None:
+        await self._inbox.send(Accepted(link, job_id, attempt_id))
+
     async def node_gone(self, link: NodeLink, reason: str) -> None:
         await self._inbox.send(NodeGone(link, reason))
 
+    async def ask(self, request: Any, reply: Reply, timeout: float) -> bool:
+        """Put ``request`` (which answers through ``reply``) in the inbox and wait for the answer; False when none
+        came within ``timeout`` seconds or the caller was cancelled: the request is abandoned then."""
+        try:
+            with trio.move_on_after(timeout):
+                await self._inbox.send(request)
+                await reply.event.wait()
+        finally:
+            if not reply.done:
+                reply.abandoned = True
+        return reply.done
+
     async def snapshot(self, timeout: float = 2.0, *, detail: bool = False) -> dict[str, Any] | None:
-        request = Snapshot(Reply(), detail)
+        return await self._ask(Snapshot(Reply(), detail), timeout)  # type: ignore[no-any-return]
+
+    async def set_node_draining(self, node_id: str, draining: bool, timeout: float = 2.0) -> bool | str:
+        """Drain the node or undo it. Returns its drain state afterwards, UNKNOWN_NODE when no live node has
+        ``node_id``, or NO_ANSWER when the registry did not answer within ``timeout``."""
+        answer = await self._ask(NodeDrain(node_id, draining, Reply()), timeout)
+        return NO_ANSWER if answer is None else answer
+
+    async def _ask(self, request: Any, timeout: float) -> Any:
+        """Send ``request`` (which has a ``reply``) and wait for its answer, at most ``timeout`` in all."""
         with trio.move_on_after(timeout):
             await self._inbox.send(request)
             await request.reply.event.wait()
         if request.reply.done:
-            return request.reply.value  # type: ignore[no-any-return]
+            return request.reply.value
         request.reply.abandoned = True
         return None
 

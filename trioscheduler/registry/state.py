@@ -42,6 +42,8 @@ class NodeRecord:
     #: The node said it answers every job (features_supported.answers_every_job): its unanswered jobs of a turn are
     #: never closed as merged.
     answers_every_job: bool = False
+    #: An operator drained it: out of every index (no new job), its running jobs finish (registry/node_drain.py).
+    draining: bool = False
 
     def serves(self, services: frozenset[str]) -> bool:
         return self.capability.serves(services)

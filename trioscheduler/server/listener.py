@@ -33,6 +33,8 @@ from wsproto import ConnectionType
 
 from trioscheduler.app import Scheduler, log_listening
 from trioscheduler.config import Config
+from trioscheduler.drain import run_drain
+from trioscheduler.gateway import STREAM_PATH, Gateway, serve_stream
 from trioscheduler.http import make_app
 from trioscheduler.transport import (
     EdgeWebSocketConnection,
@@ -154,8 +156,12 @@ class Door:
     """One ``serve_connection`` per accepted TCP connection; see the module docstring for its guarantees."""
 
     def __init__(self, scheduler: Scheduler, config: Config,
-                 http: Callable[[trio.abc.Stream], Awaitable[None]] | None = None) -> None:
+                 http: Callable[[trio.abc.Stream], Awaitable[None]] | None = None,
+                 gateway: Gateway | None = None) -> None:
         self._scheduler = scheduler
+        #: Serves STREAM_PATH when set (issue 14).
+        self._gateway = gateway
+        self._paths = (SESSION_PATH, NODE_PATH) if gateway is None else (SESSION_PATH, NODE_PATH, STREAM_PATH)
         self._edge = scheduler.edge
         self._limits = config.limits
         self._receive_buffer_size = config.server.receive_buffer_size
@@ -194,7 +200,7 @@ class Door:
         if head is None:
             return
         path = request_path(head)
-        if path not in (SESSION_PATH, NODE_PATH):
+        if path is None or path not in self._paths:
             if path is not None and self._http is not None:
                 await self._http(PrefixedStream(stream, head))
             elif path is None:
@@ -204,6 +210,11 @@ class Door:
                 edge.counters["refused_unknown_path"] += 1
                 await self._refuse(stream, http_response(404, "Not Found",
                                                          "unknown path; use /ws/session or /ws/node\n"))
+            return
+        if path == SESSION_PATH and self._scheduler.drain.draining:
+            edge.counters["refused_draining"] += 1
+            await self._refuse(stream, http_response(503, "Service Unavailable",
+                                                     "scheduler draining; open the session on another scheduler\n"))
             return
         if edge.open >= self._limits.max_connections:
             edge.counters["refused_at_capacity"] += 1
@@ -263,6 +274,8 @@ class Door:
                 transport = WebSocketTransport(ws, peer)
                 if path == SESSION_PATH:
                     await self._scheduler.handle_session(transport)
+                elif path == STREAM_PATH and self._gateway is not None:
+                    await serve_stream(self._gateway, transport)
                 else:
                     await self._scheduler.handle_node(transport)
             finally:
@@ -324,10 +337,13 @@ async def serve(
     server = config.server
     async with trio.open_nursery() as nursery:
         await nursery.start(scheduler.run)
+        nursery.start_soon(run_drain, scheduler.drain, lambda: scheduler.sessions.live, nursery.cancel_scope)
         one_port = server.port != 0 and server.http_port == server.port
-        http = _hypercorn_connection(make_app(scheduler), _hypercorn_config(server.host, server.port)) \
+        gateway = Gateway(scheduler.client, config) if config.gateway.enabled else None
+        scheduler.gateway = gateway
+        http = _hypercorn_connection(make_app(scheduler, gateway), _hypercorn_config(server.host, server.port)) \
             if one_port else None
-        door = Door(scheduler, config, http)
+        door = Door(scheduler, config, http, gateway)
         listeners = await nursery.start(functools.partial(
             trio.serve_tcp, door.serve_connection, server.port, host=server.host))
         port = listeners[0].socket.getsockname()[1]
@@ -335,10 +351,11 @@ async def serve(
             http_port = port
         else:
             binds = await nursery.start(functools.partial(
-                hypercorn_serve, make_app(scheduler), _hypercorn_config(server.host, server.http_port)))
+                hypercorn_serve, make_app(scheduler, gateway), _hypercorn_config(server.host, server.http_port)))
             http_port = _bound_port(binds)
         listening = Listening(server.host, port, http_port)
         log_listening("sessions", listening.session_url)
         log_listening("nodes", listening.node_url)
         log_listening("http", listening.http_url)
+        scheduler.drain.listening = True
         task_status.started(listening)

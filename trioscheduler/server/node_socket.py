@@ -190,6 +190,7 @@ class NodeConnection:
         elif isinstance(message, (m.JobAck, m.JobStarted)):
             emit(log, DEBUG, f"node_{message.TYPE}", node_id=self._node_id, job_id=message.job_id,
                  attempt_id=message.attempt_id)
+            await self._registry.accepted(self._link, message.job_id, message.attempt_id)
         else:  # node_error, error
             emit(log, WARNING, "node_reported_error", node_id=self._node_id, code=message.code,
                  error=message.message)

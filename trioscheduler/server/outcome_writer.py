@@ -33,6 +33,7 @@ import attrs
 import trio
 
 from trioscheduler.config import Config
+from trioscheduler.groups import Placement, UtteranceGroups, new_group_id
 from trioscheduler.joblog import log as job_log
 from trioscheduler.joblog import log_outcome_done
 from trioscheduler.logs import emit
@@ -43,6 +44,7 @@ from trioscheduler.protocol.errors import CloseCode, ErrorCode
 from trioscheduler.registry.requests import Outcome, Passthrough, RegistryClient
 from trioscheduler.server.session_state import SessionState
 from trioscheduler.transport import Transport, TransportClosed
+from trioscheduler.ui_events import outcome_events, partial_event
 from trioscheduler.wallclock import wall_ms
 
 log = logging.getLogger("trioscheduler.server.session_socket")
@@ -82,6 +84,9 @@ class CloseSession:
     session_id: str
     done: trio.Event
     deadline: float
+    #: A drain's close (trioscheduler/drain.py): no session_close_ack, and what is owed at ``deadline`` becomes
+    #: ``error`` SCHEDULER_DRAINING rather than missing_result.
+    drain: bool = False
 
 
 class OutcomeWriter:
@@ -292,6 +297,9 @@ class OutcomeWriter:
                         self._counters["outcomes_dropped_after_close"] += 1
                         continue
                     await self._send(item.message)
+                    if type(item.message) is m.AsrPartialOut and self._wants_ui_events():
+                        await self._send(partial_event(item.message, owed.get(item.message.utterance_index),
+                                                       trio.current_time()))
                 case Expect():
                     if orderer is None:
                         orderer = self._orderer = self._new_orderer()
@@ -311,7 +319,8 @@ class OutcomeWriter:
             if closing is not None and not owed:
                 if orderer is not None:
                     await self._release(orderer.drain())
-                await self._send(m.SessionCloseAck(session_id=closing.session_id))
+                if not closing.drain:
+                    await self._send(m.SessionCloseAck(session_id=closing.session_id))
                 self._closed_sessions += (closing.session_id,)
                 closing.done.set()
                 self._closing = None
@@ -331,7 +340,7 @@ class OutcomeWriter:
         released = orderer.drain() if orderer is not None else []
         after = orderer.next_index if orderer is not None else 0
         released += [Release(index, None) for index in sorted(owed) if index >= after]
-        await self._release(released, missing_reason="session_closed")
+        await self._release(released, missing_reason="session_closed", drain=self._closing.drain)
         owed.clear()
 
     def _new_orderer(self) -> ResultOrderer[Any]:
@@ -357,14 +366,30 @@ class OutcomeWriter:
         except Exception:
             log.exception("cancelling jobs of session %s failed", session_id)
 
-    async def _send(self, message: Any) -> None:
+    def _wants_ui_events(self) -> bool:
+        session = self.session
+        return session is not None and bool(session.init.ui_events)
+
+    def _place_in_group(self, session: SessionState, text: str, now: float) -> Placement:
+        """Issue 14: the result joins the session's utterance group (groups.py), made with its first result."""
+        groups = session.groups
+        if groups is None:
+            config = self._config.groups
+            groups = session.groups = UtteranceGroups(config.window_ms / 1000.0, config.max_parts,
+                                                      config.max_context_chars, new_group_id)
+        return groups.add(text, now)
+
+    async def _send(self, message: Any, group: Placement | None = None) -> None:
         """Write one message. A message that cannot be encoded is that message's failure, never the socket's: an
         outcome becomes ``error INTERNAL_ERROR`` for its utterance (still exactly one outcome), anything else is
-        logged and dropped."""
+        logged and dropped. ``group`` is a translation_result's place in its utterance group."""
         try:
             if type(message) is m.TranslationResult:
                 wire = to_wire(message)
                 wire["scheduler_sent_at_ms"] = wall_ms()  # when it leaves, not when the registry built it
+                if group is not None:
+                    wire["group_id"] = group.group_id
+                    wire["part_index"] = group.part_index
                 text = encode_wire(wire)
             else:
                 text = encode(message)
@@ -381,17 +406,20 @@ class OutcomeWriter:
                 trace_id=getattr(message, "trace_id", None)))
         await self._transport.send_message(text)
 
-    async def _release(self, released: list[Any], missing_reason: m.MissingResultReason = "gap_timeout") -> None:
+    async def _release(self, released: list[Any], missing_reason: m.MissingResultReason = "gap_timeout",
+                       drain: bool = False) -> None:
         session = self.session
         owed = self._owed
         now = trio.current_time()
+        ui_events = session is not None and bool(session.init.ui_events)
         for release in released:
             index = release.utterance_index
             finalized_at = owed.pop(index, None)
             if release.outcome is None:
                 if session is None:
                     continue
-                message: Any = self._missing(session, index, missing_reason, finalized_at is not None)
+                message: Any = self._draining_error(session, index) if drain else \
+                    self._missing(session, index, missing_reason, finalized_at is not None)
                 job_id = None
                 stages = None
             else:
@@ -402,15 +430,33 @@ class OutcomeWriter:
                     self._counters["outcomes_released_ahead"] += 1
                 if release.late:
                     self._counters["outcomes_released_late"] += 1
-            await self._send(message)
+            group = None
+            if (type(message) is m.TranslationResult and session is not None
+                    and message.session_id == session.session_id and message.text_asr.strip()):
+                group = self._place_in_group(session, message.text_asr.strip(), now)
+            await self._send(message, group)
+            if ui_events:
+                for event in outcome_events(message, finalized_at, now):
+                    await self._send(event)
             self._counters[f"delivered_{message.TYPE}"] += 1
-            if stages is not None and job_log.isEnabledFor(INFO):
-                log_outcome_done(stages, message, delivered_at=trio.current_time())
+            if stages is not None:
+                stages.delivered(trio.current_time())
+                if job_log.isEnabledFor(INFO):
+                    log_outcome_done(stages, message, delivered_at=trio.current_time())
             if log.isEnabledFor(DEBUG):
                 emit(log, DEBUG, "job_delivered", session_id=getattr(message, "session_id", None),
                      utterance_index=index, job_id=job_id, node_id=getattr(message, "node_id", None),
                      trace_id=getattr(message, "trace_id", None), kind=message.TYPE,
                      elapsed_ms=None if finalized_at is None else round((now - finalized_at) * 1000.0, 3))
+
+    def _draining_error(self, session: SessionState, index: int) -> m.ErrorMessage:
+        """The outcome of an index still owed at the drain deadline (its job is cancelled by the session's end)."""
+        self._counters["outcome_error_SCHEDULER_DRAINING"] += 1
+        emit(log, WARNING, "job_deadline_missed", session_id=session.session_id, utterance_index=index,
+             trace_id=session.trace_id, stage="drain", why="no outcome within server.drain_timeout_seconds")
+        return m.ErrorMessage(code=ErrorCode.SCHEDULER_DRAINING,
+                              message="scheduler draining: no outcome within server.drain_timeout_seconds",
+                              session_id=session.session_id, utterance_index=index, trace_id=session.trace_id)
 
     def _missing(self, session: SessionState, index: int, reason: m.MissingResultReason,
                  owed: bool) -> m.MissingResult:

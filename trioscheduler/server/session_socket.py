@@ -21,12 +21,14 @@ import math
 import sys
 from typing import Any
 
+import attrs
 import trio
 
 from trioscheduler.config import Config
+from trioscheduler.drain import DrainControl
 from trioscheduler.ids import new_session_id, random_uuid
 from trioscheduler.logs import emit
-from trioscheduler.policy.segmentation import Cut, audio_duration_ms, unframed_opus_duration_ms
+from trioscheduler.policy.segmentation import Cut, EmptyOpusPacket, audio_duration_ms, unframed_opus_duration_ms
 from trioscheduler.principal import ANONYMOUS, Principal
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import client_codec, decode_base64
@@ -59,7 +61,7 @@ class SessionMetrics:
 
 class SessionConnection:
     __slots__ = ("_transport", "_registry", "_config", "_codec", "_metrics", "_state", "_writer", "_early_frames",
-                 "_handshake_deadline", "_principal")
+                 "_handshake_deadline", "_principal", "_drain", "_wait_scope")
 
     def __init__(
         self,
@@ -69,8 +71,13 @@ class SessionConnection:
         metrics: SessionMetrics,
         tasks: trio.Nursery,
         principal: Principal = ANONYMOUS,
+        *,
+        drain: DrainControl | None = None,
     ) -> None:
         self._transport = transport
+        #: The scheduler's drain (trioscheduler/drain.py), and the reader's current wait, which a drain wakes.
+        self._drain = drain
+        self._wait_scope: trio.CancelScope | None = None
         #: Who this socket acts as (set by the door; ANONYMOUS when authentication is off).
         self._principal = principal
         self._registry = registry
@@ -97,6 +104,15 @@ class SessionConnection:
         }
 
     @property
+    def state(self) -> SessionState | None:
+        """The open session (None before its session_init and between sessions); read by the HTTP API."""
+        return self._state
+
+    @property
+    def peer(self) -> str:
+        return self._transport.peer
+
+    @property
     def writer_running(self) -> bool:
         """Whether the writer task exists now; false for an idle session."""
         return self._writer.running
@@ -114,6 +130,8 @@ class SessionConnection:
             raise
         finally:
             metrics.live.discard(self)
+            if self._drain is not None:
+                self._drain.session_closed()
             writer.end()  # no writer starts after this, and a waiting one ends
             state = self._state
             if state is not None:
@@ -128,6 +146,11 @@ class SessionConnection:
         transport = self._transport
         while True:
             state = self._state
+            drain = self._drain
+            if drain is not None and drain.draining and (state is None or drain.expired
+                                                         or state.segmenter.buffered_bytes == 0):
+                await self._close_for_drain(drain, state)
+                return
             if state is None:
                 deadline: float | None = self._handshake_deadline
                 if deadline == math.inf:
@@ -139,19 +162,17 @@ class SessionConnection:
                 frame = early.pop(0)
                 if not early:
                     self._early_frames = None
-            elif deadline is None:
-                try:
-                    frame = await transport.get_message()
-                except TransportClosed:
-                    return
             else:
                 frame = None
-                with trio.move_on_at(deadline):
+                with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as self._wait_scope:
                     try:
                         frame = await transport.get_message()
                     except TransportClosed:
                         return
+                self._wait_scope = None
                 if frame is None:
+                    if deadline is None or trio.current_time() < deadline:
+                        continue  # woken by a drain: the top of the loop decides
                     if state is None:
                         await self._handshake_timed_out()
                         return
@@ -209,7 +230,10 @@ class SessionConnection:
             case m.ClientHeartbeat():
                 self._send_now(m.ServerHeartbeat(session_id=state.session_id, timestamp=wall_ms()))
             case m.TtsStarted() | m.TtsPlayEnded():
-                state.segmenter.restart_pause_clock(trio.current_time())
+                now = trio.current_time()
+                state.segmenter.restart_pause_clock(now)
+                if state.groups is not None:
+                    state.groups.touch(message.group_id, now)
             case m.SessionClose():
                 await self._on_close(state, message)
 
@@ -238,6 +262,15 @@ class SessionConnection:
         payload = decode_base64(message.payload or "", "payload")
         try:
             duration = audio_duration_ms(payload, state.audio_format, state.sample_rate)
+        except EmptyOpusPacket as exc:
+            # Issue 14: not opus framing, and not known to be audio time either (the original's client sent pcm16
+            # silence as "opus"): kept, counted as unframed, and adds nothing to the utterance's duration, so it
+            # cannot force a max-duration cut (max_buffer_bytes still bounds it).
+            duration = 0.0
+            self._metrics.counters["opus_payloads_unframed"] += 1
+            self._metrics.counters["opus_payloads_empty_packets"] += 1
+            emit(log, WARNING, "opus_payload_unframed", session_id=state.session_id, error=str(exc),
+                 bytes=len(payload), estimated_ms=0.0)
         except ValueError as exc:
             # Not in the length-prefixed framing. The original never checked it, so rejecting would lose the
             # audio of clients that worked with it: keep the bytes, estimate as the original did, and say so.
@@ -293,6 +326,8 @@ class SessionConnection:
                 session_id=spec.session_id, utterance_index=index, trace_id=spec.trace_id), ""))
             return
         state.jobs.hold(index, audio_bytes)
+        if state.groups is not None or state.init.ui_events:
+            spec = _with_group_context(state, spec)
         deadline_ms = self._config.scheduler.selection_deadline_ms
         reply = await self._registry.submit(spec, writer, spec.finalized_at + deadline_ms / 1000.0)
         if reply is not None:
@@ -357,5 +392,63 @@ class SessionConnection:
         if gone:
             raise TransportClosed
 
+    # ------------------------------------------------------------------------------------------ drain
+
+    def wake_for_drain(self) -> None:
+        """A drain started or reached its deadline: a reader waiting for a frame looks at it now."""
+        scope = self._wait_scope
+        if scope is not None:
+            scope.cancel()
+
+    async def _close_for_drain(self, drain: DrainControl, state: SessionState | None) -> None:
+        """At an utterance boundary (or the drain deadline): read no more audio, deliver every outcome owed (those
+        still owed at the deadline, and a cut of what was buffered then, as SCHEDULER_DRAINING errors), then close
+        with CloseCode.SERVICE_RESTART. A socket without a session gets ``error`` SCHEDULER_DRAINING first."""
+        counters = self._metrics.counters
+        writer = self._writer
+        now = trio.current_time()
+        try:
+            if state is None:
+                counters["sessions_refused_draining"] += 1
+                self._send_now(m.ErrorMessage(code=ErrorCode.SCHEDULER_DRAINING,
+                                              message="scheduler draining: open the session on another scheduler"))
+            else:
+                cut = state.segmenter.flush() if drain.expired else None
+                if cut is not None:
+                    self._refuse_for_drain(state, now)
+                counters["sessions_drained"] += 1
+                emit(log, INFO, "session_draining", session_id=state.session_id, at_deadline=drain.expired,
+                     cut_at_deadline=cut is not None, jobs_outstanding=len(state.jobs))
+            done = trio.Event()
+            deadline = now if drain.expired else drain.deadline
+            writer.send_nowait(CloseSession(state.session_id if state else "", done, deadline, drain=True))
+            await self._read_while_closing(done)
+        except (TransportClosed, trio.ClosedResourceError):
+            return
+        await writer.close(CloseCode.SERVICE_RESTART, "scheduler draining")
+
+    def _refuse_for_drain(self, state: SessionState, now: float) -> None:
+        """The audio buffered at the drain deadline, cut: its outcome is SCHEDULER_DRAINING (it is not scheduled)."""
+        index = state.next_index
+        state.used.add(index)
+        state.next_index = index + 1
+        self._metrics.counters["utterances_finalized"] += 1
+        self._writer.send_nowait(Expect(index, now))
+        self._writer.send_nowait(Outcome(index, m.ErrorMessage(
+            code=ErrorCode.SCHEDULER_DRAINING, message="scheduler draining: utterance cut at the drain deadline, "
+                                                       "not scheduled",
+            session_id=state.session_id, utterance_index=index, trace_id=state.trace_id), ""))
+
     def _send_now(self, message: Any) -> None:
         self._writer.send_nowait(Send(message))
+
+
+def _with_group_context(state: SessionState, spec: JobSpec) -> JobSpec:
+    """Issue 14: the job carries the session's wish for ui_events and its open group's recent text (context_text);
+    only sessions with a group or ui_events pay for this copy."""
+    groups = state.groups
+    context = groups.context_text(spec.finalized_at) if groups is not None else None
+    ui_events = bool(state.init.ui_events)
+    if context is None and not ui_events:
+        return spec
+    return attrs.evolve(spec, context_text=context, ui_events=ui_events)

@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 
 from trioscheduler.config import LimitsConfig, SegmentationConfig
+from trioscheduler.groups import UtteranceGroups
 from trioscheduler.ids import random_uuid
 from trioscheduler.policy.capability import ANY_SOURCE, direction_key, normalise_language, pool_name
 from trioscheduler.policy.segmentation import Segmenter
@@ -119,6 +120,8 @@ class SessionState:
     next_index: int = 0
     used: IndexSet = attrs.field(factory=IndexSet)
     jobs: JobBudget = attrs.field(factory=JobBudget)
+    #: The session's utterance groups (issue 14), made with its first result.
+    groups: UtteranceGroups | None = None
 
 
 def selection_key_for(src: str, tgt: str, mode: str | None, lang_a: str | None, lang_b: str | None) -> str:
