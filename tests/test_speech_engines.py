@@ -9,6 +9,7 @@ import struct
 from array import array
 
 import pytest
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -155,6 +156,38 @@ async def test_fast_speech_survives_resampling_to_16_khz() -> None:
     speech = await EspeakSynthesizer(words_per_minute=175).synthesize(SPOKEN, "en")
     heard = set((await PocketsphinxRecognizer().recognize(resample(speech, 16000))).split())
     assert {"hello", "world"} <= heard, heard
+
+
+async def test_one_decoder_serves_concurrent_utterances_one_at_a_time() -> None:
+    require_speech_engines()
+    speech = await EspeakSynthesizer().synthesize(SPOKEN, "en")
+    recognizer = PocketsphinxRecognizer(decoders=1)
+    heard: list[str] = []
+
+    async def one() -> None:
+        heard.append(await recognizer.recognize(speech))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(one)
+    assert recognizer._created == 1
+    assert len(heard) == 3 and len(set(heard)) == 1
+    assert len(set(heard[0].split()) & SPOKEN_WORDS) >= 3
+
+
+@given(audio=st.binary(max_size=600), audio_format=st.sampled_from(["pcm16", "wav", "opus", "OPUS ", "mp3"]),
+       sample_rate=st.sampled_from([8000, 16000, 22050, 48000]))
+def test_decode_refuses_what_it_cannot_read_with_a_value_error(audio: bytes, audio_format: str,
+                                                                sample_rate: int) -> None:
+    """Whatever a client sent as audio, decoding either gives pcm16 or raises ValueError (→ INVALID_AUDIO)."""
+    from trioscheduler import opus
+
+    pipeline = SpeechPipeline(opus_decoder=opus.decode)
+    try:
+        pcm = pipeline.decode(audio, audio_format, sample_rate)
+    except ValueError:
+        return
+    assert len(pcm.samples) % 2 == 0
 
 
 # --- the pipeline ------------------------------------------------------------------------------------------------
