@@ -43,6 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-audio-s", type=float, default=60.0,
                         help="longest utterance decoded; longer ones fail with AUDIO_TOO_LONG (default: %(default)s)")
     parser.add_argument("--words-per-minute", type=int, default=140, help="espeak-ng speed (default: %(default)s)")
+    parser.add_argument("--tts-max-chars", type=int, default=1000,
+                        help="characters of a translation spoken, the rest dropped (default: %(default)s)")
+    parser.add_argument("--tts-timeout-s", type=float, default=20.0,
+                        help="espeak-ng is killed after this; the job fails with TTS_FAILED (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if args.capacity < 1:
@@ -52,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def main_async(args: argparse.Namespace) -> None:
     pipeline = build_pipeline(capacity=args.capacity, max_audio_s=args.max_audio_s,
-                              words_per_minute=args.words_per_minute)
+                              words_per_minute=args.words_per_minute, tts_max_chars=args.tts_max_chars,
+                              tts_timeout_s=args.tts_timeout_s)
     languages = tuple(lang.strip() for lang in args.languages.split(",") if lang.strip())
     logging.getLogger(__name__).info("speech node: ASR pocketsphinx (en), translation %s, TTS espeak-ng",
                                      pipeline.translator.name)

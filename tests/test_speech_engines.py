@@ -7,9 +7,11 @@ import contextlib
 import os
 import struct
 from array import array
+from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,13 +23,14 @@ from trioscheduler.speech import (
     Pcm16,
     PocketsphinxRecognizer,
     SpeechPipeline,
+    SynthesisError,
     missing_requirements,
     parse_wav,
     resample,
     rms,
     wav_bytes,
 )
-from trioscheduler.speech.pipeline import AUDIO_TOO_LONG, INVALID_AUDIO, UNSUPPORTED_LANGUAGE
+from trioscheduler.speech.pipeline import AUDIO_TOO_LONG, INVALID_AUDIO, TTS_FAILED, UNSUPPORTED_LANGUAGE
 
 SPOKEN = "hello world one two three"
 SPOKEN_WORDS = set(SPOKEN.split())
@@ -140,6 +143,28 @@ async def test_espeak_text_is_cut_to_max_chars() -> None:
     require_speech_engines()
     short = await EspeakSynthesizer(max_chars=5).synthesize("hello " * 40, "en")
     assert short.duration_s < 1.5
+
+
+@pytest.mark.parametrize("script", ["#!/bin/sh\nexit 3\n", "#!/bin/sh\nexec sleep 60\n", "#!/bin/sh\necho no\n",
+                                    None])
+async def test_a_synthesis_that_fails_is_tts_failed(script: str | None, tmp_path: Path,
+                                                    autojump_clock: trio.testing.MockClock) -> None:
+    """espeak-ng exiting non-zero, hanging past timeout_s (killed), writing no WAV, or missing: TTS_FAILED."""
+    binary = tmp_path / "espeak-ng"
+    if script is not None:
+        binary.write_text(script)
+        binary.chmod(0o755)
+    synthesizer = EspeakSynthesizer(binary=str(binary), timeout_s=5.0)
+    with pytest.raises(SynthesisError):
+        await synthesizer.synthesize("hello", "en")
+
+    class Hears:
+        async def recognize(self, audio: Pcm16) -> str:
+            return "hello"
+
+    pipeline = SpeechPipeline(recognizer=Hears(), synthesizer=synthesizer)  # type: ignore[arg-type]
+    outcome = await pipeline.run(tone(0.5, 16000).samples, "pcm16", 16000, "en", "de")
+    assert outcome.error_code == TTS_FAILED, outcome
 
 
 async def test_pocketsphinx_hears_espeak() -> None:

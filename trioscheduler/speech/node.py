@@ -29,13 +29,15 @@ SPEECH_NODE_LANGUAGES = ("en", "zh", "de")
 
 
 def build_pipeline(*, capacity: int = 2, translator: Translator | None = None, max_audio_s: float = 60.0,
-                   words_per_minute: int = 140) -> SpeechPipeline:
+                   words_per_minute: int = 140, tts_max_chars: int = 1000, tts_timeout_s: float = 20.0
+                   ) -> SpeechPipeline:
     """A pipeline with ``capacity`` pocketsphinx decoders, opus decoding by the SDK and ``translator`` (the
     glossary by default)."""
     return SpeechPipeline(
         recognizer=PocketsphinxRecognizer(decoders=capacity),
         translator=translator if translator is not None else GlossaryTranslator(),
-        synthesizer=EspeakSynthesizer(words_per_minute=words_per_minute),
+        synthesizer=EspeakSynthesizer(words_per_minute=words_per_minute, max_chars=tts_max_chars,
+                                      timeout_s=tts_timeout_s),
         opus_decoder=opus.decode,
         max_audio_s=max_audio_s,
     )

@@ -26,6 +26,11 @@ def espeak_path() -> str | None:
     return shutil.which(ESPEAK_BINARY)
 
 
+async def _kill(process: trio.Process) -> None:
+    """espeak-ng has nothing to clean up: a cancelled synthesis is killed at once."""
+    process.kill()
+
+
 class EspeakSynthesizer:
     """Text → mono pcm16 speech in one of :data:`VOICES` (espeak-ng writes 22 050 Hz)."""
 
@@ -45,8 +50,11 @@ class EspeakSynthesizer:
         voice = VOICES[language.strip().lower()]
         command = [self.binary, "-v", voice, "-s", str(self.words_per_minute), "--stdout"]
         with trio.move_on_after(self.timeout_s) as scope:
-            done = await trio.run_process(command, stdin=text[:self.max_chars].encode(), capture_stdout=True,
-                                          capture_stderr=True, check=False)
+            try:
+                done = await trio.run_process(command, stdin=text[:self.max_chars].encode(), capture_stdout=True,
+                                              capture_stderr=True, check=False, deliver_cancel=_kill)
+            except OSError as exc:
+                raise SynthesisError(f"cannot run {self.binary}: {exc}") from exc
         if scope.cancelled_caught:
             raise SynthesisError(f"espeak-ng took longer than {self.timeout_s} s")
         if done.returncode != 0:
