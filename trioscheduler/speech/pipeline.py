@@ -95,6 +95,10 @@ class SpeechPipeline:
             return Pcm16(self.opus_decoder(audio, sample_rate), sample_rate)
         raise AudioFormatError(f"unknown audio format {audio_format!r}")
 
+    def _decode_and_measure(self, audio: bytes, audio_format: str, sample_rate: int) -> tuple[Pcm16, float]:
+        pcm = self.decode(audio, audio_format, sample_rate)
+        return pcm, rms(pcm.samples)
+
     async def run(self, audio: bytes, audio_format: str, sample_rate: int, src_lang: str, tgt_lang: str,
                   *, use_tts: bool = True) -> SpeechOutcome:
         """Recognise, translate and (with ``use_tts``) speak one utterance."""
@@ -105,12 +109,13 @@ class SpeechPipeline:
             return _failure(UNSUPPORTED_LANGUAGE, f"this node cannot speak {tgt!r}")
         started = time.monotonic()
         try:
-            pcm = await trio.to_thread.run_sync(self.decode, audio, audio_format, sample_rate)
+            # decoding and loudness are blocking work on the whole utterance: off the event loop
+            pcm, loudness = await trio.to_thread.run_sync(self._decode_and_measure, audio, audio_format, sample_rate)
         except (AudioFormatError, ValueError) as exc:
             return _failure(INVALID_AUDIO, str(exc))
         if pcm.duration_s > self.max_audio_s:
             return _failure(AUDIO_TOO_LONG, f"{pcm.duration_s:.1f} s of audio, at most {self.max_audio_s} s")
-        text_asr = await self.recognizer.recognize(pcm) if rms(pcm.samples) >= self.silence_rms else ""
+        text_asr = await self.recognizer.recognize(pcm) if loudness >= self.silence_rms else ""
         asr_done = time.monotonic()
         if not text_asr:
             return SpeechOutcome(timings_ms={"asr_ms": _ms(asr_done - started), "total_ms": _ms(asr_done - started)})
