@@ -6,9 +6,9 @@
     python examples/sim_node.py --mode original --cpu-services tts # like the original's node agent
 
 Each node is a :class:`trioscheduler.sim.SimNode`, built on the node SDK's connection layer
-(:class:`trioscheduler.node.NodeAgent`): it reconnects with backoff (0.5 s doubling to 10 s, ``--jitter`` to spread
-nodes out) when the scheduler goes away, keeps its node_id across reconnects, and logs one line per job. They run
-until stopped (Ctrl-C). To write a node of your own, use ``trioscheduler.node.run`` (docs/sdk.md).
+(:class:`trioscheduler.node_agent.NodeAgent`): it reconnects with backoff (0.5 s doubling to 10 s, ``--jitter``
+to spread nodes out) when the scheduler goes away, keeps its node_id across reconnects, and logs one line per job.
+They run until stopped (Ctrl-C). To write a node of your own, use ``trioscheduler.node.run`` (docs/sdk.md).
 
 ``--mode every_job`` (default) answers every job and says so in node_register (``answers_every_job``).
 ``--mode original`` behaves like the original system's node agent: a job with no cut flag (``is_manual_cut``,

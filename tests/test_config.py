@@ -257,7 +257,8 @@ def test_non_positive_or_infinite_floats_are_rejected(which, value: float) -> No
 
 #: The smallest accepted value of each integer key: ports take 0 (the OS picks), counts of retries or padding
 #: take 0, everything else starts at 1; ports end at 65535.
-INT_MINIMUM = {"port": 0, "http_port": 0, "failover_max_attempts": 0, "padding_manual_ms": 0, "padding_auto_ms": 0}
+INT_MINIMUM = {"port": 0, "http_port": 0, "failover_max_attempts": 0, "padding_manual_ms": 0, "padding_auto_ms": 0,
+               "job_history_size": 0}
 
 
 @given(which=st.sampled_from(INT_KEYS), below=st.integers(1, 10**6), data=st.data())
@@ -432,6 +433,15 @@ def _value_strategy(section: str, field: attrs.Attribute) -> st.SearchStrategy: 
         return st.floats(min_value=1e-9, max_value=1e12, allow_nan=False, allow_infinity=False)
     if field.type is int:
         return st.integers(INT_MINIMUM.get(field.name, 1), 65535 if field.name in ("port", "http_port") else 2**40)
+    # issue 10: lists of strings (origins, tokens) and the api_keys table (key -> tenant id)
+    item = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1,
+                   max_size=20).filter(lambda text: not text.startswith("sha256:"))
+    if field.name == "connections_per_address_exempt":
+        return st.lists(st.sampled_from(["10.0.0.7", "10.0.0.0/8", "::1/128", "fd00::/8"]), max_size=3).map(tuple)
+    if field.type == tuple[str, ...]:
+        return st.lists(item, max_size=3).map(tuple)
+    if field.type == dict[str, str]:
+        return st.dictionaries(item, item, max_size=3)
     raise AssertionError(f"no strategy for {section}.{field.name}: {field.type!r}")
 
 
@@ -451,6 +461,10 @@ def _toml_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, str):  # a TOML basic string: control characters, quote and backslash as \uXXXX
         return '"' + "".join(f"\\u{ord(c):04x}" if ord(c) < 0x20 or c in '\x7f"\\' else c for c in value) + '"'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     return repr(value)
 
 
@@ -463,7 +477,9 @@ def to_toml(values: dict[str, dict[str, object]]) -> str:
 
 def to_environ(values: dict[str, dict[str, object]]) -> dict[str, str]:
     return {f"TRIOSCHEDULER_{section.upper()}_{key.upper()}": (str(value).lower() if isinstance(value, bool)
-                                                              else value if isinstance(value, str) else repr(value))
+                                                              else value if isinstance(value, str)
+                                                              else _toml_value(value) if isinstance(value, tuple | dict)
+                                                              else repr(value))
             for section, keys in values.items() for key, value in keys.items()}
 
 
@@ -515,6 +531,10 @@ def _wrong_values(field: attrs.Attribute) -> st.SearchStrategy:  # type: ignore[
         return containers | st.integers() | st.floats() | st.booleans()
     if field.type is float:
         return containers | st.booleans() | st.text(max_size=5) | st.floats(max_value=0) | st.just(float("inf"))
+    if field.type in (tuple[str, ...], dict[str, str]):  # issue 10: non-empty containers of non-strings
+        return (st.lists(st.integers(), min_size=1, max_size=2)
+                | st.dictionaries(st.text(max_size=3), st.integers(), min_size=1, max_size=2)
+                | st.integers() | st.booleans() | st.floats())
     return containers | st.booleans() | st.text(max_size=5) | st.floats() | st.integers(max_value=-1)
 
 

@@ -4,16 +4,13 @@ dashboard URL and serves until Ctrl-C."""
 
 from __future__ import annotations
 
-import re
 import signal
-import subprocess
-import sys
 
 import httpx
 import trio
 
 from tests.test_drain import SERVICE_RESTART, StreamRecord, stream_until_closed
-from tests.wire import ROOT, WAIT, b64, pcm, session, start_daemon_process, until
+from tests.wire import WAIT, b64, pcm, session, start_daemon_process, until
 from trioscheduler.sim import SimNode, SimNodeBehaviour
 
 
@@ -70,26 +67,3 @@ async def test_a_second_signal_while_draining_stops_at_once() -> None:
         code, stdout = await _wait_exit(process)
     assert code == 0
     assert "SIGTERM received, shutting down" in stdout
-
-
-async def test_demo_keep_prints_the_dashboard_url_and_serves_until_ctrl_c() -> None:
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "trioscheduler", "demo", "--keep"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        cwd=ROOT)
-    assert process.stdout is not None
-    buffer = b""
-    with trio.fail_after(60):
-        while (match := re.search(rb"dashboard: (http://\S+)/dashboard", buffer)) is None:
-            chunk = await process.stdout.receive_some()
-            assert chunk, f"demo exited early: {buffer!r}"
-            buffer += chunk
-    http_url = match.group(1).decode()
-    async with httpx.AsyncClient() as http:
-        for _ in range(2):  # still serving after the clients are done
-            assert (await http.get(f"{http_url}/health")).status_code == 200
-            await trio.sleep(0.2)
-    assert process.returncode is None
-    process.send_signal(signal.SIGINT)
-    code, stdout = await _wait_exit(process)
-    assert code == 0, buffer.decode() + stdout
-    assert "SIGINT received, stopping" in stdout

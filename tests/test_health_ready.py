@@ -13,9 +13,9 @@ import trio
 
 from tests.wire import start_daemon
 from trioscheduler.app import Scheduler
+from trioscheduler.auth import Credentials, Refusal, http_admin_refusal
 from trioscheduler.config import Config
 from trioscheduler.http import make_app
-from trioscheduler.ops_http import admin_allowed
 from trioscheduler.server.listener import serve
 
 
@@ -95,9 +95,11 @@ async def test_admin_endpoints_refuse_a_peer_off_the_loopback(make_config: Calla
 @pytest.mark.parametrize(("host", "allowed"), [
     ("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("::ffff:127.0.0.1", True),
     ("10.0.0.1", False), ("::ffff:10.0.0.1", False), ("2001:db8::1", False), ("not-an-address", False)])
-def test_admin_allowed_is_loopback_only(host: str, allowed: bool) -> None:
-    assert admin_allowed({"client": (host, 1)}) is allowed  # type: ignore[typeddict-item]
-    assert admin_allowed({"client": None}) is False  # type: ignore[typeddict-item]
+def test_write_endpoints_are_loopback_only_while_auth_is_off(host: str, allowed: bool) -> None:
+    off = Credentials()
+    assert (http_admin_refusal(off, {"client": (host, 1)}, write=True) is None) is allowed
+    assert http_admin_refusal(off, {"client": None}, write=True) is Refusal.WRONG
+    assert http_admin_refusal(off, {"client": (host, 1)}, write=False) is None  # reads are open while auth is off
 
 
 async def test_admin_endpoints_take_only_their_methods(nursery: trio.Nursery,

@@ -14,9 +14,11 @@ from typing import Any
 
 import trio
 
+from trioscheduler.auth import check_bind
 from trioscheduler.config import Config, ConfigError, load_config
 from trioscheduler.logs import configure_logging, emit
 from trioscheduler.runtime import FD_RESERVE, fd_limit_fits, raise_fd_limit, tune_garbage_collector
+from trioscheduler.tls import server_ssl_context
 
 log = logging.getLogger("trioscheduler")
 
@@ -33,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", help="debug, info, warning, error (logging.level, default info)")
     parser.add_argument("--log-format", choices=("text", "json"),
                         help="text: event key=value lines; json: one JSON object per line (logging.format)")
+    parser.add_argument("--tls-cert", metavar="PEM",
+                        help="certificate chain: serve wss:// and https:// (server.tls_cert)")
+    parser.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert (server.tls_key)")
+    parser.add_argument("--insecure", action="store_true", default=None,
+                        help="allow a non-loopback --host without any credential configured (auth.insecure; "
+                             "warns at start and every hour)")
     parser.add_argument("--node-mode", choices=("every_job", "original"), default="every_job",
                         help="demo only: simulated nodes that answer every job, or like the original's node agent")
     parser.add_argument("--speech", action="store_true",
@@ -46,7 +54,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     overrides: dict[str, dict[str, Any]] = {}
     for flag, section, key in (("host", "server", "host"), ("port", "server", "port"),
                                ("http_port", "server", "http_port"), ("log_level", "logging", "level"),
-                               ("log_format", "logging", "format")):
+                               ("log_format", "logging", "format"),
+                               ("tls_cert", "server", "tls_cert"), ("tls_key", "server", "tls_key"),
+                               ("insecure", "auth", "insecure")):
         value = getattr(args, flag)
         if value is not None:
             overrides.setdefault(section, {})[key] = value
@@ -91,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = config_from_args(args)
+        if args.command == "serve":
+            check_bind(config)  # serve() checks both again; here they end the process with a message
+            server_ssl_context(config.server)
     except ConfigError as exc:
         print(f"trioscheduler: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -19,6 +19,8 @@ import orjson
 from hypercorn.typing import ASGISendCallable, HTTPScope
 
 from trioscheduler.app import Scheduler
+from trioscheduler.auth import Refusal, http_admin_refusal
+from trioscheduler.protocol.errors import ErrorCode
 from trioscheduler.registry import queries
 from trioscheduler.registry.queries import NOT_FOUND, RegistryUnavailable
 from trioscheduler.session_view import find_session, session_summary, sessions_view
@@ -38,6 +40,8 @@ DETAILED_ROUTES = frozenset({"nodes", "node", "sessions", "session", "jobs", "jo
 
 #: The JSON error codes of this API (``error.code``).
 NOT_FOUND_CODE = "NOT_FOUND"
+UNAUTHORIZED_CODE = ErrorCode.UNAUTHORIZED.value
+FORBIDDEN_CODE = ErrorCode.FORBIDDEN.value
 REGISTRY_UNAVAILABLE_CODE = "REGISTRY_UNAVAILABLE"
 METHOD_NOT_ALLOWED_CODE = "METHOD_NOT_ALLOWED"
 BAD_REQUEST_CODE = "BAD_REQUEST"
@@ -69,12 +73,16 @@ def match_route(path: str) -> tuple[str, str | None] | None:
     return None
 
 
-def authorize(scope: HTTPScope, route: str) -> ApiError | None:
-    """Whether this request may read ``route``: None when it may, else the error to answer with.
-
-    The one place that guards the API's routes. Authentication is not wired yet, so every route is open; once it
-    is, the routes in DETAILED_ROUTES need the admin token."""
-    return None
+def authorize(scheduler: Scheduler, scope: HTTPScope, route: str) -> ApiError | None:
+    """Whether this request may read ``route``: None when it may, else the error to answer with. With
+    authentication on, the routes in DETAILED_ROUTES need an admin token (401 without one, 403 for another)."""
+    if route not in DETAILED_ROUTES:
+        return None
+    refusal = http_admin_refusal(scheduler.credentials, scope, write=False)
+    if refusal is None:
+        return None
+    return ApiError(int(refusal), UNAUTHORIZED_CODE if refusal == Refusal.MISSING else FORBIDDEN_CODE,
+                    "an admin token is required (Authorization: Bearer, or the token query parameter)")
 
 
 async def serve(scheduler: Scheduler, scope: HTTPScope, send: ASGISendCallable) -> bool:
@@ -86,7 +94,7 @@ async def serve(scheduler: Scheduler, scope: HTTPScope, send: ASGISendCallable) 
     try:
         if scope["method"] not in ("GET", "HEAD"):
             raise ApiError(405, METHOD_NOT_ALLOWED_CODE, f"{scope['method']} is not allowed here; use GET")
-        refusal = authorize(scope, route)
+        refusal = authorize(scheduler, scope, route)
         if refusal is not None:
             raise refusal
         status, body, content_type = await ROUTES[route](scheduler, ident, _query(scope))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from trioscheduler.auth import Credentials
 from trioscheduler.config import Config
 from trioscheduler.drain import DrainControl
 from trioscheduler.logs import emit
@@ -46,6 +47,8 @@ class EdgeMetrics:
 class Scheduler:
     def __init__(self, config: Config, *, rng: random.Random | None = None) -> None:
         self.config = config
+        #: The digests of ``[auth]`` (nothing in clear), for the HTTP API's admin guard.
+        self.credentials = Credentials.from_config(config.auth)
         send, receive = open_registry_channel(config.scheduler.registry_inbox_size)
         self.registry = Registry(config, receive, rng=rng)
         self.client = RegistryClient(send, self.registry.notices)

@@ -8,8 +8,10 @@ path (``scheduler.job_timeout_seconds``). Only environment variables are text, p
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
+import re
 import tomllib
 import types
 from collections.abc import Callable, Iterator, Mapping
@@ -85,6 +87,57 @@ _level = _check(lambda v: isinstance(v, str) and v.lower() in LOG_LEVELS, "one o
 _log_format = _check(lambda v: v in LOG_FORMATS, "one of " + ", ".join(LOG_FORMATS))
 _ordering = _check(lambda v: v in RESULT_ORDERINGS, "one of " + ", ".join(RESULT_ORDERINGS))
 
+#: How a secret may be written hashed: ``sha256:`` and the 64 hex digits of its SHA-256 digest.
+SECRET_DIGEST_PREFIX = "sha256:"
+_HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
+#: Longest tenant id an API key may map to.
+MAX_TENANT_ID_CHARS = 128
+
+
+def _is_secret(value: Any) -> bool:
+    """A non-empty string; if it starts with ``sha256:``, exactly 64 hex digits follow."""
+    if not isinstance(value, str) or not value:
+        return False
+    if value.startswith(SECRET_DIGEST_PREFIX):
+        return _HEX_DIGEST.fullmatch(value[len(SECRET_DIGEST_PREFIX):]) is not None
+    return True
+
+
+class _NotShown:
+    """Stands for a value an error message must not quote (a secret)."""
+
+    def __repr__(self) -> str:
+        return "a value not shown (it holds secrets)"
+
+
+def _check_secret(accepts: Callable[[Any], bool], requirement: str) -> Validator:
+    """``_check`` for keys that hold secrets: the error names the key, never the value."""
+
+    def validate(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not accepts(value):
+            raise InvalidValue(attribute.name, requirement, _NotShown())
+
+    return validate
+
+
+_SECRET_REQUIREMENT = 'non-empty strings, each in clear or "sha256:" and 64 hex digits'
+_secrets = _check_secret(lambda v: all(_is_secret(item) for item in v), _SECRET_REQUIREMENT)
+_api_keys = _check_secret(
+    lambda v: all(_is_secret(key) and isinstance(tenant, str) and 0 < len(tenant) <= MAX_TENANT_ID_CHARS
+                  for key, tenant in v.items()),
+    f"a table of API keys ({_SECRET_REQUIREMENT}) to tenant ids of 1..{MAX_TENANT_ID_CHARS} characters")
+def _is_network(value: Any) -> bool:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+_networks = _check(lambda v: all(isinstance(item, str) and _is_network(item) for item in v),
+                   'a list of IP addresses or networks ("10.0.0.7", "10.0.0.0/8", "::1/128")')
+_origins = _check(lambda v: all(isinstance(item, str) and item for item in v), "a list of non-empty strings")
+
 
 @attrs.frozen
 class ServerConfig:
@@ -108,6 +161,13 @@ class ServerConfig:
     drain_timeout_seconds: float = attrs.field(default=30.0, validator=_positive)
     #: /health is 200 only when the registry answers within this; /metrics and /api/v1/stats wait as long.
     health_timeout_seconds: float = attrs.field(default=2.0, validator=_positive)
+    # --- security (issue 10; trioscheduler/auth.py, docs/security.md)
+    #: Origins a WebSocket handshake may carry (``https://app.example``; ``"*"``: any). Empty: any Origin on a
+    #: loopback host, none elsewhere. A handshake without an Origin header (not a browser) is never refused for it.
+    allowed_origins: tuple[str, ...] = attrs.field(default=(), validator=_origins)
+    #: PEM certificate chain and private key: both set, both listeners speak TLS (wss://, https://).
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 @attrs.frozen
@@ -203,6 +263,27 @@ class LimitsConfig:
     max_connections: int = attrs.field(default=20_000, validator=_positive_int)
     #: Log records waiting for a slow or stuck log sink; beyond it records are dropped and counted.
     max_log_queue_records: int = attrs.field(default=10_000, validator=_positive_int)
+    #: WebSocket connections open at once from one remote IP address; beyond it the handshake gets HTTP 429.
+    connections_per_address: int = attrs.field(default=100, validator=_positive_int)
+    #: Peers not held to ``connections_per_address`` (IP networks: this host, a reverse proxy, a gateway).
+    connections_per_address_exempt: tuple[str, ...] = attrs.field(default=("127.0.0.0/8", "::1/128"),
+                                                                  validator=_networks)
+
+
+@attrs.frozen
+class AuthConfig:
+    """Credentials the door checks (trioscheduler/auth.py). Each secret may be written in clear or as
+    ``"sha256:<64 hex digits>"``; none is ever shown in a repr. None configured at all: authentication is off,
+    which only a loopback host allows (or ``insecure``)."""
+
+    #: Tokens a node presents on /ws/node.
+    node_tokens: tuple[str, ...] = attrs.field(default=(), validator=_secrets, repr=False)
+    #: API key -> tenant id, for clients on /ws/session.
+    api_keys: dict[str, str] = attrs.field(factory=dict, validator=_api_keys, repr=False)
+    #: Tokens for the HTTP API's write endpoints and detailed reads.
+    admin_tokens: tuple[str, ...] = attrs.field(default=(), validator=_secrets, repr=False)
+    #: Allow a non-loopback host with no credentials configured (logs a warning at start and every hour).
+    insecure: bool = attrs.field(default=False, validator=_bool)
 
 
 # --- operations: the HTTP API's job timelines (issue 11, point 2) ---
@@ -261,6 +342,7 @@ class Config:
     groups: GroupsConfig = GroupsConfig()
     gateway: GatewayConfig = GatewayConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
+    auth: AuthConfig = AuthConfig()
 
 
 def _sections(root: type[Config]) -> Mapping[str, type]:
@@ -335,6 +417,39 @@ def _bool_from_text(value: Any, tp: type) -> bool:
     return _strict_bool(value, tp)
 
 
+def _strict_str_tuple(value: Any, _: type) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+        raise TypeError(f"expected a list of strings, got a {type(value).__name__}")  # no value: secrets
+    return tuple(value)
+
+
+def _strict_str_table(value: Any, _: type) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise TypeError(f"expected a table of strings, got a {type(value).__name__}")  # no value: secrets
+    return dict(value)
+
+
+def _toml_value_from_text(value: Any) -> Any:
+    """An environment variable's text read as one TOML value (``["a", "b"]``, ``{ key = "tenant" }``)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = tomllib.loads(f"value = {value}")
+    except tomllib.TOMLDecodeError:
+        raise TypeError("expected a TOML value (the text is not shown: it may hold secrets)") from None
+    if set(parsed) != {"value"}:
+        raise TypeError("expected one TOML value (the text is not shown: it may hold secrets)")
+    return parsed["value"]
+
+
+def _str_tuple_from_text(value: Any, tp: type) -> tuple[str, ...]:
+    return _strict_str_tuple(_toml_value_from_text(value), tp)
+
+
+def _str_table_from_text(value: Any, tp: type) -> dict[str, str]:
+    return _strict_str_table(_toml_value_from_text(value), tp)
+
+
 def _table_hook(cls: type[T], converter: cattrs.Converter) -> Callable[[Any, type], T]:
     """The generated structure function of ``cls``, behind a check that the value is a table at all."""
     structure = make_dict_structure_fn(cls, converter)
@@ -358,6 +473,10 @@ def make_config_converter(*, from_text: bool) -> cattrs.Converter:
     converter.register_structure_hook(int, _int_from_text if from_text else _strict_int)
     converter.register_structure_hook(float, _float_from_text if from_text else _strict_float)
     converter.register_structure_hook(bool, _bool_from_text if from_text else _strict_bool)
+    converter.register_structure_hook_func(lambda tp: tp == tuple[str, ...],
+                                           _str_tuple_from_text if from_text else _strict_str_tuple)
+    converter.register_structure_hook_func(lambda tp: tp == dict[str, str],
+                                           _str_table_from_text if from_text else _strict_str_table)
     for cls in (*SECTIONS.values(), Config):
         converter.register_structure_hook(cls, _table_hook(cls, converter))
     return converter

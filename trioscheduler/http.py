@@ -13,6 +13,7 @@ from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallabl
 
 from trioscheduler import api, ops_http
 from trioscheduler.app import Scheduler
+from trioscheduler.auth import http_admin_refusal
 from trioscheduler.gateway import TRANSLATE_PATH, Gateway, handle_translate
 from trioscheduler.web.try_page import TRY_PATH, try_page_asset
 
@@ -54,6 +55,10 @@ async def _http(scheduler: Scheduler, scope: HTTPScope, send: ASGISendCallable) 
     path, method = scope["path"], scope["method"]
     if method not in ("GET", "HEAD"):
         await _respond(send, 405, b"method not allowed\n", "text/plain")
+    elif path == "/api/v1/stats" and (refusal := http_admin_refusal(scheduler.credentials, scope,
+                                                                     write=False)) is not None:
+        # The detailed read (node ids, pools) needs an admin token when authentication is on.
+        await _respond(send, int(refusal), b"admin token required\n", "text/plain")
     elif path == "/api/v1/stats":
         snapshot = await scheduler.stats()
         if snapshot is None:

@@ -3,39 +3,24 @@ endpoints ``POST /api/v1/drain`` and ``POST|DELETE /api/v1/nodes/{node_id}/drain
 
 Guarantees: ``/health`` is 200 only when the registry answers within ``server.health_timeout_seconds`` (503
 otherwise); ``/ready`` is 200 only once the listeners are up and while no drain runs; an admin endpoint answers
-403 to a peer :func:`admin_allowed` refuses, before it acts.
+401/403 to a request :func:`trioscheduler.auth.http_admin_refusal` refuses, before it acts.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from typing import Any
 
 from hypercorn.typing import ASGISendCallable, HTTPScope
 
 from trioscheduler.app import Scheduler
+from trioscheduler.auth import http_admin_refusal
 from trioscheduler.metrics import PROMETHEUS_CONTENT_TYPE, exposition
 from trioscheduler.registry.requests import NO_ANSWER, UNKNOWN_NODE
 
 NODES_PREFIX = "/api/v1/nodes/"
 DRAIN_SUFFIX = "/drain"
 JSON = "application/json"
-
-
-def admin_allowed(scope: HTTPScope) -> bool:
-    """Whether the peer may call an admin endpoint: loopback peers only, for now (the one place to change when
-    admin tokens arrive)."""
-    client = scope.get("client")
-    if not client:
-        return False
-    try:
-        address = ipaddress.ip_address(client[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback  # a dual-stack socket's IPv4 peer
-    return address.is_loopback
 
 
 async def respond(send: ASGISendCallable, status: int, body: bytes, content_type: str) -> None:
@@ -82,8 +67,9 @@ async def handle(scheduler: Scheduler, scope: HTTPScope, send: ASGISendCallable)
     allowed_methods = ("POST",) if node_id is None else ("POST", "DELETE")
     if method not in allowed_methods:
         await respond(send, 405, b"method not allowed\n", "text/plain")
-    elif not admin_allowed(scope):
-        await _json(send, 403, {"error": "admin endpoints are for loopback peers only"})
+    elif (refusal := http_admin_refusal(scheduler.credentials, scope, write=True)) is not None:
+        await _json(send, int(refusal), {"error": "an admin token is required" if scheduler.credentials.enabled
+                                         else "admin endpoints are for loopback peers only"})
     elif node_id is None:
         started = scheduler.drain.request("api")
         await _json(send, 202, {"draining": True, "started": started,

@@ -167,16 +167,27 @@ def refuse_oversize_frames(ws: trio_websocket.WebSocketConnection, max_bytes: in
     return True
 
 
-def peer_name(stream: trio.abc.Stream) -> str:
-    """``host:port`` of the peer, or ``"unknown"`` when the socket can no longer say (ENOTCONN after a reset)."""
-    sock = getattr(stream, "socket", None)
+def _peer_address(stream: trio.abc.Stream) -> tuple[Any, ...] | None:
+    """The peer's socket address (under the TLS layer of an SSLStream), or None when it cannot be read."""
+    inner = getattr(stream, "transport_stream", stream)
+    sock = getattr(inner, "socket", None)
     try:
         address = sock.getpeername() if sock is not None else None
     except OSError:
-        return "unknown"
-    if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}"
-    return "unknown"
+        return None
+    return address if isinstance(address, tuple) and len(address) >= 2 else None
+
+
+def peer_name(stream: trio.abc.Stream) -> str:
+    """``host:port`` of the peer, or ``"unknown"`` when the socket can no longer say (ENOTCONN after a reset)."""
+    address = _peer_address(stream)
+    return "unknown" if address is None else f"{address[0]}:{address[1]}"
+
+
+def peer_host(stream: trio.abc.Stream) -> str:
+    """The peer's IP address, or ``"unknown"`` when the socket can no longer say (all such peers count as one)."""
+    address = _peer_address(stream)
+    return "unknown" if address is None else str(address[0])
 
 
 class WebSocketTransport:

@@ -8,11 +8,12 @@ tenant's rate and the concurrency bound are shared by both.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any
 
 import trio
 
+from trioscheduler.auth import AmbiguousCredential, Credentials, Refusal, presented_credential
 from trioscheduler.config import Config
 from trioscheduler.gateway.oneshot import run_job
 from trioscheduler.gateway.ratelimit import TokenBuckets
@@ -26,16 +27,23 @@ from trioscheduler.registry.requests import JobSpec, RegistryClient
 ANONYMOUS_TENANT = ""
 
 
-def caller_principal(headers: Iterable[tuple[bytes, bytes]]) -> Principal | None:
-    """Who makes an HTTP request, from its headers; None means refuse it with 401. Authentication is not wired
-    yet, so every caller is ANONYMOUS; the API-key check replaces this one function."""
-    return ANONYMOUS
+def caller_principal(credentials: Credentials, scope: Mapping[str, Any]) -> Principal | Refusal:
+    """Who makes an HTTP request: the principal of its API key (``Authorization: Bearer`` or the ``token`` query
+    parameter), ANONYMOUS while authentication is off, or why it is refused (401 without a key, 403 for another)."""
+    authorization = [value.decode("utf-8", "surrogateescape") for name, value in scope.get("headers") or ()
+                     if name.lower() == b"authorization"]
+    try:
+        presented = presented_credential(authorization, (scope.get("query_string") or b"").decode("latin-1"))
+    except AmbiguousCredential:
+        return Refusal.WRONG if credentials.enabled else ANONYMOUS
+    return credentials.session(presented)
 
 
 class Gateway:
     def __init__(self, registry: RegistryClient, config: Config) -> None:
         self._registry = registry
         self.config = config
+        self.credentials = Credentials.from_config(config.auth)
         gateway = config.gateway
         self.limiter = TokenBuckets(gateway.requests_per_second, gateway.burst, gateway.max_tenants)
         self.running = 0

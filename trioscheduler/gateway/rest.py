@@ -15,6 +15,7 @@ import orjson
 import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope
 
+from trioscheduler.auth import Refusal
 from trioscheduler.gateway.core import Gateway, caller_principal
 from trioscheduler.gateway.translate import answer, error_body, parse_body
 from trioscheduler.ids import new_session_id
@@ -74,9 +75,13 @@ async def handle_translate(gateway: Gateway, scope: HTTPScope, receive: ASGIRece
         await respond_json(send, 405, error_body(ErrorCode.INVALID_MESSAGE, "use POST", "method"),
                            ((b"allow", b"POST"),))
         return
-    principal = caller_principal(scope["headers"])
-    if principal is None:
-        await respond_json(send, 401, error_body("UNAUTHORIZED", "an API key is required"))
+    principal = caller_principal(gateway.credentials, scope)
+    if principal is Refusal.MISSING:
+        await respond_json(send, 401, error_body(ErrorCode.UNAUTHORIZED, "an API key is required"),
+                           ((b"www-authenticate", b'Bearer realm="trioscheduler"'),))
+        return
+    if principal is Refusal.WRONG:
+        await respond_json(send, 403, error_body(ErrorCode.FORBIDDEN, "API key not accepted"))
         return
     refusal = gateway.admit(principal)
     if refusal is not None:

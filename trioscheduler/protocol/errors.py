@@ -32,6 +32,10 @@ class ErrorCode(enum.StrEnum):
     # issue 14: the gateway (POST /v1/speech/translate, WS /v1/stream)
     #: The tenant made more than ``gateway.requests_per_second`` (beyond ``gateway.burst``): HTTP 429.
     RATE_LIMITED = "RATE_LIMITED"
+    #: An HTTP request without the API key (or admin token) it needs while authentication is on: HTTP 401.
+    UNAUTHORIZED = "UNAUTHORIZED"
+    #: An HTTP request whose API key (or admin token) is not accepted: HTTP 403.
+    FORBIDDEN = "FORBIDDEN"
     #: ``gateway.max_concurrent_requests`` requests are running: HTTP 503.
     GATEWAY_BUSY = "GATEWAY_BUSY"
     #: A request body over ``gateway.max_body_bytes``: HTTP 413.

@@ -36,7 +36,7 @@ import attrs
 import trio
 import trio_websocket
 
-from trioscheduler.node import CONNECTION_CLOSED, WS_MAX_MESSAGE, WS_RECEIVE_BUFFER, MessageConnection
+from trioscheduler.node_agent import CONNECTION_CLOSED, WS_MAX_MESSAGE, WS_RECEIVE_BUFFER, MessageConnection
 
 __all__ = [
     "DEFAULT_SESSION_URL",

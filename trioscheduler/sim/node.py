@@ -15,7 +15,7 @@ it holds the jobs of a turn until one carries a cut flag, answers the turn once 
 
 The messages are built as plain dicts on purpose: the simulator plays a *foreign* node and must not share the
 daemon's codec, otherwise a codec bug would be invisible on both sides. Its connection layer (register, heartbeat,
-dispatch, reconnect) is the node SDK's :class:`trioscheduler.node.NodeAgent`, which builds plain dicts too.
+dispatch, reconnect) is the node SDK's :class:`trioscheduler.node_agent.NodeAgent`, which builds plain dicts too.
 
 The core (:meth:`SimNode.serve`) only needs a :class:`MessageConnection`: a ``trio_websocket.WebSocketConnection``,
 or for socket-free tests one end of ``trioscheduler.transport.memory_transport_pair()``.
@@ -37,7 +37,7 @@ from typing import Any
 import attrs
 import trio
 
-from trioscheduler.node import (
+from trioscheduler.node_agent import (
     CONNECTION_CLOSED,
     DEFAULT_HEARTBEAT_INTERVAL_S,
     DEFAULT_NODE_URL,

@@ -26,8 +26,13 @@ function svg(tag, attrs) {
   return node;
 }
 
+// With authentication on, the API's reads need an admin token: open the page as /dashboard?token=… and every
+// request carries it as a bearer token.
+const ADMIN_TOKEN = new URLSearchParams(window.location.search).get("token");
+
 async function getJson(path) {
-  const response = await fetch(path, { cache: "no-store" });
+  const headers = ADMIN_TOKEN ? { Authorization: `Bearer ${ADMIN_TOKEN}` } : {};
+  const response = await fetch(path, { cache: "no-store", headers });
   const body = await response.json();
   if (!response.ok) {
     const given = body && body.error;
