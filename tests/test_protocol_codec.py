@@ -18,6 +18,7 @@ from tests.refusals import accepted_or_refused
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import CLIENT_CODEC, NODE_CODEC, encode, to_wire
 from trioscheduler.protocol.errors import ErrorCode, ProtocolError
+from trioscheduler.protocol.rooms import ROOM_CLIENT_MESSAGES
 
 PIPELINE = {"use_asr": True, "use_nmt": True, "use_tts": False, "use_semantic": True, "use_tone": False}
 FEATURES = {"emotion_detection": True, "speech_rate_detection": False}
@@ -253,11 +254,14 @@ def test_missing_or_non_string_type_names_the_type_field() -> None:
         assert info.value.field == "type"
 
 
-@pytest.mark.parametrize("kind", sorted(m.UNSUPPORTED_CLIENT_TYPES))
-def test_room_and_webrtc_types_are_unsupported_feature(kind: str) -> None:
-    with pytest.raises(ProtocolError) as info:
-        CLIENT_CODEC.decode(json.dumps({"type": kind, "room_code": "123456"}))
-    assert info.value.code == ErrorCode.UNSUPPORTED_FEATURE
+@pytest.mark.parametrize("kind", sorted(cls.TYPE for cls in ROOM_CLIENT_MESSAGES))
+def test_room_and_webrtc_types_are_session_messages_only(kind: str) -> None:
+    if kind == "room_create":
+        assert kind == CLIENT_CODEC.decode(json.dumps({"type": kind})).TYPE  # every field is optional
+    else:
+        with pytest.raises(ProtocolError) as info:
+            CLIENT_CODEC.decode(json.dumps({"type": kind}))  # their required fields are checked
+        assert info.value.code == ErrorCode.INVALID_MESSAGE and info.value.field
     with pytest.raises(ProtocolError) as info:
         NODE_CODEC.decode(json.dumps({"type": kind}))
     assert info.value.code == ErrorCode.INVALID_MESSAGE
@@ -292,8 +296,10 @@ json_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.flo
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=12)
 
-ALL_TYPES = sorted({cls.TYPE for cls in m.CLIENT_MESSAGES + m.NODE_MESSAGES} | m.UNSUPPORTED_CLIENT_TYPES)
-FIELD_NAMES = sorted({f.name for cls in m.CLIENT_MESSAGES + m.NODE_MESSAGES for f in attrs.fields(cls)}
+ALL_TYPES = sorted({cls.TYPE for cls in m.CLIENT_MESSAGES + m.NODE_MESSAGES + ROOM_CLIENT_MESSAGES}
+                   | m.UNSUPPORTED_CLIENT_TYPES)
+FIELD_NAMES = sorted({f.name for cls in m.CLIENT_MESSAGES + m.NODE_MESSAGES + ROOM_CLIENT_MESSAGES
+                      for f in attrs.fields(cls)}
                      | {f.name for cls in (m.LanguageCapabilities, m.CapabilityByType, m.InstalledService,
                                            m.ResourceUsage, m.ResultError, m.Pipeline) for f in attrs.fields(cls)})
 

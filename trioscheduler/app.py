@@ -24,8 +24,10 @@ from trioscheduler.principal import ANONYMOUS, Principal
 from trioscheduler.protocol.errors import CloseCode
 from trioscheduler.registry.actor import Registry
 from trioscheduler.registry.requests import RegistryClient, open_registry_channel
+from trioscheduler.rooms.owner import open_rooms
 from trioscheduler.server.node_socket import NodeConnection
 from trioscheduler.server.session_socket import SessionConnection, SessionMetrics
+from trioscheduler.session_directory import SessionDirectory
 from trioscheduler.transport import Transport
 
 if TYPE_CHECKING:
@@ -53,6 +55,10 @@ class Scheduler:
         self.registry = Registry(config, receive, rng=rng)
         self.client = RegistryClient(send, self.registry.notices)
         self.sessions = SessionMetrics()
+        #: Session ids of all session sockets, and sessions per tenant.
+        self.session_directory = SessionDirectory(config.limits)
+        #: The room owner task (run beside the registry) and the client the sessions reach it through.
+        self.room_owner, self.rooms = open_rooms(config.rooms)
         self.connections_crashed = 0
         self.edge = EdgeMetrics()
         self._conn_ids = itertools.count(1)
@@ -68,6 +74,7 @@ class Scheduler:
         writers run in while they have work (one nursery, not one per session: an idle session costs less)."""
         async with trio.open_nursery() as session_tasks:
             self._session_tasks = session_tasks
+            await session_tasks.start(self.room_owner.run)
             try:
                 await self.registry.run(task_status=task_status)
             finally:
@@ -80,11 +87,11 @@ class Scheduler:
             tasks = self._session_tasks
             if tasks is not None:
                 await SessionConnection(transport, self.client, self.config, self.sessions, tasks, principal,
-                                        drain=self.drain).run()
+                                        self.session_directory, self.rooms, drain=self.drain).run()
                 return
             async with trio.open_nursery() as tasks:  # before run() (tests that hold the registry back)
                 await SessionConnection(transport, self.client, self.config, self.sessions, tasks, principal,
-                                        drain=self.drain).run()
+                                        self.session_directory, self.rooms, drain=self.drain).run()
                 tasks.cancel_scope.cancel()
         except Exception:
             await self._crashed("session", transport)
@@ -116,6 +123,7 @@ class Scheduler:
         snapshot["draining"] = self.drain.draining
         if self.gateway is not None:
             snapshot["gateway"] = {"running": self.gateway.running, "counters": dict(self.gateway.counters)}
+        snapshot["rooms"] = self.room_owner.snapshot()
         return snapshot
 
 

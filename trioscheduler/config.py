@@ -268,6 +268,22 @@ class LimitsConfig:
     #: Peers not held to ``connections_per_address`` (IP networks: this host, a reverse proxy, a gateway).
     connections_per_address_exempt: tuple[str, ...] = attrs.field(default=("127.0.0.0/8", "::1/128"),
                                                                   validator=_networks)
+    # -- identities, claims and tenants
+    #: Largest max_concurrent_jobs a node may claim; a larger claim is clamped to it (and logged).
+    max_node_capacity: int = attrs.field(default=1024, validator=_positive_int)
+    #: How long a session_id stays reserved for its socket after that session ends: an implicit session under it
+    #: is refused (SESSION_ID_IN_USE) meanwhile.
+    session_id_reuse_seconds: float = attrs.field(default=300.0, validator=_positive)
+    #: How long, after an authenticated node's connection is gone, its node_id stays reserved for its credential
+    #: (and longer while jobs lost with it are unsettled).
+    node_id_reuse_seconds: float = attrs.field(default=300.0, validator=_positive)
+    #: Sessions one tenant may have open at once (TENANT_SESSION_LIMIT_EXCEEDED beyond).
+    sessions_per_tenant: int = attrs.field(default=1000, validator=_positive_int)
+    #: Messages one client connection may send per second, on average (RATE_LIMITED beyond)...
+    messages_per_second: float = attrs.field(default=200.0, validator=_positive)
+    #: ...and at once after a quiet spell. Refused messages still cost a token; a debt over it closes the socket
+    #: (4029).
+    messages_burst: int = attrs.field(default=400, validator=_positive_int)
 
 
 @attrs.frozen
@@ -332,6 +348,26 @@ class GatewayConfig:
 
 
 @attrs.frozen
+class RoomsConfig:
+    """Rooms (docs/protocol.md "Rooms"): every bound has a ``room_error`` code."""
+
+    #: A room in which nobody spoke for this long is closed; its members get ``room_expired``.
+    idle_expiry_seconds: float = attrs.field(default=1800.0, validator=_positive)
+    #: Members one room may hold; one more gets ``room_error ROOM_FULL``.
+    max_members: int = attrs.field(default=16, validator=_positive_int)
+    #: Rooms open at once (never more than the 900000 six-digit codes); one more ``room_create`` gets
+    #: ``room_error ROOM_LIMIT_REACHED``.
+    max_rooms: int = attrs.field(default=1000, validator=_positive_int)
+    #: Requests waiting for the room owner task; a session that cannot queue or is not answered within
+    #: ``request_deadline_ms`` gets ``room_error ROOMS_BUSY`` (an utterance: ``error SCHEDULER_BUSY``).
+    inbox_size: int = attrs.field(default=1024, validator=_positive_int)
+    request_deadline_ms: float = attrs.field(default=200.0, validator=_positive)
+    #: Outcomes one listener may hold back for one speaker while an earlier one is still running; past it the
+    #: earliest is given up as ``missing_result{reason: "gap_timeout"}``.
+    max_held_per_speaker: int = attrs.field(default=64, validator=_positive_int)
+
+
+@attrs.frozen
 class Config:
     server: ServerConfig = ServerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
@@ -343,6 +379,7 @@ class Config:
     gateway: GatewayConfig = GatewayConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
     auth: AuthConfig = AuthConfig()
+    rooms: RoomsConfig = RoomsConfig()
 
 
 def _sections(root: type[Config]) -> Mapping[str, type]:

@@ -36,10 +36,12 @@ class JobStages:
     ``timeline`` lists every stage reached, in order, every attempt's included."""
 
     __slots__ = ("finalized_at", "created_at", "selected_at", "dispatched_at", "result_at", "attempt", "node_id",
-                 "timeline")
+                 "timeline", "tenant_id")
 
-    def __init__(self, finalized_at: float, created_at: float) -> None:
+    def __init__(self, finalized_at: float, created_at: float, tenant_id: str | None = None) -> None:
         self.finalized_at = finalized_at
+        #: The session's tenant (None: none), for the job_done line.
+        self.tenant_id = tenant_id
         self.created_at = created_at
         self.selected_at: float | None = None
         self.dispatched_at: float | None = None
@@ -78,8 +80,9 @@ def log_job_done(stages: JobStages, *, session_id: str | None, utterance_index: 
         return
     since = stages.finalized_at
     emit(log, INFO, "job_done", session_id=session_id, utterance_index=utterance_index, job_id=job_id,
-         node_id=stages.node_id, trace_id=trace_id, attempts=stages.attempt, outcome=outcome, code=code,
-         reason=reason, created_ms=_ms(since, stages.created_at), selected_ms=_ms(since, stages.selected_at),
+         node_id=stages.node_id, tenant_id=stages.tenant_id, trace_id=trace_id, attempts=stages.attempt,
+         outcome=outcome, code=code, reason=reason, created_ms=_ms(since, stages.created_at),
+         selected_ms=_ms(since, stages.selected_at),
          dispatched_ms=_ms(since, stages.dispatched_at), result_ms=_ms(since, stages.result_at),
          delivered_ms=_ms(since, delivered_at), dropped=dropped)
 

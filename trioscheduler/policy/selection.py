@@ -198,3 +198,17 @@ def rejection_reasons(
         else:
             reasons[node_id] = "eligible"
     return reasons
+
+
+# ------------------------------------------------------------------------------------------ effective capacity
+
+
+def capacity_after_timeout(effective: int, held: int) -> int:
+    """A node's effective capacity once a job it held timed out: half of what it held when it did (it could not
+    handle that many), never more than before, never below 1 (a slot to prove itself again)."""
+    return max(1, min(effective, held) // 2)
+
+
+def capacity_after_answer(effective: int, claimed: int) -> int:
+    """A node's effective capacity once it answered a job: it regrows, doubling, up to what it claimed."""
+    return min(claimed, effective * 2)

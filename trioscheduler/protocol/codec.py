@@ -27,6 +27,7 @@ from cattrs.preconf.json import make_converter
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.errors import EncodeError as EncodeError  # re-exported: what encode raises
 from trioscheduler.protocol.errors import ErrorCode, ProtocolError
+from trioscheduler.protocol.rooms import ROOM_CLIENT_MESSAGES
 
 if typing.TYPE_CHECKING:
     from trioscheduler.config import LimitsConfig
@@ -307,9 +308,13 @@ def _codec(inbound: tuple[type, ...], unsupported: frozenset[str], max_json_dept
     return Codec(inbound, unsupported, max_json_depth=max_json_depth, max_free_form_bytes=max_free_form_bytes)
 
 
+#: What ``/ws/session`` accepts: the session's messages and the rooms' (protocol/rooms.py).
+CLIENT_INBOUND: tuple[type, ...] = (*m.CLIENT_MESSAGES, *ROOM_CLIENT_MESSAGES)
+
+
 def client_codec(limits: LimitsConfig) -> Codec[m.ClientMessage]:
     """The ``/ws/session`` codec for these limits (one per distinct setting, shared)."""
-    return _codec(m.CLIENT_MESSAGES, m.UNSUPPORTED_CLIENT_TYPES, limits.max_json_depth,
+    return _codec(CLIENT_INBOUND, m.UNSUPPORTED_CLIENT_TYPES, limits.max_json_depth,
                   limits.max_free_form_bytes)
 
 
@@ -385,5 +390,5 @@ def encode_wire(data: dict[str, Any]) -> str:
                           message_type=data.get("type")) from None
 
 
-CLIENT_CODEC: Codec[m.ClientMessage] = Codec(m.CLIENT_MESSAGES, m.UNSUPPORTED_CLIENT_TYPES)
+CLIENT_CODEC: Codec[m.ClientMessage] = Codec(CLIENT_INBOUND, m.UNSUPPORTED_CLIENT_TYPES)
 NODE_CODEC: Codec[m.NodeMessage] = Codec(m.NODE_MESSAGES)

@@ -30,7 +30,8 @@ class ErrorCode(enum.StrEnum):
     #: The session has ``limits.max_session_outstanding`` utterances without an outcome already.
     SESSION_OUTSTANDING_LIMIT_EXCEEDED = "SESSION_OUTSTANDING_LIMIT_EXCEEDED"
     # issue 14: the gateway (POST /v1/speech/translate, WS /v1/stream)
-    #: The tenant made more than ``gateway.requests_per_second`` (beyond ``gateway.burst``): HTTP 429.
+    #: Over a rate: a gateway tenant over ``gateway.requests_per_second`` (beyond ``gateway.burst``): HTTP 429; a
+    #: connection over ``limits.messages_per_second`` (beyond ``limits.messages_burst``): that message dropped.
     RATE_LIMITED = "RATE_LIMITED"
     #: An HTTP request without the API key (or admin token) it needs while authentication is on: HTTP 401.
     UNAUTHORIZED = "UNAUTHORIZED"
@@ -43,6 +44,14 @@ class ErrorCode(enum.StrEnum):
     # -- operations (drain)
     #: The scheduler is draining: no new session here; what a session still owed at the drain deadline.
     SCHEDULER_DRAINING = "SCHEDULER_DRAINING"
+    # -- identities, claims and tenants
+    #: A node_register under a node_id that another credential holds (live, or gone with jobs not yet settled).
+    NODE_ID_IN_USE = "NODE_ID_IN_USE"
+    #: An implicit session (an utterance without session_init) under a session_id another socket holds or held
+    #: within ``limits.session_id_reuse_seconds``.
+    SESSION_ID_IN_USE = "SESSION_ID_IN_USE"
+    #: The tenant already has ``limits.sessions_per_tenant`` sessions open.
+    TENANT_SESSION_LIMIT_EXCEEDED = "TENANT_SESSION_LIMIT_EXCEEDED"
 
 
 class CloseCode(enum.IntEnum):
@@ -62,6 +71,11 @@ class CloseCode(enum.IntEnum):
     HANDSHAKE_TIMEOUT = 4008
     #: The peer does not read what it is sent: its outbound queue reached ``limits.max_send_queue``.
     SLOW_CONSUMER = 4009
+    # -- identities, claims and tenants
+    #: The connection kept sending over ``limits.messages_per_second`` after RATE_LIMITED errors.
+    RATE_LIMITED = 4029
+    #: A node_register under a node_id another credential holds (after the NODE_ID_IN_USE error).
+    NODE_ID_IN_USE = 4030
 
 
 class ProtocolError(TrioschedulerError):

@@ -164,10 +164,8 @@ CLIENT_MESSAGES: tuple[type[ClientMessage], ...] = (
     SessionInit, AudioChunk, Utterance, ClientHeartbeat, TtsStarted, TtsPlayEnded, SessionClose,
 )
 #: Known to the original but outside this scheduler's scope: answered with UNSUPPORTED_FEATURE, not INVALID_MESSAGE.
-UNSUPPORTED_CLIENT_TYPES = frozenset({
-    "room_create", "room_join", "room_leave", "room_raw_voice_preference",
-    "webrtc_offer", "webrtc_answer", "webrtc_ice",
-})
+#: (None now: the room and WebRTC messages are in protocol/rooms.py.)
+UNSUPPORTED_CLIENT_TYPES: frozenset[str] = frozenset()
 
 
 # ---------------------------------------------------------------------------------------------- node → scheduler
@@ -465,6 +463,8 @@ class JobAssign:
     is_max_duration_triggered: bool | None = None
     #: The recent text of the session's open utterance group (groups.py); omitted when there is none.
     context_text: str | None = None
+    #: The session's tenant (identities, claims and tenants); omitted when None. The original's nodes ignore it.
+    tenant_id: str | None = None
 
 
 @attrs.frozen

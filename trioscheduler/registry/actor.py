@@ -29,7 +29,13 @@ from trioscheduler.joblog import JobStages, log_job_done, log_outcome_done
 from trioscheduler.latency import DISPATCH_BUCKETS, RESULT_BUCKETS, SELECTION_BUCKETS, LatencyHistogram
 from trioscheduler.logs import emit
 from trioscheduler.policy.capability import NodeCapability, describe_keys
-from trioscheduler.policy.selection import MemberList, choose_node, rejection_reasons
+from trioscheduler.policy.selection import (
+    MemberList,
+    capacity_after_answer,
+    capacity_after_timeout,
+    choose_node,
+    rejection_reasons,
+)
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.errors import ErrorCode, ProtocolError
 from trioscheduler.registry import queries
@@ -42,6 +48,7 @@ from trioscheduler.registry.outcomes import (
     partial_message,
     success_outcome,
 )
+from trioscheduler.registry.ownership import NodeOwners
 from trioscheduler.registry.quarantine import failure_trips_quarantine
 from trioscheduler.registry.state import Job, JobState, NodeRecord
 from trioscheduler.registry.timers import TimerHeap
@@ -80,6 +87,8 @@ class Registry:
         self._node_by_conn: dict[int, str] = {}
         #: Live nodes per index key (pools and directions).
         self.indexes = NodeIndex()
+        #: The credential each authenticated node_id belongs to.
+        self.owners = NodeOwners(config.limits.node_id_reuse_seconds)
         self.jobs_by_key: dict[tuple[str, int, str], Job] = {}
         self.jobs_by_id: dict[str, Job] = {}
         self.session_jobs: dict[str, set[Job]] = {}
@@ -216,7 +225,7 @@ class Registry:
             job_id=new_job_id(),
             services=spec.pipeline.required_services(),
             created_at=now,
-            stages=JobStages(spec.finalized_at, now),
+            stages=JobStages(spec.finalized_at, now, spec.tenant_id),
             number=next(self._job_numbers),
         )
         job.attempt_ids.append(job.job_id)
@@ -396,7 +405,10 @@ class Registry:
         self._stage(job, "deadline_missed", now, level=WARNING, why="no job_result within job_timeout_seconds",
                     waited_ms=round((now - job.dispatched_at) * 1000.0, 1), attempt_id=job.attempt)
         self._send_cancel(job, "job_timeout")
+        held = node.in_flight if node is not None else 0
         self._release_slot(job, now)
+        if node is not None:
+            self._shrink_capacity(node, held)
         if self.affinity.get(job.spec.session_id) == job.node_id:
             del self.affinity[job.spec.session_id]  # a node that just stalled is no longer preferred
         if node is not None:
@@ -405,6 +417,15 @@ class Registry:
         job.last_failure = ErrorCode.JOB_TIMEOUT
         self.counters["failovers_job_timeout"] += 1
         self._retry(job, now)
+
+    def _shrink_capacity(self, node: NodeRecord, held: int) -> None:
+        """A job of ``node`` timed out while it held ``held`` slots: it gets fewer until it answers again."""
+        shrunk = capacity_after_timeout(node.capacity, held)
+        if shrunk < node.capacity:
+            self.counters["node_capacity_shrinks"] += 1
+            emit(log, WARNING, "node_capacity_shrunk", node_id=node.node_id, capacity=shrunk,
+                 was=node.capacity, claimed=node.claimed_capacity, held=held)
+            node.capacity = shrunk
 
     def _pending_expired(self, job: Job, now: float) -> None:
         members = self.indexes.get(job.spec.selection_key) or MemberList()
@@ -481,6 +502,8 @@ class Registry:
             del self.nodes[node.node_id]
         self._node_by_conn.pop(node.link.conn_id, None)
         orphans = sorted(node.jobs, key=lambda j: j.number)  # oldest first, whatever the set's order
+        if node.link.credential is not None:
+            self.owners.gone(node.node_id, now, [job.key for job in orphans])
         node.jobs.clear()
         node.in_flight = 0
         for job in orphans:
@@ -563,8 +586,17 @@ class Registry:
         node_id = message.node_id or previous_id
         if not node_id:
             node_id = self._new_node_id()
-            while node_id in self.nodes:
+            while node_id in self.nodes or self.owners.holder(node_id, now, self._unsettled) is not None:
                 node_id = self._new_node_id()
+        owner = self.owners.holder(node_id, now, self._unsettled)
+        if owner is not None and owner != link.credential:
+            # Another credential's node_id (live, or gone with jobs unsettled): the live node keeps it and its jobs.
+            self.counters["node_registrations_refused_id_in_use"] += 1
+            emit(log, WARNING, "node_register_refused", node_id=node_id, code=ErrorCode.NODE_ID_IN_USE,
+                 peer=link.peer)
+            request.reply.set(ProtocolError(f"node_id {node_id!r} belongs to another credential",
+                                            field="node_id", code=ErrorCode.NODE_ID_IN_USE))
+            return
         if previous_id is not None and previous_id != node_id:
             self._lose_node(self.nodes[previous_id], "re_registered", now)
         existing = self.nodes.get(node_id)
@@ -573,19 +605,22 @@ class Registry:
             self._send_to_node(existing, rq.CloseLink("replaced_by_new_connection"))
             self._lose_node(existing, "replaced_by_reconnect", now)
             existing = None
-        capacity = message.max_concurrent_jobs or self._sched.max_concurrent_jobs_per_node
+        capacity = self._claimed_capacity(node_id, message.max_concurrent_jobs, link)
         answers_every_job = (message.features_supported or {}).get("answers_every_job") is True
-        if existing is not None:  # the same socket registered again: refresh what it said
-            existing.capacity = capacity
+        if existing is not None:  # the same socket registered again: refresh what it said (a shrink stands)
+            shrunk = existing.capacity < existing.claimed_capacity
+            existing.claimed_capacity = capacity
+            existing.capacity = min(existing.capacity, capacity) if shrunk else capacity
             existing.answers_every_job = answers_every_job
             created, removed = self._reindex(existing, capability, now)
         else:
             node = NodeRecord(
                 node_id=node_id, link=link, capacity=capacity, capability=capability,
                 index_keys=frozenset(), registered_at=now, last_heartbeat=now,
-                answers_every_job=answers_every_job,
+                answers_every_job=answers_every_job, claimed_capacity=capacity,
             )
             self.nodes[node_id] = node
+            self.owners.registered(node_id, link.credential)
             self._node_by_conn[link.conn_id] = node_id
             created, removed = self._reindex(node, capability, now)
             self._schedule(now + self._sched.heartbeat_timeout_seconds, "node", (node_id, link.conn_id), 0)
@@ -599,6 +634,20 @@ class Registry:
              pools_removed=removed)
         request.reply.set(node_id)
         self._offer_slots(node, now)
+
+    def _claimed_capacity(self, node_id: str, claimed: int | None, link: rq.NodeLink) -> int:
+        """The node's max_concurrent_jobs (the default when it says none), clamped to limits.max_node_capacity."""
+        capacity = claimed or self._sched.max_concurrent_jobs_per_node
+        limit = self._config.limits.max_node_capacity
+        if capacity > limit:
+            self.counters["node_capacity_clamped"] += 1
+            emit(log, WARNING, "node_capacity_clamped", node_id=node_id, claimed=capacity, capacity=limit,
+                 peer=link.peer)
+            return limit
+        return capacity
+
+    def _unsettled(self, key: tuple[str, int, str]) -> bool:
+        return key in self.jobs_by_key
 
     def _on_heartbeat(self, request: rq.HeartbeatReady, now: float) -> None:
         """Liveness and load from the newest heartbeat; a capability the connection derived is only re-indexed."""
@@ -670,6 +719,8 @@ class Registry:
             return
         spec = job.spec
         node = self.nodes.get(job.node_id or "")
+        if node is not None and node.capacity < node.claimed_capacity:
+            node.capacity = capacity_after_answer(node.capacity, node.claimed_capacity)  # it answers again
         if not message.success:
             error = message.error or m.ResultError()
             duplicate = error.code.startswith("DUPLICATE_") or error.message.startswith("DUPLICATE_")
@@ -792,7 +843,8 @@ class Registry:
                 "node_id": node.node_id,
                 "state": _node_state(node, now),
                 "in_flight": node.in_flight,
-                "capacity": node.capacity,
+                "capacity": node.claimed_capacity,
+                "effective_capacity": node.capacity,
                 "slot_holders": sum(1 for job in node.jobs if job.holds_slot),
                 "jobs": len(node.jobs),
                 "pools": sorted(node.capability.pools()),
@@ -873,6 +925,7 @@ def _job_view(job: Job) -> dict[str, Any]:
         "utterance_index": spec.utterance_index,
         "tgt_lang": spec.tgt_lang,
         "selection_key": spec.selection_key,
+        "tenant_id": spec.tenant_id,
         "state": job.state.value,
         "node_id": job.node_id,
         "attempt": job.attempt,

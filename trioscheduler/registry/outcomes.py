@@ -112,4 +112,5 @@ def job_assign(job: Job) -> m.JobAssign:
         is_timeout_triggered=spec.is_timeout_triggered or None,
         is_max_duration_triggered=spec.is_max_duration_triggered or None,
         context_text=spec.context_text,
+        tenant_id=spec.tenant_id,
     )

@@ -29,7 +29,7 @@ from trioscheduler.policy.capability import (
 )
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import base64_decoded_size
-from trioscheduler.protocol.errors import ProtocolError
+from trioscheduler.protocol.errors import CloseCode, ProtocolError
 from trioscheduler.protocol.messages import Pipeline
 
 
@@ -74,6 +74,8 @@ class NodeLink:
     conn_id: int
     outbox: Outbox
     peer: str = ""
+    #: The credential the socket authenticated with (None: authentication off); a node_id belongs to it.
+    credential: str | None = None
     latest_heartbeat: tuple[m.NodeHeartbeat, float] | None = None
     heartbeat_queued: bool = False
     #: A capability to apply with the next heartbeat (None: unchanged). Only the newest is kept.
@@ -88,9 +90,10 @@ class NodeLink:
 
 @attrs.frozen
 class CloseLink:
-    """Outbox item: close this node socket (replaced by a reconnect, or its heartbeats stopped)."""
+    """Outbox item: close this node socket (replaced by a reconnect, or its heartbeats stopped) with ``code``."""
 
     reason: str
+    code: CloseCode = CloseCode.NORMAL
 
 
 @attrs.frozen

@@ -26,6 +26,8 @@ class JobState(enum.Enum):
 class NodeRecord:
     node_id: str
     link: NodeLink
+    #: Effective capacity, what selection reads: ``claimed_capacity`` until a job times out, then less until the
+    #: node answers again (policy/selection.py, capacity_after_timeout and capacity_after_answer).
     capacity: int
     capability: NodeCapability
     index_keys: frozenset[str]
@@ -44,6 +46,8 @@ class NodeRecord:
     answers_every_job: bool = False
     #: An operator drained it: out of every index (no new job), its running jobs finish (registry/node_drain.py).
     draining: bool = False
+    #: What the node claimed (max_concurrent_jobs), clamped to limits.max_node_capacity; set at registration.
+    claimed_capacity: int = 0
 
     def serves(self, services: frozenset[str]) -> bool:
         return self.capability.serves(services)

@@ -70,7 +70,8 @@ class NodeConnection:
         outbox_send, self._outbox = trio.open_memory_channel[Any](config.scheduler.node_outbox_size)
         #: Set by _request_close, or by the outbox when it overflows (then _closing is still None).
         self._close_requested = trio.Event()
-        self._link = NodeLink(conn_id, NodeOutbox(outbox_send, self._close_requested), transport.peer)
+        self._link = NodeLink(conn_id, NodeOutbox(outbox_send, self._close_requested), transport.peer,
+                              principal.credential)
         self._node_id: str | None = None
         self._registered = trio.Event()
         self._heartbeat_waiting = trio.Event()
@@ -163,6 +164,13 @@ class NodeConnection:
         if isinstance(message, m.NodeRegister):
             answer = await self._registry.register(self._link, message, self._config.limits)
             if isinstance(answer, ProtocolError):
+                if answer.code == ErrorCode.NODE_ID_IN_USE:
+                    # The error, then the close, in that order through the outbox.
+                    emit(log, WARNING, "node_message_rejected", node_id=message.node_id, code=answer.code,
+                         error=answer.message, peer=self._transport.peer)
+                    self._send(answer.to_message())
+                    self._send(CloseLink("node_id_in_use", CloseCode.NODE_ID_IN_USE))
+                    return
                 raise answer
             if answer is None:
                 raise ProtocolError("registration failed inside the scheduler", code=ErrorCode.INTERNAL_ERROR)
@@ -234,7 +242,7 @@ class NodeConnection:
                              node_id=self._node_id, trace_id=assign.trace_id, attempt_id=assign.attempt_id,
                              elapsed_ms=round((trio.current_time() - item.finalized_at) * 1000.0, 3))
                 elif type(item) is CloseLink:
-                    self._request_close(CloseCode.NORMAL, item.reason, item.reason)
+                    self._request_close(item.code, item.reason, item.reason)
                     return
                 else:
                     try:

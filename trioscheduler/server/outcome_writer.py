@@ -77,6 +77,14 @@ class Expect:
 
 
 @attrs.frozen
+class Settled:
+    """Rooms: the index's outcome went to the room's listeners, never to this speaker. It takes the index's place
+    in the release order and sends nothing."""
+
+    utterance_index: int
+
+
+@attrs.frozen
 class CloseSession:
     """session_close: deliver every outcome owed (or, at ``deadline``, what arrived, the rest reported missing),
     then session_close_ack, then set ``done``."""
@@ -292,6 +300,11 @@ class OutcomeWriter:
                              job_id=item.job_id)
                         if item.stages is not None:
                             log_outcome_done(item.stages, item.message, dropped=added.value)
+                case Settled():
+                    if orderer is None:
+                        orderer = self._orderer = self._new_orderer()
+                    if orderer.add(item.utterance_index, item, trio.current_time()) is Added.ACCEPTED:
+                        await self._release(orderer.ready())
                 case Passthrough():
                     if getattr(item.message, "session_id", None) in self._closed_sessions:
                         self._counters["outcomes_dropped_after_close"] += 1
@@ -422,6 +435,8 @@ class OutcomeWriter:
                     self._missing(session, index, missing_reason, finalized_at is not None)
                 job_id = None
                 stages = None
+            elif type(release.outcome) is Settled:
+                continue
             else:
                 message = release.outcome.message
                 job_id = release.outcome.job_id

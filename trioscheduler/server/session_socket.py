@@ -9,6 +9,12 @@ and on session_close waits for the writer's ack while it keeps reading, at most 
 frames, so a client that vanishes mid-close is still seen. Whenever it ends, the registry is told the session is
 gone, without a deadline that could lose the notice.
 
+Sessions are opened through the Scheduler's ``SessionDirectory``: a session_id another socket holds or let go within
+``limits.session_id_reuse_seconds`` is never adopted (SESSION_ID_IN_USE), and a tenant holds at most
+``limits.sessions_per_tenant`` sessions. Every frame is charged to the socket's ``TokenBucket`` before it is decoded:
+over ``limits.messages_per_second`` it is dropped (RATE_LIMITED), and a debt over ``limits.messages_burst`` closes the
+socket (CloseCode.RATE_LIMITED).
+
 An idle session is its reader alone: the writer runs only while it has work, in the nursery the scheduler holds
 for all sessions (a nursery per session would cost every idle session its own; see docs/architecture.md).
 """
@@ -33,10 +39,15 @@ from trioscheduler.principal import ANONYMOUS, Principal
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import client_codec, decode_base64
 from trioscheduler.protocol.errors import CloseCode, ErrorCode, ProtocolError
+from trioscheduler.protocol.rooms import ROOM_CLIENT_MESSAGES
+from trioscheduler.ratelimit import ACCEPT, REFUSE, TokenBucket
 from trioscheduler.registry.requests import JobSpec, Outcome, RegistryClient
+from trioscheduler.rooms.owner import RoomsClient
+from trioscheduler.rooms.session_side import SessionRooms
 from trioscheduler.server.jobspec import build_job_spec, utterance_index
 from trioscheduler.server.outcome_writer import CloseSession, Expect, OutcomeWriter, Send
 from trioscheduler.server.session_state import SessionState, check_session_id, implicit_init, new_session_state
+from trioscheduler.session_directory import SessionDirectory
 from trioscheduler.transport import Transport, TransportClosed
 from trioscheduler.wallclock import wall_ms
 
@@ -61,7 +72,8 @@ class SessionMetrics:
 
 class SessionConnection:
     __slots__ = ("_transport", "_registry", "_config", "_codec", "_metrics", "_state", "_writer", "_early_frames",
-                 "_handshake_deadline", "_principal", "_drain", "_wait_scope")
+                 "_handshake_deadline", "_principal", "_directory", "_holder", "_bucket", "_drain", "_wait_scope",
+                 "_rooms_client", "_rooms")
 
     def __init__(
         self,
@@ -71,6 +83,8 @@ class SessionConnection:
         metrics: SessionMetrics,
         tasks: trio.Nursery,
         principal: Principal = ANONYMOUS,
+        directory: SessionDirectory | None = None,
+        rooms: RoomsClient | None = None,
         *,
         drain: DrainControl | None = None,
     ) -> None:
@@ -91,6 +105,15 @@ class SessionConnection:
         self._early_frames: list[str | bytes] | None = None
         #: By when the socket must open its first session; infinite once it has.
         self._handshake_deadline = trio.current_time() + config.limits.handshake_timeout_seconds
+        #: The session ids of all sockets (the Scheduler's); a socket alone gets a directory of its own.
+        self._directory = directory if directory is not None else SessionDirectory(config.limits)
+        #: This socket's token in the directory.
+        self._holder = self._directory.new_holder()
+        limits = config.limits
+        self._bucket = TokenBucket(limits.messages_per_second, limits.messages_burst, trio.current_time())
+        #: The room owner (None: rooms are off), and this socket's part in rooms, made on its first room message.
+        self._rooms_client = rooms
+        self._rooms: SessionRooms | None = None
 
     def footprint(self) -> dict[str, int]:
         """What this session holds beyond its idle size; all zero once its utterances are settled."""
@@ -136,6 +159,9 @@ class SessionConnection:
             state = self._state
             if state is not None:
                 self._registry.session_ended_nowait(state.session_id)
+                if self._rooms is not None:
+                    self._rooms.ended(state.session_id)
+                self._directory.release(state.session_id, self._holder, state.init.tenant_id, trio.current_time())
                 emit(log, INFO, "session_ended", session_id=state.session_id, reason="socket_closed")
         if writer.crash is not None:
             raise writer.crash
@@ -182,6 +208,13 @@ class SessionConnection:
                     continue
             try:
                 assert frame is not None
+                verdict = self._bucket.take(trio.current_time())
+                if verdict != ACCEPT:
+                    if verdict == REFUSE:
+                        self._rate_limited()
+                        continue
+                    await self._rate_limit_close()
+                    return
                 try:
                     await self._handle(self._codec.decode(frame))
                 except ProtocolError as exc:
@@ -191,6 +224,25 @@ class SessionConnection:
             except (TransportClosed, trio.ClosedResourceError):
                 return  # the socket is gone, or the writer closed it (slow consumer, crash)
             frame = None  # not kept alive by this frame while the socket is quiet (an idle session)
+
+    def _rate_limited(self) -> None:
+        """The frame came over ``limits.messages_per_second``: it is dropped unread and the client told so."""
+        limits = self._config.limits
+        self._metrics.counters["messages_rate_limited"] += 1
+        self._send_now(ProtocolError(
+            f"more than {limits.messages_per_second:g} messages per second (burst {limits.messages_burst}): "
+            "message dropped; slow down", code=ErrorCode.RATE_LIMITED,
+        ).to_message(session_id=self._state.session_id if self._state else None))
+
+    async def _rate_limit_close(self) -> None:
+        limits = self._config.limits
+        self._metrics.counters["sessions_closed_rate_limited"] += 1
+        emit(log, WARNING, "session_rate_limited", peer=self._transport.peer,
+             session_id=self._state.session_id if self._state else None,
+             why=f"kept sending over limits.messages_per_second ({limits.messages_per_second:g}) until its "
+                 f"refused messages exceeded limits.messages_burst ({limits.messages_burst}); closing with "
+                 f"{int(CloseCode.RATE_LIMITED)}")
+        await self._writer.close(CloseCode.RATE_LIMITED, "rate limited")
 
     async def _handshake_timed_out(self) -> None:
         timeout = self._config.limits.handshake_timeout_seconds
@@ -206,8 +258,7 @@ class SessionConnection:
             case m.Utterance():
                 try:
                     if state is None:
-                        state = self._open(implicit_init(message), message.session_id or new_session_id(),
-                                           implicit=True)
+                        state = self._open(implicit_init(message), message.session_id, implicit=True)
                     check_session_id(state, message)
                     await self._on_utterance(state, message)
                 except ProtocolError as exc:
@@ -218,7 +269,7 @@ class SessionConnection:
                 if state is not None:
                     raise ProtocolError("session already initialised on this connection; send session_close first",
                                         field="type")
-                self._open(message, new_session_id(), implicit=False)
+                self._open(message, None, implicit=False)
                 return
         if state is None:
             raise ProtocolError(f"{message.TYPE} before session_init: no session on this connection",
@@ -236,10 +287,32 @@ class SessionConnection:
                     state.groups.touch(message.group_id, now)
             case m.SessionClose():
                 await self._on_close(state, message)
+            case _ if type(message) in ROOM_CLIENT_MESSAGES:
+                await self._on_room_message(state, message)
 
-    def _open(self, init: m.SessionInit, session_id: str, *, implicit: bool) -> SessionState:
-        """Start the session ``init`` describes (ProtocolError if it is invalid); a session_init gets its ack."""
+    def _open(self, init: m.SessionInit, session_id: str | None, *, implicit: bool) -> SessionState:
+        """Start the session ``init`` describes, under ``session_id`` or a fresh one (ProtocolError if it is
+        invalid, its id taken or its tenant full); a session_init gets its ack."""
+        principal, directory, now = self._principal, self._directory, trio.current_time()
+        if principal.credential is None:  # without authentication, session_init's tenant_id is a label
+            tenant_id = init.tenant_id
+        else:  # authenticated, the tenant is the API key's, whatever session_init says
+            tenant_id = None if principal.tenant_id is None else m.Id(principal.tenant_id)
+        if tenant_id != init.tenant_id:
+            init = attrs.evolve(init, tenant_id=tenant_id)
+        if session_id is None:
+            session_id = directory.unused_id(new_session_id, now)
         state = new_session_state(init, session_id, init.trace_id or random_uuid(), self._config.segmentation)
+        refusal = directory.claim(session_id, self._holder, state.init.tenant_id, now)
+        if refusal is not None:
+            self._metrics.counters[f"sessions_refused_{refusal}"] += 1
+            emit(log, WARNING, "session_refused", session_id=session_id, code=refusal, tenant_id=tenant_id,
+                 peer=self._transport.peer)
+            if refusal == ErrorCode.SESSION_ID_IN_USE:
+                raise ProtocolError(f"session_id {session_id!r} is in use or was in use recently: open a session "
+                                    "with session_init, or use another id", field="session_id", code=refusal)
+            raise ProtocolError(f"tenant has {self._config.limits.sessions_per_tenant} sessions open "
+                                "(limits.sessions_per_tenant): session refused", code=refusal)
         self._state = self._writer.session = state
         self._handshake_deadline = math.inf
         counters = self._metrics.counters
@@ -328,6 +401,9 @@ class SessionConnection:
         state.jobs.hold(index, audio_bytes)
         if state.groups is not None or state.init.ui_events:
             spec = _with_group_context(state, spec)
+        rooms = self._rooms
+        if rooms is not None and rooms.in_room and await rooms.submit(state, spec):
+            return
         deadline_ms = self._config.scheduler.selection_deadline_ms
         reply = await self._registry.submit(spec, writer, spec.finalized_at + deadline_ms / 1000.0)
         if reply is not None:
@@ -350,12 +426,17 @@ class SessionConnection:
         cut = state.segmenter.flush()
         if cut is not None:
             await self._submit_cut(state, cut)
+        if self._rooms is not None:
+            await self._rooms.closing(deadline)
         done = trio.Event()
         self._writer.send_nowait(CloseSession(state.session_id, done, deadline))
         await self._read_while_closing(done)
         if self._writer.closed:
             raise TransportClosed  # the writer ended without the ack: the socket is gone
         self._registry.session_ended_nowait(state.session_id)
+        if self._rooms is not None:
+            self._rooms.ended(state.session_id)
+        self._directory.release(state.session_id, self._holder, state.init.tenant_id, trio.current_time())
         emit(log, INFO, "session_ended", session_id=state.session_id, reason=message.reason or "session_close")
         self._state = self._writer.session = None
 
@@ -438,6 +519,15 @@ class SessionConnection:
             code=ErrorCode.SCHEDULER_DRAINING, message="scheduler draining: utterance cut at the drain deadline, "
                                                        "not scheduled",
             session_id=state.session_id, utterance_index=index, trace_id=state.trace_id), ""))
+    async def _on_room_message(self, state: SessionState, message: Any) -> None:
+        rooms = self._rooms
+        if rooms is None:
+            if self._rooms_client is None:
+                raise ProtocolError(f"message type '{message.TYPE}' is not supported here: rooms are off",
+                                    field="type", code=ErrorCode.UNSUPPORTED_FEATURE)
+            rooms = self._rooms = SessionRooms(self._rooms_client, self._registry, self._config, self._writer,
+                                               self._metrics.counters)
+        await rooms.handle(state, message)
 
     def _send_now(self, message: Any) -> None:
         self._writer.send_nowait(Send(message))
