@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                              "warns at start and every hour)")
     parser.add_argument("--node-mode", choices=("every_job", "original"), default="every_job",
                         help="demo only: simulated nodes that answer every job, or like the original's node agent")
+    parser.add_argument("--speech", action="store_true",
+                        help="demo only: a node with real speech engines instead (pip install -e '.[speech]')")
     parser.add_argument("--keep", action="store_true",
                         help="demo only: once the clients are done, keep serving (dashboard included) until Ctrl-C")
     return parser
@@ -108,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     # The demo prints its own story: stage lines would drown it.
     level = "warning" if args.command == "demo" and args.log_level is None else config.logging.level
     configure_logging(level, queue_records=config.limits.max_log_queue_records, log_format=config.logging.format)
+    if args.command == "demo" and args.speech:
+        from trioscheduler.speech.demo import run_speech_demo
+
+        return trio.run(run_speech_demo, config, args.keep)
     if args.command == "demo":
         from trioscheduler.demo import run_demo
 

@@ -1,5 +1,5 @@
 """HTTP for operators (ASGI, served by hypercorn): /api/v1/stats, and the routes of trioscheduler/ops_http.py
-(/health, /ready, /metrics, the drain endpoints).
+(/health, /ready, /metrics, the drain endpoints); the /try page (trioscheduler/web/try_page.py).
 
 WebSockets never reach this app: the door in server/listener.py carries /ws/session and /ws/node in both listener modes
 (when ``http_port`` equals ``port`` it hands every other request to hypercorn, and so to this app).
@@ -15,6 +15,7 @@ from trioscheduler import api, ops_http
 from trioscheduler.app import Scheduler
 from trioscheduler.auth import http_admin_refusal
 from trioscheduler.gateway import TRANSLATE_PATH, Gateway, handle_translate
+from trioscheduler.web.try_page import TRY_PATH, try_page_asset
 
 
 def make_app(scheduler: Scheduler, gateway: Gateway | None = None) -> ASGIFramework:
@@ -64,5 +65,7 @@ async def _http(scheduler: Scheduler, scope: HTTPScope, send: ASGISendCallable) 
             await _respond(send, 503, b'{"error":"registry did not answer"}', "application/json")
         else:
             await _respond(send, 200, json.dumps(snapshot).encode(), "application/json")
+    elif path.startswith(TRY_PATH) and (asset := try_page_asset(path, scheduler.config.server.port)) is not None:
+        await _respond(send, 200, *asset)
     else:
         await _respond(send, 404, b"not found\n", "text/plain")
