@@ -14,17 +14,12 @@ import trio
 import trustme
 
 from tests.auth_wire import bearer, open_peer, refused_status, register
-from tests.wire import ROOT, start_daemon_process
+from tests.wire import ROOT, exit_and_rest, start_daemon_process
 
 
 async def _stop(process: trio.Process) -> tuple[int, str]:
     process.send_signal(signal.SIGTERM)
-    with trio.fail_after(20):
-        code = await process.wait()
-    assert process.stderr is not None
-    stderr = b""
-    while chunk := await process.stderr.receive_some():
-        stderr += chunk
+    code, stderr = await exit_and_rest(process, process.stderr)
     return code, stderr.decode()
 
 

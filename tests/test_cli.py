@@ -12,18 +12,12 @@ import httpx
 import pytest
 import trio
 
-from tests.wire import ROOT, connect, node_register, start_daemon_process
+from tests.wire import ROOT, connect, exit_and_rest, node_register, start_daemon_process
 
 
 async def _stop(process: trio.Process, signum: int) -> tuple[int, bytes]:
     process.send_signal(signum)
-    with trio.fail_after(20):
-        code = await process.wait()
-    assert process.stderr is not None
-    stderr = b""
-    while chunk := await process.stderr.receive_some():
-        stderr += chunk
-    return code, stderr
+    return await exit_and_rest(process, process.stderr)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -10,17 +10,12 @@ import httpx
 import trio
 
 from tests.test_drain import SERVICE_RESTART, StreamRecord, stream_until_closed
-from tests.wire import WAIT, b64, pcm, session, start_daemon_process, until
+from tests.wire import WAIT, b64, exit_and_rest, pcm, session, start_daemon_process, until
 from trioscheduler.sim import SimNode, SimNodeBehaviour
 
 
 async def _wait_exit(process: trio.Process) -> tuple[int, str]:
-    with trio.fail_after(30):
-        code = await process.wait()
-    assert process.stdout is not None
-    out = b""
-    while chunk := await process.stdout.receive_some():
-        out += chunk
+    code, out = await exit_and_rest(process, process.stdout, 30)
     return code, out.decode()
 
 

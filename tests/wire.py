@@ -226,6 +226,19 @@ async def memory_session(nursery: trio.Nursery, scheduler: Scheduler, src: str =
 ROOT = Path(__file__).resolve().parent.parent
 
 
+async def exit_and_rest(process: trio.Process, stream: trio.abc.ReceiveStream | None,
+                        seconds: float = 20) -> tuple[int, bytes]:
+    """Wait (at most ``seconds``) for ``process`` to exit; its exit code and what was left to read on ``stream`` (one
+    of its pipes)."""
+    with trio.fail_after(seconds):
+        code = await process.wait()
+    assert stream is not None
+    rest = b""
+    while chunk := await stream.receive_some():
+        rest += chunk
+    return code, rest
+
+
 async def start_daemon_process(*args: str, env: dict[str, str] | None = None) -> tuple[trio.Process, re.Match[str]]:
     """``python -m trioscheduler *args`` in its own process (stdout and stderr piped; stderr is never read here),
     once it printed its listening line; the match's groups are the session, node and HTTP URLs."""
