@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=1, help="number of nodes to run (default: %(default)s)")
     parser.add_argument("--jitter", type=float, default=0.0,
                         help="scale each reconnect delay by a random factor within [1 - jitter, 1] (default: 0)")
+    parser.add_argument("--token", default=None,
+                        help="node token, sent as Authorization: Bearer (when the scheduler has [auth] node_tokens)")
     parser.add_argument("--seed", type=int, default=0, help="RNG seed; node i uses seed+i (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
@@ -104,7 +106,9 @@ def build_nodes(args: argparse.Namespace) -> list[SimNode]:
         node_id = args.node_id
         if node_id is not None and args.count > 1:
             node_id = f"{node_id}-{i + 1}"
-        nodes.append(SimNode(behaviour, node_id=node_id))
+        node = SimNode(behaviour, node_id=node_id)
+        node.token = args.token
+        nodes.append(node)
     return nodes
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio_websocket
 
 from tests.wire import WAIT, Peer, b64, memory_session, pcm, session, start_daemon
 from trioscheduler.app import Scheduler
@@ -271,3 +272,17 @@ def test_demo_runs_with_original_nodes() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "original's node agent" in done.stdout and "tts on CPU (reported not ready)" in done.stdout
     assert "0 errors" in done.stdout and "held unanswered" in done.stdout
+
+
+async def test_sim_node_example_presents_its_token(nursery: trio.Nursery,
+                                                   make_config: Callable[..., Config]) -> None:
+    """``examples/sim_node.py --token`` registers with a scheduler that has ``[auth] node_tokens``; without it the
+    door refuses the handshake."""
+    daemon = await start_daemon(nursery, make_config(auth={"node_tokens": ["node-secret"]}))
+    example = _sim_node_example()
+    (node,) = example.build_nodes(example.parse_args(["--token", "node-secret", "--node-id", "node-TOK1"]))
+    assert await nursery.start(node.run, daemon.node_url) == "node-TOK1"
+    (anonymous,) = example.build_nodes(example.parse_args(["--node-id", "node-TOK2"]))
+    with pytest.raises(trio_websocket.ConnectionRejected) as refused:
+        await anonymous.run(daemon.node_url)
+    assert refused.value.status_code == 401
