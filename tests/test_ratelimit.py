@@ -44,6 +44,13 @@ def test_a_client_within_the_rate_is_never_refused(rate: float, burst: int, gaps
         assert bucket.take(now) == ACCEPT
 
 
+def test_sending_exactly_at_the_rate_is_accepted_despite_float_rounding() -> None:
+    """Found by hypothesis: at 178.625 a second, 1/rate seconds later the bucket held 0.99999… of a token."""
+    bucket = TokenBucket(178.625, 1, 0.0)
+    assert bucket.take(1.0 / 178.625) == ACCEPT
+    assert bucket.take(2.0 / 178.625) == ACCEPT
+
+
 @given(rate=st.floats(1.0, 100.0), burst=st.integers(1, 50), extra=st.integers(0, 49))
 def test_close_comes_only_after_a_debt_of_more_than_the_burst(rate: float, burst: int, extra: int) -> None:
     """All at one instant: ``burst`` accepted, then ``burst`` refused, then the socket must go."""

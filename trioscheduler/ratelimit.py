@@ -13,6 +13,9 @@ ACCEPT = 0
 REFUSE = 1
 CLOSE = 2
 
+#: Rounding slack on a token: a client sending exactly at the rate computes ``gap * rate`` a hair under 1.
+_ROUNDING = 1e-9
+
 
 class TokenBucket:
     """``rate`` tokens a second, at most ``burst`` saved; full at ``now``. Guarantees: ``take`` accepts at most
@@ -35,7 +38,7 @@ class TokenBucket:
         self._stamp = now
         tokens -= 1.0
         self._tokens = tokens
-        if tokens >= 0.0:
+        if tokens >= -_ROUNDING:
             return ACCEPT
         return CLOSE if tokens < -self._burst else REFUSE
 
