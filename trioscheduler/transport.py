@@ -96,7 +96,7 @@ class EdgeWebSocketConnection(trio_websocket.WebSocketConnection):
         # A complete message within the limit, as trio-websocket hands it over, except that it goes into the
         # message channel without a checkpoint when the channel has room: the reader checkpoints in its next
         # receive anyway, and the extra one cost a task switch per message.
-        parts = self._message_parts
+        parts = cast("list[Any]", self._message_parts)  # str parts of a text message, bytes of a binary one
         parts.append(data)
         message = b"".join(parts) if isinstance(event, wsproto.events.BytesMessage) else "".join(parts)
         self._message_size = 0
