@@ -18,9 +18,8 @@ from tests.wire import Daemon, b64, pcm, registered_node, result_for, session
 
 ROUND_TRIPS = 12
 #: Task steps of the daemon's tasks per round trip (18 before the transport handed messages on
-#: without a checkpoint, 14 before the registry's inbox took submits and results without one, 12 while an Expect
-#: woke a waiting writer).
-MAX_STEPS_PER_ROUND_TRIP = 11
+#: without a checkpoint, 14 before the registry's inbox took submits and results without one).
+MAX_STEPS_PER_ROUND_TRIP = 12
 
 
 DAEMON_TASKS = ("trioscheduler.", "trio._highlevel_serve_listeners.")

@@ -166,11 +166,7 @@ class OutcomeWriter:
                 session.jobs.release(item.utterance_index)
         queue.append(item)
         if self._wakeup is not None:
-            # An Expect alone need not wake a waiting writer: it changes nothing the writer is waiting for (the
-            # outcome that follows it wakes the writer, and a deadline that comes first finds it queued ahead),
-            # and waking for it cost the closed loop a task switch per utterance.
-            if type(item) is not Expect or len(queue) > 1:
-                self._wakeup.set()
+            self._wakeup.set()
         elif not self._running:
             self._running = True
             self._tasks.start_soon(self._run)
