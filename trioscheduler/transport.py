@@ -90,7 +90,43 @@ class EdgeWebSocketConnection(trio_websocket.WebSocketConnection):
         data = event.data
         if type(data) is str and not data.isascii():  # isascii is O(1) on str: only non-ASCII text is encoded
             self._message_size += len(data.encode("utf-8", "surrogatepass")) - len(data)
-        await super()._handle_message_event(event)
+        if not event.message_finished or self._message_size + len(data) > self._max_message_size:
+            await super()._handle_message_event(event)  # a part to keep, or the refusal of an oversize message
+            return
+        # A complete message within the limit, as trio-websocket hands it over, except that it goes into the
+        # message channel without a checkpoint when the channel has room: the reader checkpoints in its next
+        # receive anyway, and the extra one cost a task switch per message.
+        parts = cast("list[Any]", self._message_parts)  # str parts of a text message, bytes of a binary one
+        parts.append(data)
+        message = b"".join(parts) if isinstance(event, wsproto.events.BytesMessage) else "".join(parts)
+        self._message_size = 0
+        self._message_parts = []
+        try:
+            try:
+                self._send_channel.send_nowait(message)
+            except trio.WouldBlock:
+                await self._send_channel.send(message)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # nobody reads any more (the connection is closing): as trio-websocket does, drop it
+
+    async def _send(self, event: wsproto.events.Event) -> None:
+        """trio-websocket's ``_send`` (one writer at a time, a broken stream becomes ConnectionClosed), except
+        that a free lock is taken without a checkpoint: ``send_all`` checkpoints (and checks for cancellation
+        before any byte goes out) anyway, and the lock's own checkpoint cost a task switch per message."""
+        data = self._wsproto.send(event)
+        lock = self._stream_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._abort_web_socket()
+            assert self._close_reason is not None
+            raise trio_websocket.ConnectionClosed(self._close_reason) from None
+        finally:
+            lock.release()
 
     async def _handle_close_connection_event(self, event: wsproto.events.CloseConnection) -> None:
         # A close frame from the peer moves wsproto to REMOTE_CLOSING before this event; still OPEN means the event
