@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pytest
 import trio
+
+from tests.native import require
 
 T = TypeVar("T")
 
@@ -36,11 +36,9 @@ def require_browser() -> tuple[str, str]:
     """The paths of chromium and chromedriver; skips (or fails under CI) when either is missing."""
     browser = _first_on_path(CHROMIUM_CANDIDATES)
     driver = _first_on_path(CHROMEDRIVER_CANDIDATES)
-    if browser is None or driver is None:
-        message = "Debian's chromium and chromium-driver are needed (apt-get install chromium chromium-driver)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require(None if browser is not None and driver is not None
+            else "Debian's chromium and chromium-driver are needed (apt-get install chromium chromium-driver)")
+    assert browser is not None and driver is not None
     return browser, driver
 
 

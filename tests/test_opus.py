@@ -52,7 +52,7 @@ def rms(pcm: bytes) -> float:
     return math.sqrt(sum(s * s for s in samples) / max(1, len(samples)))
 
 
-def test_pcm16_survives_opus_with_its_length_and_loudness() -> None:
+def test_pcm16_survives_opus_with_its_length_and_loudness(libopus: None) -> None:
     pcm = sine(1000)
     framed = opus.encode(pcm)
     assert len(opus.split_packets(framed)) == 50  # 20 ms packets
@@ -62,7 +62,7 @@ def test_pcm16_survives_opus_with_its_length_and_loudness() -> None:
     assert 0.5 < rms(decoded[3200:]) / rms(pcm[3200:]) < 1.5  # past the codec's warm-up
 
 
-def test_a_rest_shorter_than_a_frame_waits_for_the_next_call_or_the_flush() -> None:
+def test_a_rest_shorter_than_a_frame_waits_for_the_next_call_or_the_flush(libopus: None) -> None:
     encoder = opus.Pcm16Encoder()
     assert encoder.encode(sine(10)) == b""  # half a frame
     assert encoder.buffered_bytes == 320
@@ -73,20 +73,20 @@ def test_a_rest_shorter_than_a_frame_waits_for_the_next_call_or_the_flush() -> N
     assert encoder.flush() == b""
 
 
-def test_streamed_and_whole_encodings_give_the_same_packet_count() -> None:
+def test_streamed_and_whole_encodings_give_the_same_packet_count(libopus: None) -> None:
     pcm = sine(730)
     encoder = opus.Pcm16Encoder()
     streamed = b"".join(encoder.encode(pcm[i:i + 1000]) for i in range(0, len(pcm), 1000)) + encoder.flush()
     assert len(opus.split_packets(streamed)) == len(opus.split_packets(opus.encode(pcm))) == 37
 
 
-def test_rates_libopus_cannot_do_are_refused() -> None:
+def test_rates_libopus_cannot_do_are_refused(libopus: None) -> None:
     with pytest.raises(ValueError, match="44100"):
         opus.Pcm16Encoder(44100)
     with pytest.raises(ValueError):
         opus.decode(b"", 22050)
 
 
-def test_a_packet_libopus_refuses_is_a_value_error() -> None:
+def test_a_packet_libopus_refuses_is_a_value_error(libopus: None) -> None:
     with pytest.raises(ValueError, match="packet 0"):
         opus.decode(opus.frame_packets([b"\xff" * 3]))

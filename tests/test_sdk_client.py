@@ -46,7 +46,7 @@ async def test_pcm16_utterance_gives_a_typed_result_with_decoded_tts(daemon: Dae
     assert (result.tts_audio, result.tts_format, result.node_id) == (b"\x01\x02\x03", "pcm16", node_id)
 
 
-async def test_opus_session_sends_framed_opus_that_decodes_to_what_was_sent(daemon: Daemon) -> None:
+async def test_opus_session_sends_framed_opus_that_decodes_to_what_was_sent(daemon: Daemon, libopus: None) -> None:
     async with registered_node(daemon.node_url) as (node, _), \
             client.connect(daemon.session_url, src_lang="zh", tgt_lang="en", audio_format="opus") as session:
         audio = pcm(250, fill=9)  # 12.5 frames: the half frame waits for end_utterance

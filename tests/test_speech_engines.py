@@ -4,7 +4,6 @@ the pipeline joining them (real engines; skipped without them, failing under CI)
 from __future__ import annotations
 
 import contextlib
-import os
 import struct
 from array import array
 from pathlib import Path
@@ -15,6 +14,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.native import require
 from trioscheduler.speech import (
     GLOSSARY_LABEL,
     AudioFormatError,
@@ -38,11 +38,7 @@ SPOKEN_WORDS = set(SPOKEN.split())
 
 def require_speech_engines() -> None:
     missing = missing_requirements()
-    if missing:
-        message = f"the speech engines need {', '.join(missing)}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require(f"the speech engines need {', '.join(missing)}" if missing else None)
 
 
 def tone(seconds: float, rate: int, amplitude: int = 8000) -> Pcm16:

@@ -41,6 +41,15 @@ class OpusUnavailable(TrioschedulerError):
     """opuslib-next or the libopus library it loads is not installed."""
 
 
+def unavailable_reason() -> str | None:
+    """None when opus can be encoded and decoded here; else why not (the OpusUnavailable message)."""
+    try:
+        _opuslib()
+    except OpusUnavailable as exc:
+        return str(exc)
+    return None
+
+
 def _opuslib() -> Any:
     try:
         return importlib.import_module("opuslib_next")

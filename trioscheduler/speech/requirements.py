@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
+from trioscheduler import opus
 from trioscheduler.speech.tts import espeak_path
 
 INSTALL_HINT = ("pip install -e '.[speech]' (pocketsphinx, opuslib-next) and, on Debian or Ubuntu, "
@@ -15,6 +16,8 @@ def missing_requirements() -> list[str]:
     missing = [f"python package {package}" for package, module in (("pocketsphinx", "pocketsphinx"),
                                                                      ("opuslib-next", "opuslib_next"))
                if importlib.util.find_spec(module) is None]
+    if importlib.util.find_spec("opuslib_next") is not None and opus.unavailable_reason() is not None:
+        missing.append("library libopus (Debian's libopus0)")
     if espeak_path() is None:
         missing.append("program espeak-ng")
     return missing
