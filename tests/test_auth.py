@@ -192,8 +192,19 @@ async def test_a_non_ascii_secret_matches_in_the_header_and_the_query(start: Cal
 
 
 async def test_exempt_peers_are_not_held_to_the_per_address_cap(start: Callable[..., Any]) -> None:
-    daemon = await start(limits={"connections_per_address": 1})  # the default exempts this host (loopback)
+    daemon = await start(limits={"connections_per_address": 1, "connections_per_address_exempt": ["127.0.0.0/8"]})
     async with open_peer(daemon.session_url) as first, open_peer(daemon.session_url) as second:
         await init_session(first)
         await init_session(second)
     assert daemon.scheduler.edge.counters["refused_per_address"] == 0
+
+
+async def test_loopback_is_held_to_the_per_address_cap_by_default(start: Callable[..., Any]) -> None:
+    """The issue's case, on this host: one address opening more sessions than ``connections_per_address``."""
+    daemon = await start(limits={"connections_per_address": 3})
+    async with open_peer(daemon.session_url) as a, open_peer(daemon.session_url) as b, \
+            open_peer(daemon.session_url) as c:
+        for peer in (a, b, c):
+            await init_session(peer)
+        assert await refused_status(daemon.session_url) == 429
+    assert daemon.scheduler.edge.counters["refused_per_address"] == 1

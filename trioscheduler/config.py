@@ -265,9 +265,8 @@ class LimitsConfig:
     max_log_queue_records: int = attrs.field(default=10_000, validator=_positive_int)
     #: WebSocket connections open at once from one remote IP address; beyond it the handshake gets HTTP 429.
     connections_per_address: int = attrs.field(default=100, validator=_positive_int)
-    #: Peers not held to ``connections_per_address`` (IP networks: this host, a reverse proxy, a gateway).
-    connections_per_address_exempt: tuple[str, ...] = attrs.field(default=("127.0.0.0/8", "::1/128"),
-                                                                  validator=_networks)
+    #: Peers not held to ``connections_per_address`` (IP networks: a reverse proxy, a gateway); none by default.
+    connections_per_address_exempt: tuple[str, ...] = attrs.field(default=(), validator=_networks)
     # -- identities, claims and tenants
     #: Largest max_concurrent_jobs a node may claim; a larger claim is clamped to it (and logged).
     max_node_capacity: int = attrs.field(default=1024, validator=_positive_int)
