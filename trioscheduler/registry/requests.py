@@ -284,6 +284,20 @@ async def _put(inbox: trio.MemorySendChannel[Any], request: Any) -> None:
     await inbox.send(request)
 
 
+async def ask_at(inbox: trio.MemorySendChannel[Any], request: Any, reply: Reply, deadline: float) -> bool:
+    """Put ``request`` (which answers through ``reply``) in ``inbox`` and wait for the answer. False when none came
+    by ``deadline`` or the caller was cancelled: the request is then marked abandoned, so its owner skips it (a
+    submit nobody waits for must not become a job, a plan nobody waits for must open no slot)."""
+    try:
+        with trio.move_on_at(deadline):
+            await _put(inbox, request)
+            await reply.event.wait()
+    finally:
+        if not reply.done:
+            reply.abandoned = True
+    return reply.done
+
+
 class RegistryClient:
     """The only way into the registry: every call is a message on its bounded inbox (or, for gone notices that do
     not fit, on the registry's ``Notices``)."""
@@ -298,15 +312,7 @@ class RegistryClient:
         """None when the registry did not answer by ``deadline`` (the caller reports SCHEDULER_BUSY); then the
         request is abandoned and the registry will not create the job."""
         request = Submit(spec, sink, Reply())
-        try:
-            with trio.move_on_at(deadline):
-                await _put(self._inbox, request)
-                await request.reply.event.wait()
-        finally:
-            # Also when cancelled from outside: a submit nobody waits for must not become a job.
-            if not request.reply.done:
-                request.reply.abandoned = True
-        if request.reply.done:
+        if await ask_at(self._inbox, request, request.reply, deadline):
             return request.reply.value  # type: ignore[no-any-return]
         return None
 
@@ -407,14 +413,7 @@ class RegistryClient:
     async def ask(self, request: Any, reply: Reply, timeout: float) -> bool:
         """Put ``request`` (which answers through ``reply``) in the inbox and wait for the answer; False when none
         came within ``timeout`` seconds or the caller was cancelled: the request is abandoned then."""
-        try:
-            with trio.move_on_after(timeout):
-                await self._inbox.send(request)
-                await reply.event.wait()
-        finally:
-            if not reply.done:
-                reply.abandoned = True
-        return reply.done
+        return await ask_at(self._inbox, request, reply, trio.current_time() + timeout)
 
     async def snapshot(self, timeout: float = 2.0, *, detail: bool = False) -> dict[str, Any] | None:
         return await self._ask(Snapshot(Reply(), detail), timeout)  # type: ignore[no-any-return]
@@ -427,12 +426,8 @@ class RegistryClient:
 
     async def _ask(self, request: Any, timeout: float) -> Any:
         """Send ``request`` (which has a ``reply``) and wait for its answer, at most ``timeout`` in all."""
-        with trio.move_on_after(timeout):
-            await self._inbox.send(request)
-            await request.reply.event.wait()
-        if request.reply.done:
+        if await ask_at(self._inbox, request, request.reply, trio.current_time() + timeout):
             return request.reply.value
-        request.reply.abandoned = True
         return None
 
 

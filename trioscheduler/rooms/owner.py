@@ -32,7 +32,7 @@ from trioscheduler.ids import random_uuid
 from trioscheduler.logs import emit
 from trioscheduler.protocol import rooms as rm
 from trioscheduler.protocol.messages import Id
-from trioscheduler.registry.requests import Reply
+from trioscheduler.registry.requests import Reply, ask_at
 from trioscheduler.rooms.codes import RoomErrorCode
 from trioscheduler.rooms.delivery import ListenerQueue
 from trioscheduler.rooms.policy import (
@@ -122,14 +122,8 @@ class RoomsClient:
     async def plan(self, session_id: str, index: int, deadline: float) -> tuple[bool, Any]:
         """(answered, the Plan's reply); not answered by ``deadline``: the owner will not open any slot for it."""
         request = Plan(session_id, index, Reply())
-        try:
-            with trio.move_on_at(deadline):
-                await self._inbox.send(request)
-                await request.reply.event.wait()
-        finally:
-            if not request.reply.done:
-                request.reply.abandoned = True
-        return request.reply.done, request.reply.value
+        answered = await ask_at(self._inbox, request, request.reply, deadline)
+        return answered, request.reply.value
 
     def session_gone_nowait(self, session_id: str) -> None:
         """The session left by ending: never blocks, never lost, safe in a ``finally``."""
