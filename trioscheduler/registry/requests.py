@@ -316,6 +316,17 @@ class RegistryClient:
             return request.reply.value  # type: ignore[no-any-return]
         return None
 
+    def submit_nowait(self, spec: JobSpec, sink: Sink) -> Reply | None:
+        """Put the submit in the inbox without waiting for its answer, which lands in the returned Reply (the
+        caller watches ``done`` and marks it ``abandoned`` past its deadline; server/unanswered.py); None when
+        the inbox is full (then ``submit`` waits for room, by a deadline)."""
+        request = Submit(spec, sink, Reply())
+        try:
+            self._inbox.send_nowait(request)
+        except trio.WouldBlock:
+            return None
+        return request.reply
+
     async def cancel_jobs(self, session_id: str, indices: tuple[int, ...] | None,
                           reason: m.JobCancelReason) -> None:
         await self._inbox.send(CancelJobs(session_id, indices, reason))

@@ -47,6 +47,7 @@ from trioscheduler.rooms.session_side import SessionRooms
 from trioscheduler.server.jobspec import build_job_spec, utterance_index
 from trioscheduler.server.outcome_writer import CloseSession, Expect, OutcomeWriter, Send
 from trioscheduler.server.session_state import SessionState, check_session_id, implicit_init, new_session_state
+from trioscheduler.server.unanswered import UnansweredSubmits
 from trioscheduler.session_directory import SessionDirectory
 from trioscheduler.transport import Transport, TransportClosed
 from trioscheduler.wallclock import wall_ms
@@ -73,7 +74,7 @@ class SessionMetrics:
 class SessionConnection:
     __slots__ = ("_transport", "_registry", "_config", "_codec", "_metrics", "_state", "_writer", "_early_frames",
                  "_handshake_deadline", "_principal", "_directory", "_holder", "_bucket", "_drain", "_wait_scope",
-                 "_rooms_client", "_rooms")
+                 "_rooms_client", "_rooms", "_unanswered")
 
     def __init__(
         self,
@@ -114,6 +115,8 @@ class SessionConnection:
         #: The room owner (None: rooms are off), and this socket's part in rooms, made on its first room message.
         self._rooms_client = rooms
         self._rooms: SessionRooms | None = None
+        #: Submits the registry has not answered yet (made on the first submit: an idle session holds none).
+        self._unanswered: UnansweredSubmits | None = None
 
     def footprint(self) -> dict[str, int]:
         """What this session holds beyond its idle size; all zero once its utterances are settled."""
@@ -152,6 +155,8 @@ class SessionConnection:
                 await writer.fail(exc, "reader")
             raise
         finally:
+            if self._unanswered is not None:
+                self._unanswered.abandon_all()
             metrics.live.discard(self)
             if self._drain is not None:
                 self._drain.session_closed()
@@ -177,12 +182,19 @@ class SessionConnection:
                                                          or state.segmenter.buffered_bytes == 0):
                 await self._close_for_drain(drain, state)
                 return
+            unanswered = self._unanswered
+            if unanswered:
+                self._expire_submits(unanswered)
             if state is None:
                 deadline: float | None = self._handshake_deadline
                 if deadline == math.inf:
                     deadline = None
             else:
                 deadline = state.segmenter.pause_deadline()
+                if unanswered:
+                    answer_by = unanswered.next_deadline()
+                    if answer_by is not None and (deadline is None or answer_by < deadline):
+                        deadline = answer_by
             early = self._early_frames
             if early:
                 frame = early.pop(0)
@@ -202,6 +214,8 @@ class SessionConnection:
                     if state is None:
                         await self._handshake_timed_out()
                         return
+                    if unanswered:
+                        self._expire_submits(unanswered)
                     cut = state.segmenter.on_timer(trio.current_time())
                     if cut is not None:
                         await self._submit_cut(state, cut)
@@ -404,16 +418,34 @@ class SessionConnection:
         rooms = self._rooms
         if rooms is not None and rooms.in_room and await rooms.submit(state, spec):
             return
-        deadline_ms = self._config.scheduler.selection_deadline_ms
-        reply = await self._registry.submit(spec, writer, spec.finalized_at + deadline_ms / 1000.0)
-        if reply is not None:
+        answer_by = spec.finalized_at + self._config.scheduler.selection_deadline_ms / 1000.0
+        registry = self._registry
+        submitted = registry.submit_nowait(spec, writer)
+        if submitted is not None:  # the reader goes back to its socket; the answer is checked by answer_by
+            unanswered = self._unanswered
+            if unanswered is None:
+                unanswered = self._unanswered = UnansweredSubmits()
+            unanswered.add(answer_by, submitted, spec)
             return
-        counters["scheduler_busy"] += 1
+        if await registry.submit(spec, writer, answer_by) is None:  # the inbox was full: wait for room
+            self._scheduler_busy(spec)
+
+    def _expire_submits(self, unanswered: UnansweredSubmits) -> None:
+        """Every submit the registry did not answer by its deadline is abandoned and gets SCHEDULER_BUSY."""
+        for spec in unanswered.expired(trio.current_time()):
+            self._scheduler_busy(spec)
+
+    def _scheduler_busy(self, spec: JobSpec) -> None:
+        """The registry did not take the utterance within ``selection_deadline_ms``: its outcome is SCHEDULER_BUSY
+        (the submit was abandoned, so no job will be made of it)."""
+        deadline_ms = self._config.scheduler.selection_deadline_ms
+        index = spec.utterance_index
+        self._metrics.counters["scheduler_busy"] += 1
         emit(log, WARNING, "job_deadline_missed", session_id=spec.session_id, utterance_index=index,
              trace_id=spec.trace_id, stage="registry_submit",
              why=f"registry did not answer within selection_deadline_ms ({deadline_ms:g} ms)",
              elapsed_ms=round((trio.current_time() - spec.finalized_at) * 1000.0, 3))
-        writer.send_nowait(Outcome(index, m.ErrorMessage(
+        self._writer.send_nowait(Outcome(index, m.ErrorMessage(
             code=ErrorCode.SCHEDULER_BUSY,
             message=f"scheduler busy: no answer within {deadline_ms:g} ms; utterance not scheduled",
             session_id=spec.session_id, utterance_index=index, trace_id=spec.trace_id,
@@ -437,6 +469,8 @@ class SessionConnection:
         if self._rooms is not None:
             self._rooms.ended(state.session_id)
         self._directory.release(state.session_id, self._holder, state.init.tenant_id, trio.current_time())
+        if self._unanswered is not None:
+            self._unanswered.abandon_all()  # the session is over: none of its submits may still become a job
         emit(log, INFO, "session_ended", session_id=state.session_id, reason=message.reason or "session_close")
         self._state = self._writer.session = None
 
