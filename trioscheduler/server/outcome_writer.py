@@ -139,7 +139,8 @@ class OutcomeWriter:
         return {
             "outcomes_held": self._orderer.pending_count if self._orderer is not None else 0,
             "outcomes_released_ahead": self._orderer.ahead_count if self._orderer is not None else 0,
-            "outcomes_owed": len(self._owed),
+            # An Expect still queued is owed too (the writer takes it with its next item).
+            "outcomes_owed": len(self._owed) + sum(type(item) is Expect for item in self._queue),
             "writer_queue": len(self._queue),
         }
 
@@ -166,7 +167,10 @@ class OutcomeWriter:
                 session.jobs.release(item.utterance_index)
         queue.append(item)
         if self._wakeup is not None:
-            self._wakeup.set()
+            if type(item) is not Expect:
+                # An Expect alone asks nothing of a waiting writer (no send, no deadline of its own): it is taken
+                # with the next item or at the writer's next deadline, and saves the writer a wake per utterance.
+                self._wakeup.set()
         elif not self._running:
             self._running = True
             self._tasks.start_soon(self._run)
