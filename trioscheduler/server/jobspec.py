@@ -48,7 +48,8 @@ def build_job_spec(state: SessionState, segmentation: SegmentationConfig, index:
                    source: Cut | m.Utterance, turn_id: str | None = None) -> JobSpec:
     """The job for utterance ``index`` of the session: from a cut of its streamed audio, or from an ``utterance``
     message (already checked by ``utterance_index``), whose fields override the session's. ``turn_id`` is the
-    new turn of an utterance message (a cut carries its own)."""
+    new turn of an utterance message (a cut carries its own). Issue 14: the job carries the session's wish for
+    ui_events and, while its utterance group is open, the group's recent text (``context_text``)."""
     init = state.init
     mode, lang_a, lang_b = init.mode, init.lang_a, init.lang_b
     if type(source) is Cut:
@@ -74,6 +75,7 @@ def build_job_spec(state: SessionState, segmentation: SegmentationConfig, index:
         is_timeout_triggered = is_max_duration_triggered = False
         dialect = source.dialect or init.dialect
         features = source.features if source.features is not None else init.features
+    groups = state.groups
     return JobSpec(
         session_id=state.session_id,
         utterance_index=index,
@@ -103,6 +105,8 @@ def build_job_spec(state: SessionState, segmentation: SegmentationConfig, index:
         else init.partial_update_interval_ms,
         tenant_id=init.tenant_id,
         audio_b64=audio_b64,
+        ui_events=bool(init.ui_events),
+        context_text=groups.context_text(finalized_at) if groups is not None else None,
     )
 
 

@@ -413,8 +413,6 @@ class SessionConnection:
                 session_id=spec.session_id, utterance_index=index, trace_id=spec.trace_id), ""))
             return
         state.jobs.hold(index, audio_bytes)
-        if state.groups is not None or state.init.ui_events:
-            spec = _with_group_context(state, spec)
         rooms = self._rooms
         if rooms is not None and rooms.in_room and await rooms.submit(state, spec):
             return
@@ -566,13 +564,3 @@ class SessionConnection:
     def _send_now(self, message: Any) -> None:
         self._writer.send_nowait(Send(message))
 
-
-def _with_group_context(state: SessionState, spec: JobSpec) -> JobSpec:
-    """Issue 14: the job carries the session's wish for ui_events and its open group's recent text (context_text);
-    only sessions with a group or ui_events pay for this copy."""
-    groups = state.groups
-    context = groups.context_text(spec.finalized_at) if groups is not None else None
-    ui_events = bool(state.init.ui_events)
-    if context is None and not ui_events:
-        return spec
-    return attrs.evolve(spec, context_text=context, ui_events=ui_events)
