@@ -14,6 +14,9 @@ import trio.testing
 import trio_websocket
 
 from tests.wire import (
+    POLL_SECONDS,
+    WAIT,
+    Daemon,
     Peer,
     b64,
     connect,
@@ -206,6 +209,19 @@ async def test_silent_socket_is_closed_with_4008_over_a_real_websocket(
     assert "node_register" in (closed.value.reason.reason or "")
 
 
+async def slow_holds_jobs(daemon: Daemon, count: int) -> None:
+    """Wait until node-slow has ``count`` jobs in flight. The session reads its utterance on its own time: a test
+    that connects another node before the registry placed the job races that node for it (under load, the other
+    node won and, by session affinity, took every later job too)."""
+    with trio.fail_after(WAIT):
+        while True:
+            stats = await daemon.scheduler.stats()
+            assert stats is not None
+            if any(n["node_id"] == "node-slow" and n["in_flight"] == count for n in stats["nodes"]):
+                return
+            await trio.sleep(POLL_SECONDS)
+
+
 async def test_node_that_does_not_read_a_real_socket_is_dropped_and_its_jobs_fail_over(
         nursery: trio.Nursery, make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture) -> None:
     """Over TCP: the node stops reading, the kernel buffers fill, then its outbox; the scheduler drops it (a
@@ -225,7 +241,8 @@ async def test_node_that_does_not_read_a_real_socket_is_dropped_and_its_jobs_fai
         await slow.recv_type("node_register_ack")  # from now on it reads nothing
         await client.send(type="session_init", src_lang="zh", tgt_lang="en", audio_format="pcm16")
         sid = (await client.recv_type("session_init_ack"))["session_id"]
-        await utterance(0)  # the session's node is node-slow from now on
+        await utterance(0)  # the session's node is node-slow from now on...
+        await slow_holds_jobs(daemon, 1)  # ...once the job is placed there: before node-ok exists to take it
         async with connect(daemon.node_url) as healthy:
             await healthy.send(**node_register("node-ok", capacity=2))  # within its own outbox
             await healthy.recv_type("node_register_ack")

@@ -63,6 +63,8 @@ class Scheduler:
         self.edge = EdgeMetrics()
         self._conn_ids = itertools.count(1)
         self.nodes_connected = 0
+        #: Counters of the node sockets (their message budget), shared by all of them.
+        self.node_counters: collections.Counter[str] = collections.Counter()
         self._session_tasks: trio.Nursery | None = None
         #: The REST/stream gateway when serve() runs one (its counters join the stats).
         self.gateway: Gateway | None = None
@@ -99,7 +101,8 @@ class Scheduler:
     async def handle_node(self, transport: Transport, principal: Principal = ANONYMOUS) -> None:
         self.nodes_connected += 1
         try:
-            await NodeConnection(transport, self.client, self.config, next(self._conn_ids), principal).run()
+            await NodeConnection(transport, self.client, self.config, next(self._conn_ids), principal,
+                                 self.node_counters).run()
         except Exception:
             await self._crashed("node", transport)
         finally:
@@ -118,6 +121,7 @@ class Scheduler:
             return None
         snapshot["sessions"] = {"active": self.sessions.active, "counters": dict(self.sessions.counters)}
         snapshot["node_connections"] = self.nodes_connected
+        snapshot["node_sockets"] = {"counters": dict(self.node_counters)}
         snapshot["connections_crashed"] = self.connections_crashed
         snapshot["edge"] = {"open": self.edge.open, "counters": dict(self.edge.counters)}
         snapshot["draining"] = self.drain.draining

@@ -283,6 +283,11 @@ class LimitsConfig:
     #: ...and at once after a quiet spell. Refused messages still cost a token; a debt over it closes the socket
     #: (4029).
     messages_burst: int = attrs.field(default=400, validator=_positive_int)
+    # -- node sockets (docs/configuration.md explains the defaults)
+    #: Messages one node connection may send per second, on average (RATE_LIMITED beyond)...
+    node_messages_per_second: float = attrs.field(default=5000.0, validator=_positive)
+    #: ...and at once after a quiet spell; a debt of refused messages over it closes the node's socket (4029).
+    node_messages_burst: int = attrs.field(default=10_000, validator=_positive_int)
 
 
 @attrs.frozen

@@ -54,6 +54,7 @@ class SnapshotCollector(Collector):
         counters = collections.Counter(registry_counters)
         counters.update(session_counters)
         counters.update(snap.get("gateway", {}).get("counters", {}))
+        counters.update(snap.get("node_sockets", {}).get("counters", {}))  # the node sockets' message budget
 
         nodes = GaugeMetricFamily(f"{PREFIX}nodes", "Registered live nodes by state", labels=["state"])
         by_state = collections.Counter(node["state"] for node in snap["nodes"])

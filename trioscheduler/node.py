@@ -273,6 +273,8 @@ class HandlerNode(NodeAgent):
     version: str = "trioscheduler-node/0.1.0"
     #: Heartbeat this often instead of what the ack says (tests).
     heartbeat_override_s: float | None = None
+    #: Languages the node speaks and writes, when not the ``languages`` it hears (empty: the same).
+    targets: tuple[str, ...] = attrs.field(default=(), converter=_language_tuple)
     heartbeat_interval_s: float = attrs.field(default=DEFAULT_HEARTBEAT_INTERVAL_S, init=False)
     running: int = attrs.field(default=0, init=False)
     draining: bool = attrs.field(default=False, init=False)
@@ -295,7 +297,8 @@ class HandlerNode(NodeAgent):
 
     def _language_capabilities(self) -> dict[str, Any]:
         langs = list(self.languages)
-        return {"asr_languages": langs, "tts_languages": langs, "semantic_languages": langs}
+        targets = list(self.targets) if self.targets else langs
+        return {"asr_languages": langs, "tts_languages": targets, "semantic_languages": targets}
 
     def _installed(self) -> list[dict[str, Any]]:
         return [{"service_id": f"{kind}-0", "type": kind, "status": "running"} for kind in self.services]
@@ -466,6 +469,7 @@ async def run(
     stop: trio.Event | None = None,
     backoff: Backoff | None = None,
     heartbeat_override_s: float | None = None,
+    targets: Sequence[str] | str = (),
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a worker node at ``url`` (the scheduler's ``/ws/node``) whose jobs ``handle`` answers, until it has
@@ -476,7 +480,7 @@ async def run(
     signals and sets ``stop`` instead). ``task_status.started(node_id)`` fires on the first registration.
     """
     node = HandlerNode(handle, languages=languages, capacity=capacity, node_id=node_id, token=token,
-                       services=services, heartbeat_override_s=heartbeat_override_s)
+                       services=services, heartbeat_override_s=heartbeat_override_s, targets=targets)
     async with trio.open_nursery() as nursery:
         if drain_signals:
             nursery.start_soon(_drain_on_signals, node, tuple(drain_signals))

@@ -8,10 +8,14 @@ and handed to the registry ready to index.
 Guarantees: a socket without a successful node_register within ``limits.handshake_timeout_seconds`` is closed
 with HANDSHAKE_TIMEOUT; a node whose outbox (``scheduler.node_outbox_size``) is full is closed with
 SLOW_CONSUMER and its jobs fail over; whenever the handler ends, however, the registry is told the node is gone.
+Every frame is charged to the socket's ``TokenBucket`` before it is decoded: over ``limits.node_messages_per_second``
+it is dropped (RATE_LIMITED), and a debt over ``limits.node_messages_burst`` closes the socket
+(CloseCode.RATE_LIMITED), so no node can spend more than its budget of registry turns.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 from typing import Any
@@ -25,6 +29,7 @@ from trioscheduler.principal import ANONYMOUS, Principal
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import EncodeError, encode, node_codec
 from trioscheduler.protocol.errors import CloseCode, ErrorCode, ProtocolError
+from trioscheduler.ratelimit import ACCEPT, REFUSE, TokenBucket
 from trioscheduler.registry.actor import Dispatch
 from trioscheduler.registry.requests import CloseLink, NodeLink, RegistryClient
 from trioscheduler.transport import Transport, TransportClosed
@@ -60,8 +65,12 @@ class NodeOutbox:
 
 class NodeConnection:
     def __init__(self, transport: Transport, registry: RegistryClient, config: Config, conn_id: int,
-                 principal: Principal = ANONYMOUS) -> None:
+                 principal: Principal = ANONYMOUS, counters: collections.Counter[str] | None = None) -> None:
         self._transport = transport
+        #: The scheduler's node-socket counters (``Scheduler.node_counters``), shared by every node socket.
+        self._counters: collections.Counter[str] = counters if counters is not None else collections.Counter()
+        self._bucket = TokenBucket(config.limits.node_messages_per_second, config.limits.node_messages_burst,
+                                   trio.current_time())
         #: Who this socket acts as (set by the door; ANONYMOUS when authentication is off).
         self._principal = principal
         self._registry = registry
@@ -81,6 +90,8 @@ class NodeConnection:
         #: The capability part of the last heartbeat as sent: when a heartbeat repeats it, only liveness and load
         #: change, and the capability lists are not decoded again. Storms are mostly such repeats.
         self._last_capability: tuple[Any, ...] | None = None
+        #: Frames this connection had refused by its message budget.
+        self._bucket_refusals = 0
 
     async def run(self) -> None:
         try:
@@ -139,6 +150,13 @@ class NodeConnection:
             except TransportClosed:
                 return
             received_at = trio.current_time()
+            verdict = self._bucket.take(received_at)
+            if verdict != ACCEPT:
+                if verdict == REFUSE:
+                    self._rate_limited()
+                    continue
+                self._rate_limit_close()
+                return
             try:
                 message = self._decode(frame)
                 await self._handle(message, received_at)
@@ -146,6 +164,31 @@ class NodeConnection:
                 emit(log, WARNING, "node_message_rejected", node_id=self._node_id, code=exc.code,
                      error=exc.message, peer=self._transport.peer)
                 self._send(exc.to_message())
+
+    def _rate_limited(self) -> None:
+        """The frame came over ``limits.node_messages_per_second``: it is dropped unread and the node told so. The
+        first refusal on a connection is logged (the counter has them all)."""
+        limits = self._config.limits
+        self._counters["node_messages_rate_limited"] += 1
+        if self._bucket_refusals == 0:
+            emit(log, WARNING, "node_rate_limited", node_id=self._node_id, peer=self._transport.peer,
+                 why=f"more than limits.node_messages_per_second ({limits.node_messages_per_second:g}); "
+                     "its messages are dropped until it slows down")
+        self._bucket_refusals += 1
+        self._send(ProtocolError(
+            f"more than {limits.node_messages_per_second:g} messages per second (burst "
+            f"{limits.node_messages_burst}): message dropped; slow down", code=ErrorCode.RATE_LIMITED,
+        ).to_message())
+
+    def _rate_limit_close(self) -> None:
+        limits = self._config.limits
+        self._counters["nodes_closed_rate_limited"] += 1
+        emit(log, WARNING, "node_rate_limited_closing", node_id=self._node_id, peer=self._transport.peer,
+             refused=self._bucket_refusals,
+             why=f"kept sending over limits.node_messages_per_second ({limits.node_messages_per_second:g}) until "
+                 f"its refused messages exceeded limits.node_messages_burst ({limits.node_messages_burst}); "
+                 f"closing with {int(CloseCode.RATE_LIMITED)}")
+        self._request_close(CloseCode.RATE_LIMITED, "rate_limited", "rate limited")
 
     def _decode(self, frame: str | bytes) -> Any:
         data = self._codec.parse(frame)

@@ -55,6 +55,8 @@ EN_PHRASES: Mapping[str, tuple[str, str]] = {
     "good night": ("晚安", "gute Nacht"), "thank you": ("谢谢", "danke"), "how are": ("怎么样", "wie geht es"),
 }
 _COLUMN = {"zh": 0, "de": 1}
+#: What :class:`GlossaryTranslator` writes, from English: English itself (unchanged), Chinese and German.
+GLOSSARY_TARGETS = ("en", *_COLUMN)
 _WORD = re.compile(r"[a-z']+|[^a-z'\s]+")
 
 
@@ -70,7 +72,7 @@ class GlossaryTranslator:
 
     @staticmethod
     def supports(src_lang: str, tgt_lang: str) -> bool:
-        return src_lang == "en" and (tgt_lang in _COLUMN or tgt_lang == "en")
+        return src_lang == "en" and tgt_lang in GLOSSARY_TARGETS
 
     def translate_now(self, text: str, src_lang: str, tgt_lang: str) -> Translation:
         src, tgt = src_lang.strip().lower(), tgt_lang.strip().lower()
