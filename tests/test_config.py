@@ -258,7 +258,7 @@ def test_non_positive_or_infinite_floats_are_rejected(which, value: float) -> No
 #: The smallest accepted value of each integer key: ports take 0 (the OS picks), counts of retries or padding
 #: take 0, everything else starts at 1; ports end at 65535.
 INT_MINIMUM = {"port": 0, "http_port": 0, "failover_max_attempts": 0, "padding_manual_ms": 0, "padding_auto_ms": 0,
-               "job_history_size": 0}
+               "job_history_size": 0, "max_context_chars": 0}
 
 
 @given(which=st.sampled_from(INT_KEYS), below=st.integers(1, 10**6), data=st.data())
