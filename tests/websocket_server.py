@@ -10,6 +10,7 @@ import trio
 
 from trioscheduler.server.listener import read_request_head
 from trioscheduler.server.websocket import ServerWebSocket, open_upgrade
+from trioscheduler.transport import TransportClosed
 
 MAX_MESSAGE_BYTES = 1 << 20
 RECEIVE_BYTES = 65536
@@ -32,6 +33,8 @@ async def serve_websockets(handler: Callable[[ServerWebSocket], Awaitable[None]]
             ws = ServerWebSocket(stream, upgrade.protocol, "peer", receive_bytes, upgrade.rest)
             try:
                 await handler(ws)
+            except TransportClosed:
+                pass  # the peer went: the handler's end
             finally:
                 with trio.CancelScope(shield=True):
                     await ws.aclose()

@@ -302,6 +302,8 @@ class ServerWebSocket:
             chunk = outgoing[0]
             if chunk:
                 await self._write(chunk)
+                if self._broken:
+                    return  # _break emptied the queue
             else:
                 await self._send_eof()
             del outgoing[0]
