@@ -320,3 +320,44 @@ async def test_aclose_sends_the_code_and_waits_for_the_answer(nursery: trio.Nurs
         await ended.wait()
     await client.stream.aclose()
     nursery.cancel_scope.cancel()
+
+
+async def test_an_idle_connection_does_not_keep_the_last_message(nursery: trio.Nursery) -> None:
+    """After a 1 MB message has been received and let go, the connection holds (almost) nothing of it: memory per
+    idle session stays small whatever the session last sent."""
+    import gc
+    import tracemalloc
+
+    size = 1 << 20
+    measured: list[int] = []
+    go, sent = trio.Event(), trio.Event()
+
+    async def receive(ws: ServerWebSocket) -> None:
+        await ws.send_message("ready")
+        gc.collect()
+        idle = tracemalloc.get_traced_memory()[0]
+        go.set()
+        message = await ws.get_message()
+        assert len(message) == size
+        del message
+        await sent.wait()  # the client's copy of the frame is gone too
+        gc.collect()
+        measured.append(tracemalloc.get_traced_memory()[0] - idle)
+        await ws.get_message()
+
+    tracemalloc.start()
+    try:
+        port = await nursery.start(serve_websockets, receive)
+        client = await RawClient.open(port)
+        await client.read_until(lambda: bool(client.messages))
+        await go.wait()
+        await client.stream.send_all(client_frame(BINARY, b"\x01" * size))
+        sent.set()
+        with trio.fail_after(WAIT):
+            while not measured:
+                await trio.sleep(0.01)
+    finally:
+        tracemalloc.stop()
+    assert measured[0] < size // 8, measured
+    await client.stream.aclose()
+    nursery.cancel_scope.cancel()

@@ -32,6 +32,7 @@ import struct
 
 import attrs
 import trio
+from websockets.datastructures import Headers
 from websockets.frames import BINARY, CONT, TEXT, Frame
 from websockets.http11 import Request
 from websockets.protocol import OPEN, State
@@ -87,10 +88,12 @@ def open_upgrade(head: bytes, max_message_bytes: int) -> Upgrade | None:
     events = protocol.events_received()
     if len(events) != 1 or not isinstance(events[0], Request):
         return None
-    response = protocol.accept(events[0])
+    request = events[0]
+    response = protocol.accept(request)
     if response.status_code != 101:
         return None
     protocol.send_response(response)
+    request.headers = Headers()  # the parser keeps the request for the connection's life; its headers are spent
     return Upgrade(protocol, b"".join(protocol.data_to_send()), head[end:])
 
 
@@ -180,19 +183,21 @@ class ServerWebSocket:
     def _message_of(self, frame: Frame) -> str | bytes | None:
         """The message ``frame`` completes, or None (a part kept, a control frame, a refusal)."""
         opcode = frame.opcode
-        data: bytes
+        data: bytes = frame.data  # type: ignore[assignment]  # bytes: unmasking made a copy
+        # The protocol's parser keeps its last frame until the next one arrives: without its payload, an idle
+        # connection does not hold on to the last message it received.
+        frame.data = b""
         if opcode is TEXT or opcode is BINARY:
             if not frame.fin:
-                self._parts = [bytes(frame.data)]
+                self._parts = [data]
                 self._text = opcode is TEXT
                 return None
-            data = frame.data  # type: ignore[assignment]  # bytes: unmasking made a copy
             if opcode is BINARY:
                 return data
         elif opcode is CONT:
             parts = self._parts
             assert parts is not None  # the protocol refuses a continuation outside a message
-            parts.append(bytes(frame.data))
+            parts.append(data)
             if not frame.fin:
                 return None
             self._parts = None
