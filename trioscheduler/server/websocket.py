@@ -306,26 +306,27 @@ class ServerWebSocket:
         while outgoing and not self._broken:
             chunk = outgoing[0]
             if chunk:
-                await self._write(chunk)
-                if self._broken:
-                    return  # _break emptied the queue
+                if not await self._write(chunk):
+                    return  # broken: _break emptied the queue
             else:
                 await self._send_eof()
             del outgoing[0]
 
-    async def _write(self, chunk: bytes) -> None:
-        """Write one frame whole; on failure, or when cancelled after part of it went out, the connection breaks."""
+    async def _write(self, chunk: bytes) -> bool:
+        """Write one frame whole and return True; on failure (then False), or when cancelled after part of it went
+        out, the connection breaks."""
         sock = self._socket
         if sock is None:
             try:
                 await self._stream.send_all(chunk)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._break()
+                return False
             except BaseException:
                 self._break()  # cancelled: how much of the frame went out is unknown
                 raise
             self._quiet = 0
-            return
+            return True
         sent = 0
         size = len(chunk)
         view: memoryview | None = None
@@ -337,16 +338,16 @@ class ServerWebSocket:
                     pass
                 except OSError:
                     self._break()
-                    return
+                    return False
                 if sent == size:
-                    return
+                    return True
                 if view is None:
                     view = memoryview(chunk)
                 try:
                     await trio.lowlevel.wait_writable(sock)
                 except (trio.ClosedResourceError, OSError):
                     self._break()
-                    return
+                    return False
                 self._quiet = 0
         except BaseException:
             if sent:
