@@ -4,6 +4,7 @@ cannot starve other tasks, and a send cancelled mid-frame breaks the connection 
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Callable
@@ -360,4 +361,32 @@ async def test_an_idle_connection_does_not_keep_the_last_message(nursery: trio.N
         tracemalloc.stop()
     assert measured[0] < size // 8, measured
     await client.stream.aclose()
+    nursery.cancel_scope.cancel()
+
+
+async def test_over_tls_the_stream_carries_the_same_frames(nursery: trio.Nursery) -> None:
+    """Over an SSLStream (the door with ``--tls-cert``): large and small messages both ways, a ping, a clean close."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+
+    async def echo(ws: ServerWebSocket) -> None:
+        while True:
+            message = await ws.get_message()
+            await ws.send_message(message if isinstance(message, str) else message.decode())
+
+    port = await nursery.start(functools.partial(serve_websockets, echo, ssl_context=server_context))
+    async with trio_websocket.open_websocket_url(f"wss://127.0.0.1:{port}/x", ssl_context=client_context) as client:
+        with trio.fail_after(WAIT):
+            for text in ("small", "é" * 40_000, "x" * 200_000):
+                await client.send_message(text)
+                assert await client.get_message() == text
+            await client.ping(b"tls")
+    assert client.closed is not None and client.closed.code == 1000
     nursery.cancel_scope.cancel()
