@@ -390,3 +390,34 @@ async def test_over_tls_the_stream_carries_the_same_frames(nursery: trio.Nursery
             await client.ping(b"tls")
     assert client.closed is not None and client.closed.code == 1000
     nursery.cancel_scope.cancel()
+
+
+async def test_two_acloses_at_once_both_end_with_the_peer_s_answer(nursery: trio.Nursery,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session's writer and the door may close the same socket together: the one not reading is woken when the
+    other has read the peer's answer, not left to wait out CLOSE_REPLY_SECONDS (made endless here)."""
+    monkeypatch.setattr(websocket_module, "CLOSE_REPLY_SECONDS", 10**6)
+    closed: list[str] = []
+
+    async def close_twice(ws: ServerWebSocket) -> None:
+        async def close(name: str, code: int) -> None:
+            await ws.aclose(code)
+            closed.append(name)
+
+        async with trio.open_nursery() as closers:
+            closers.start_soon(close, "first", 4000)
+            await trio.sleep(0.05)
+            closers.start_soon(close, "second", 1000)
+
+    port = await nursery.start(serve_websockets, close_twice)
+    client = await RawClient.open(port)
+    await client.read_until(lambda: client.close_code is not None)
+    assert client.close_code == 4000
+    await trio.sleep(0.1)  # the second aclose is waiting too
+    await client.stream.send_all(client.ws.send(wsproto.events.CloseConnection(code=4000)))
+    with trio.fail_after(WAIT):
+        while len(closed) < 2:
+            await trio.sleep(0.01)
+    assert sorted(closed) == ["first", "second"]
+    await client.stream.aclose()
+    nursery.cancel_scope.cancel()

@@ -415,6 +415,8 @@ class ServerWebSocket:
                     self._feed(await self._receive())
                 finally:
                     self._reading = False
+                    if self._reader_left is not None:
+                        self._reader_left.set()  # another aclose may be waiting to read
                 if self._outgoing:
                     await self._flush_if_free()
 
