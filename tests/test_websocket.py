@@ -91,7 +91,7 @@ messages = st.lists(st.one_of(st.text(max_size=200), st.binary(max_size=200),
                               st.binary(min_size=70_000, max_size=70_000)), min_size=1, max_size=6)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(sent=messages, data=st.data())
 def test_messages_arrive_whole_and_in_order_however_fragmented_and_cut(sent: list[str | bytes],
                                                                        data: st.DataObject) -> None:
@@ -419,5 +419,27 @@ async def test_two_acloses_at_once_both_end_with_the_peer_s_answer(nursery: trio
         while len(closed) < 2:
             await trio.sleep(0.01)
     assert sorted(closed) == ["first", "second"]
+    await client.stream.aclose()
+    nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("fragments", [
+    [b'{"a": "\xc3', b'\xa9"}', b"\xc3"],  # valid across the cut, then a character the message never finishes
+    [b"\xff", b"ok"],
+])
+async def test_invalid_utf8_across_fragments_is_closed_with_1007(nursery: trio.Nursery,
+                                                                fragments: list[bytes]) -> None:
+    received: list[str | bytes] = []
+    done = trio.Event()
+    port = await nursery.start(serve_websockets, lambda ws: _collect(ws, received, done))
+    client = await RawClient.open(port)
+    wire = b"".join(client_frame(TEXT if i == 0 else CONTINUATION, piece, fin=i == len(fragments) - 1)
+                    for i, piece in enumerate(fragments))
+    await client.stream.send_all(client_frame(TEXT, b"before") + wire)
+    await client.read_until(lambda: client.close_code is not None)
+    assert client.close_code == 1007
+    with trio.fail_after(WAIT):
+        await done.wait()
+    assert received == ["before"]
     await client.stream.aclose()
     nursery.cancel_scope.cancel()
