@@ -443,3 +443,27 @@ async def test_invalid_utf8_across_fragments_is_closed_with_1007(nursery: trio.N
     assert received == ["before"]
     await client.stream.aclose()
     nursery.cancel_scope.cancel()
+
+
+async def test_pings_from_a_peer_that_does_not_read_are_not_queued_without_bound(nursery: trio.Nursery) -> None:
+    """The writer is stuck on a peer that does not read; the peer floods pings. Once more than MAX_QUEUED_FRAMES
+    pongs wait, the reader waits for the writer (the socket is not read: TCP back-pressure), so at most the pongs
+    of one more read (600 bytes: 100 empty pings) are queued."""
+    sockets: list[ServerWebSocket] = []
+
+    async def stuck_writer(ws: ServerWebSocket) -> None:
+        sockets.append(ws)
+        async with trio.open_nursery() as tasks:
+            tasks.start_soon(ws.send_message, "x" * (16 << 20))
+            await trio.sleep(0.05)
+            while True:
+                await ws.get_message()
+
+    port = await nursery.start(functools.partial(serve_websockets, stuck_writer, receive_bytes=600))
+    client = await RawClient.open(port)
+    with trio.move_on_after(2):  # the flood blocks once the server stops reading; that is the point
+        await client.stream.send_all(client_frame(PING, b"") * 50_000)
+    await trio.sleep(0.1)
+    assert len(sockets[0]._outgoing) <= websocket_module.MAX_QUEUED_FRAMES + 100 + 1
+    await client.stream.aclose()
+    nursery.cancel_scope.cancel()

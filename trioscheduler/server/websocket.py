@@ -14,7 +14,8 @@ connection. Guarantees:
 - One reader at a time (``trio.BusyResourceError`` otherwise). Writes are serialised: frames (a message, a pong, the
   close frame) go out whole and in order, never interleaved. A send cancelled after part of its frame went out
   breaks the connection (the socket closes, the next send raises ``TransportClosed``); a send cancelled before its
-  frame's first byte leaves the frame queued for the next write.
+  frame's first byte leaves the frame queued for the next write. Pongs queue behind a blocked write up to
+  ``MAX_QUEUED_FRAMES`` (plus those of one read); then the reader waits for the write and the peer is not read.
 - On a plain TCP socket a read or write the kernel can serve at once costs no task switch: the socket is read and
   written without blocking, and the task waits (``wait_readable`` / ``wait_writable``) only when it must. Each
   ``get_message`` and ``send_message`` still checks for cancellation first, and at least one in every
@@ -44,6 +45,9 @@ from trioscheduler.transport import TransportClosed
 #: At most this many consecutive ``get_message`` / ``send_message`` calls that did not have to wait run without a
 #: full checkpoint (a task switch); the next one takes it.
 FAIR_OPERATIONS = 16
+#: Frames the reader may leave queued (pongs, mostly) while another task holds the write lock; past it the reader
+#: waits for the write, so a peer that sends pings but does not read is no longer read (TCP back-pressure).
+MAX_QUEUED_FRAMES = 16
 #: After a refused frame, how long and how much of what the peer still sends is read and dropped before closing.
 REFUSAL_LINGER_SECONDS = 1.0
 REFUSAL_LINGER_BYTES = 1 << 20
@@ -295,8 +299,9 @@ class ServerWebSocket:
             raise TransportClosed
 
     async def _flush_if_free(self) -> None:
-        """Write what is queued unless another task is writing (its write takes what is queued too)."""
-        if self._write_lock.locked():
+        """Write what is queued unless another task is writing (its write takes what is queued too) and fewer than
+        MAX_QUEUED_FRAMES frames wait."""
+        if self._write_lock.locked() and len(self._outgoing) <= MAX_QUEUED_FRAMES:
             return
         with contextlib.suppress(TransportClosed):
             await self._flush()
