@@ -60,21 +60,26 @@ class RawClient:
         with trio.fail_after(WAIT):
             while True:
                 client.ws.receive_data(await client.stream.receive_some(65536))
-                if any(isinstance(e, wsproto.events.AcceptConnection) for e in client.ws.events()):
+                events = list(client.ws.events())
+                if any(isinstance(e, wsproto.events.AcceptConnection) for e in events):
+                    client._record(events)  # the server's first frames may come in the same read as its 101
                     return client
+
+    def _record(self, events: list[wsproto.events.Event]) -> None:
+        for event in events:
+            if isinstance(event, wsproto.events.Pong):
+                self.pongs += 1
+            elif isinstance(event, wsproto.events.Message):
+                self.messages.append(event.data)
+            elif isinstance(event, wsproto.events.CloseConnection):
+                self.close_code = event.code
 
     async def read_until(self, done: Callable[[], bool]) -> None:
         with trio.fail_after(WAIT):
             while not done():
                 data = await self.stream.receive_some(65536)
                 self.ws.receive_data(data or None)
-                for event in self.ws.events():
-                    if isinstance(event, wsproto.events.Pong):
-                        self.pongs += 1
-                    elif isinstance(event, wsproto.events.Message):
-                        self.messages.append(event.data)
-                    elif isinstance(event, wsproto.events.CloseConnection):
-                        self.close_code = event.code
+                self._record(list(self.ws.events()))
                 if not data:
                     return
 
