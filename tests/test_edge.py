@@ -20,11 +20,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
 
+from tests.websocket_server import serve_websockets
 from tests.wire import WAIT, Daemon, session, start_daemon, until
 from trioscheduler.config import Config
 from trioscheduler.protocol.errors import CloseCode
 from trioscheduler.server.listener import MAX_REQUEST_HEAD_BYTES, RequestHeadTooLarge, read_request_head, request_path
-from trioscheduler.transport import WebSocketTransport, peer_name
+from trioscheduler.server.websocket import ServerWebSocket
+from trioscheduler.transport import peer_name
 
 MODES = ("two_listeners", "one_port")
 
@@ -307,17 +309,14 @@ async def test_http_endpoints_and_edge_counters(edge_daemon: Callable[..., Any])
 
 async def test_websocket_transport_aclose_never_raises_after_a_reset(nursery: trio.Nursery) -> None:
     """A server-side transport whose peer reset mid-connection: aclose (twice) returns quietly."""
-    import trio_websocket
+    accepted, transports = trio.open_memory_channel[ServerWebSocket](1)
 
-    accepted, transports = trio.open_memory_channel[WebSocketTransport](1)
-
-    async def handler(request: trio_websocket.WebSocketRequest) -> None:
-        ws = await request.accept()
-        await accepted.send(WebSocketTransport(ws, "peer"))
+    async def handler(ws: ServerWebSocket) -> None:
+        await accepted.send(ws)
         await trio.sleep_forever()
 
-    server = await nursery.start(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None)
-    client = await RawClient.open(("127.0.0.1", server.port))
+    port = await nursery.start(serve_websockets, handler)
+    client = await RawClient.open(("127.0.0.1", port))
     transport = await transports.receive()
     _reset(client.stream)
     await trio.sleep(0.05)

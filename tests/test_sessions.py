@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import trio
-import trio_websocket
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,7 +25,7 @@ from tests.wire import (
 )
 from trioscheduler.config import Config
 from trioscheduler.server.session_state import IndexSet
-from trioscheduler.transport import MemoryTransport, release_spent_handshake
+from trioscheduler.transport import MemoryTransport
 
 FAST = {"pause_ms": 300, "max_duration_ms": 1000, "max_buffer_bytes": 64000}
 
@@ -264,39 +263,15 @@ async def test_idle_session_has_no_writer_task_and_a_restarted_writer_keeps_orde
         await client.nothing_for(0.2)
 
 
-async def test_spent_handshake_is_released_and_the_connection_still_works(daemon: Daemon) -> None:
-    """The server drops wsproto's upgrade state once a socket is open (every WebSocket test runs that way); this
-    checks that the installed wsproto is one it applies to, on the client end too, and that the socket still
-    carries messages, pings and a clean close afterwards."""
+async def test_an_open_session_socket_carries_messages_pings_and_a_clean_close(daemon: Daemon) -> None:
+    """The door's WebSocket after the upgrade: messages both ways, a ping answered, a clean close (1000)."""
     async with session(daemon.session_url) as (client, sid):
-        assert release_spent_handshake(client.ws)
-        assert not release_spent_handshake(client.ws)
         for _ in range(2):
             await client.send(type="client_heartbeat", session_id=sid, timestamp=1)
             assert (await client.recv_type("server_heartbeat"))["session_id"] == sid
         with trio.fail_after(5):
             await client.ws.ping(b"p")
     assert client.ws.closed is not None and client.ws.closed.code == 1000
-
-
-async def test_spent_handshake_is_released_on_a_bare_trio_websocket_server(nursery: trio.Nursery) -> None:
-    """What the server does after accept() (release_spent_handshake; the door itself drops the accepted request),
-    on a bare trio-websocket server: it applies to the installed versions and the socket still echoes and closes."""
-    released: list[bool] = []
-
-    async def echo(request: trio_websocket.WebSocketRequest) -> None:
-        ws = await request.accept()
-        released.append(release_spent_handshake(ws))
-        while True:
-            await ws.send_message(await ws.get_message())
-
-    server = await nursery.start(trio_websocket.serve_websocket, echo, "127.0.0.1", 0, None)
-    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{server.port}/x") as client:
-        for text in ("a", "b"):
-            await client.send_message(text)
-            with trio.fail_after(5):
-                assert await client.get_message() == text
-    assert released == [True]
 
 
 async def test_utterance_out_of_order_pair_and_idempotency(fast: Daemon) -> None:

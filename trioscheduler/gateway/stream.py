@@ -45,7 +45,7 @@ class _Stream:
         self._started = False
 
     async def _send(self, **message: Any) -> None:
-        await self._transport.send_message(orjson.dumps(message).decode())
+        await self._transport.send_message(orjson.dumps(message))
 
     async def _error(self, message: str, code: str = ErrorCode.INVALID_MESSAGE, field: str | None = None) -> None:
         error: dict[str, Any] = {"type": "error", "message": message, "code": str(code)}

@@ -58,7 +58,7 @@ class CloseCode(enum.IntEnum):
     """WebSocket close codes (RFC 6455 §7.4, and private-use 4000-4999 for this scheduler's own reasons)."""
 
     NORMAL = 1000
-    #: A frame wsproto refuses as a protocol error.
+    #: A frame the WebSocket layer refuses as a protocol error.
     PROTOCOL_ERROR = 1002
     #: A text frame that is not valid UTF-8.
     INVALID_PAYLOAD = 1007

@@ -5,7 +5,8 @@ address that can no longer be read, garbage instead of HTTP, a read, write or cl
 only: it is logged at debug level (info for the door's refusals), counted in ``Scheduler.edge``, and the process
 and every other connection go on. Before the WebSocket opens the door enforces ``limits.handshake_timeout_seconds``
 (the whole upgrade, from the first byte) and ``limits.max_connections`` (an HTTP 503 beyond it); once open,
-``limits.max_message_bytes`` in bytes, refused at the header of the frame that goes over (close 1009).
+``limits.max_message_bytes`` in bytes, refused at the header of the frame that goes over (close 1009). The open
+WebSocket is trioscheduler/server/websocket.py's ``ServerWebSocket``.
 
 Before the upgrade, on ``/ws/session`` and ``/ws/node``, the door also answers (trioscheduler/auth.py,
 docs/security.md): 403 to an Origin that ``server.allowed_origins`` does not allow; 401 to no credential and 403
@@ -19,7 +20,6 @@ stays with it, any other request is handed, with the bytes already read, to hype
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -27,16 +27,12 @@ from collections.abc import Awaitable, Callable
 import attrs
 import h11
 import trio
-import trio_websocket
-import wsproto
-import wsproto.utilities
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ASGIFramework, ConnectionState
 from hypercorn.utils import wrap_app
-from wsproto import ConnectionType
 
 from trioscheduler.app import Scheduler, log_listening
 from trioscheduler.auth import (
@@ -55,14 +51,9 @@ from trioscheduler.drain import run_drain
 from trioscheduler.gateway import STREAM_PATH, Gateway, serve_stream
 from trioscheduler.http import make_app
 from trioscheduler.principal import ANONYMOUS, Principal
+from trioscheduler.server.websocket import ServerWebSocket, Upgrade, open_upgrade
 from trioscheduler.tls import server_ssl_context
-from trioscheduler.transport import (
-    EdgeWebSocketConnection,
-    WebSocketTransport,
-    peer_host,
-    peer_name,
-    refuse_oversize_frames,
-)
+from trioscheduler.transport import TransportClosed, peer_host, peer_name
 
 log = logging.getLogger("trioscheduler.server.listener")
 
@@ -98,8 +89,8 @@ class Listening:
         return f"{'https' if self.tls else 'http'}://{self.host}:{self.http_port}"
 
 
-#: What a peer that resets or vanishes makes trio, the OS or trio-websocket raise: routine, logged at debug.
-_PEER_GONE_TYPES = (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed, OSError)
+#: What a peer that resets or vanishes makes trio, the OS or the transport raise: routine, logged at debug.
+_PEER_GONE_TYPES = (trio.BrokenResourceError, trio.ClosedResourceError, TransportClosed, OSError)
 
 
 def _peer_gone(exc: BaseException) -> bool:
@@ -302,9 +293,9 @@ class Door:
                 503, "Service Unavailable",
                 f"scheduler at capacity (limits.max_connections = {self._limits.max_connections}); retry later\n"))
             return
-        ws = self._open_websocket(stream, head)
+        upgrade = open_upgrade(head, self._limits.max_message_bytes)
         del head  # not kept for the connection's life
-        if ws is None:
+        if upgrade is None:
             edge.counters["refused_bad_request"] += 1
             await self._refuse(stream, http_response(400, "Bad Request", "not a WebSocket upgrade request\n"))
             return
@@ -312,7 +303,7 @@ class Door:
         if address is not None:
             self._open_by_address[address] = self._open_by_address.get(address, 0) + 1
         try:
-            await self._websocket(ws, stream, path, deadline.deadline, principal)
+            await self._websocket(upgrade, stream, path, deadline.deadline, principal)
         finally:
             edge.open -= 1
             if address is not None:
@@ -369,60 +360,30 @@ class Door:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
-    def _open_websocket(self, stream: trio.abc.Stream, head: bytes) -> EdgeWebSocketConnection | None:
-        """A server connection that has already been fed ``head``, or None if wsproto refuses the request."""
-        ws = EdgeWebSocketConnection(
-            stream, wsproto.WSConnection(ConnectionType.SERVER), message_queue_size=8,
-            max_message_size=self._limits.max_message_bytes, receive_buffer_size=self._receive_buffer_size)
-        try:
-            ws._wsproto.receive_data(head)
-        except wsproto.utilities.RemoteProtocolError:
-            return None
-        return ws
-
-    async def _websocket(self, ws: EdgeWebSocketConnection, stream: trio.abc.Stream, path: str,
-                         deadline: float, principal: Principal) -> None:
+    async def _websocket(self, upgrade: Upgrade, stream: trio.abc.Stream, path: str, deadline: float,
+                         principal: Principal) -> None:
         peer = peer_name(stream)
-        async with trio.open_nursery() as nursery:
-            handshake = trio.CancelScope(deadline=deadline)
-            nursery.start_soon(self._read, ws, peer, handshake)
+        with trio.move_on_at(deadline) as handshake:
             try:
-                with handshake:
-                    request = await ws._get_request()
-                    await request.accept()
-                    del request  # its headers are not needed once accepted
-                if handshake.cancelled_caught:
-                    self._edge.counters["handshake_timeouts" if trio.current_time() >= deadline
-                                        else "handshakes_aborted"] += 1
-                    return
-                refuse_oversize_frames(ws, self._limits.max_message_bytes)
-                transport = WebSocketTransport(ws, peer)
-                if path == SESSION_PATH:
-                    await self._scheduler.handle_session(transport, principal)
-                elif path == STREAM_PATH and self._gateway is not None:
-                    await serve_stream(self._gateway, transport, principal)
-                else:
-                    await self._scheduler.handle_node(transport, principal)
-            finally:
-                with (trio.CancelScope(shield=True), trio.move_on_after(CLOSE_SECONDS),
-                      contextlib.suppress(Exception)):
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
-
-    async def _read(self, ws: EdgeWebSocketConnection, peer: str, handshake: trio.CancelScope) -> None:
-        """trio-websocket's reader task, with its failures kept here; once it ends nothing more will arrive, so a
-        handshake still waiting for a request is over."""
+                await stream.send_all(upgrade.response)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._edge.counters["handshakes_aborted"] += 1
+                return
+        if handshake.cancelled_caught:
+            self._edge.counters["handshake_timeouts"] += 1
+            return
+        transport = ServerWebSocket(stream, upgrade.protocol, peer, self._receive_buffer_size, upgrade.rest)
+        del upgrade
         try:
-            await ws._reader_task()
-        except Exception as exc:
-            if _peer_gone(exc):
-                self._edge.counters["peers_gone"] += 1
-                log.debug("connection from %s: reader ended: %r", peer, exc)
+            if path == SESSION_PATH:
+                await self._scheduler.handle_session(transport, principal)
+            elif path == STREAM_PATH and self._gateway is not None:
+                await serve_stream(self._gateway, transport, principal)
             else:
-                self._edge.counters["connection_errors"] += 1
-                log.warning("connection from %s: reader failed", peer, exc_info=True)
+                await self._scheduler.handle_node(transport, principal)
         finally:
-            handshake.cancel()
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_SECONDS):
+                await transport.aclose()
 
 
 def _hypercorn_config(host: str, port: int, certfile: str = "", keyfile: str = "") -> HypercornConfig:
