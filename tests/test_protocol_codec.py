@@ -431,7 +431,7 @@ INBOUND_ROUND_TRIP = [cls for cls in m.CLIENT_MESSAGES + m.NODE_MESSAGES
 @settings(max_examples=150, deadline=None)
 def test_inbound_messages_survive_encode_then_decode(msg: Any) -> None:
     codec = CLIENT_CODEC if type(msg) in m.CLIENT_MESSAGES else NODE_CODEC
-    decoded = codec.decode(encode(msg))
+    decoded = codec.decode(encode(msg).decode())
     assert type(decoded) is type(msg)
     for field in attrs.fields(type(msg)):
         a, b = getattr(decoded, field.name), getattr(msg, field.name)

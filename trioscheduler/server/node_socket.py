@@ -272,11 +272,11 @@ class NodeConnection:
             async for item in self._outbox:
                 if type(item) is Dispatch:
                     try:
-                        text = encode(item.assign)
+                        payload = encode(item.assign)
                     except EncodeError as exc:
                         await self._unencodable_assign(item.assign, exc)
                         continue
-                    await self._transport.send_message(text)
+                    await self._transport.send_message(payload)
                     item.stages.dispatched(trio.current_time(), item.assign.attempt_id)
                     if log.isEnabledFor(DEBUG):
                         assign = item.assign
@@ -289,11 +289,11 @@ class NodeConnection:
                     return
                 else:
                     try:
-                        text = encode(item)
+                        payload = encode(item)
                     except EncodeError as exc:
                         emit(log, ERROR, "message_unencodable", kind=item.TYPE, node_id=self._node_id, error=str(exc))
                         continue
-                    await self._transport.send_message(text)
+                    await self._transport.send_message(payload)
         except TransportClosed:
             pass
         nursery.cancel_scope.cancel()

@@ -407,9 +407,9 @@ class OutcomeWriter:
                 if group is not None:
                     wire["group_id"] = group.group_id
                     wire["part_index"] = group.part_index
-                text = encode_wire(wire)
+                payload = encode_wire(wire)
             else:
-                text = encode(message)
+                payload = encode(message)
         except EncodeError as exc:
             self._counters["messages_unencodable"] += 1
             index = getattr(message, "utterance_index", None)
@@ -417,11 +417,11 @@ class OutcomeWriter:
                  utterance_index=index, error=str(exc))
             if index is None or type(message) is m.AsrPartialOut:
                 return
-            text = encode(m.ErrorMessage(
+            payload = encode(m.ErrorMessage(
                 code=ErrorCode.INTERNAL_ERROR, message=f"the {message.TYPE} for this utterance could not be encoded",
                 session_id=message.session_id, utterance_index=index, job_id=getattr(message, "job_id", None),
                 trace_id=getattr(message, "trace_id", None)))
-        await self._transport.send_message(text)
+        await self._transport.send_message(payload)
 
     async def _release(self, released: list[Any], missing_reason: m.MissingResultReason = "gap_timeout",
                        drain: bool = False) -> None:
