@@ -49,8 +49,55 @@ _ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 def emit(logger: logging.Logger, level: int, event: str, **fields: Any) -> None:
     """One line ``event key=value ...``; the fields also ride on the record for structured handlers."""
     if logger.isEnabledFor(level):
-        line = " ".join([event, *(f"{k}={_format_value(v)}" for k, v in fields.items() if v is not None)])
-        logger.log(level, line, extra={FIELDS_ATTR: fields, EVENT_ATTR: event})
+        emit_fields(logger, level, event, fields)
+
+
+def emit_fields(logger: logging.Logger, level: int, event: str, fields: dict[str, Any]) -> None:
+    """``emit`` for a caller that has checked the level and holds its fields in a dict already (fields that are
+    None are left out of the line)."""
+    parts = [event]
+    append = parts.append
+    for key, value in fields.items():
+        if value is None:
+            continue
+        kind = type(value)
+        if kind is float:
+            append(f"{key}={value:.3f}")
+        elif kind is int or (kind is str and value and value.isprintable() and _NEEDS_QUOTES.search(value) is None):
+            append(f"{key}={value}")
+        else:
+            append(f"{key}={_format_value(value)}")
+    logger.handle(EmitRecord(logger.name, level, " ".join(parts), event, fields))
+
+
+class EmitRecord(logging.LogRecord):
+    """The record of an ``emit`` line: a LogRecord with every standard attribute, made without the caller lookup
+    and path splitting of ``Logger.log`` (no formatter here prints the caller), and with the event and fields."""
+
+    def __init__(self, name: str, level: int, line: str, event: str, fields: dict[str, Any]) -> None:
+        created = time.time()
+        self.name = name
+        self.msg = line
+        self.args = None
+        self.levelname = logging.getLevelName(level)
+        self.levelno = level
+        self.pathname = "(unknown file)"
+        self.filename = "(unknown file)"
+        self.module = "(unknown module)"
+        self.exc_info = None
+        self.exc_text = None
+        self.stack_info = None
+        self.lineno = 0
+        self.funcName = "(unknown function)"
+        self.created = created
+        self.msecs = int((created - int(created)) * 1000) + 0.0
+        self.relativeCreated = (created - logging._startTime) * 1000  # type: ignore[attr-defined]
+        self.thread = None
+        self.threadName = None
+        self.processName = None
+        self.process = None
+        setattr(self, EVENT_ATTR, event)
+        setattr(self, FIELDS_ATTR, fields)
 
 
 def _format_value(value: Any) -> str:
