@@ -227,8 +227,8 @@ async def test_a_crashing_writer_sends_internal_error_and_closes_with_1011(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock,
         make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture) -> None:
     class ExplodesOnHeartbeat(MemoryTransport):
-        async def send_message(self, message: str) -> None:
-            if '"server_heartbeat"' in message:
+        async def send_message(self, message: str | bytes) -> None:
+            if '"server_heartbeat"' in (message if isinstance(message, str) else message.decode()):
                 raise RuntimeError("boom")
             await super().send_message(message)
 

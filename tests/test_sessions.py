@@ -391,7 +391,7 @@ async def test_a_crashing_session_is_logged_counted_and_closed_alone(
     """Crash isolation: an unexpected exception in one session's writer ends that session only."""
 
     class Exploding(MemoryTransport):
-        async def send_message(self, message: str) -> None:
+        async def send_message(self, message: str | bytes) -> None:
             raise RuntimeError("boom")
 
     scheduler = daemon.scheduler
