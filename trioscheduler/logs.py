@@ -137,9 +137,18 @@ def _one_line(text: str) -> str:
 class LogfmtFormatter(logging.Formatter):
     """``<UTC time> <level> <logger> <message>``; a traceback, if any, follows on its own lines."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        #: The second last formatted and its text: the lines of one second share their date and time.
+        self._second = -1
+        self._stamp = ""
+
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        line = (f"{stamp}.{int(record.msecs):03d}Z {record.levelname.lower()} {record.name} "
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        line = (f"{self._stamp}.{int(record.msecs):03d}Z {record.levelname.lower()} {record.name} "
                 f"{_one_line(record.getMessage())}")
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
@@ -250,6 +259,13 @@ class QueueingHandler(logging.Handler):
     def dropped(self) -> int:
         """Records lost since this handler was made: the queue was full, or the sink raised."""
         return self._full_drops + self._sink_failures
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """``Handler.handle`` without its lock: ``emit`` is safe from any thread as it is (one queue put)."""
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
 
     def emit(self, record: logging.LogRecord) -> None:
         if self._queue.qsize() >= self.capacity:
