@@ -145,7 +145,7 @@ class ServerConfig:
     port: int = attrs.field(default=5010, validator=_port)
     #: HTTP (/health, /api/v1/stats, /metrics). Equal to ``port``: one server carries WebSockets and HTTP.
     http_port: int = attrs.field(default=5011, validator=_port)
-    #: trio-websocket's receive buffer; its 4 KiB default slows bulk audio down (bench/README.md).
+    #: Bytes the door's WebSocket reads from a socket at once; 4 KiB reads slow bulk audio down (bench/README.md).
     receive_buffer_size: int = attrs.field(default=65536, validator=_positive_int)
     #: Once listening, move everything allocated at start-up out of the cyclic collector's sight (gc.freeze), so
     #: its full collections only walk what traffic created.
