@@ -1,8 +1,9 @@
 """The scheduler without its listeners: the registry task plus one handler per connection kind.
 
 Any transport can feed it (the door's WebSocket, trioscheduler/server/websocket.py; in-memory pairs for tests).
-An unexpected exception in a connection is logged and counted and ends that connection only. A node runs in its own nursery; a session is its
-handler task plus, while it has something to write, a writer in the one nursery ``run`` holds for all sessions.
+An unexpected exception in a connection is logged and counted and ends that connection only. A node runs in its
+own nursery; a session is its handler task plus, while it has something to write, a writer in the one nursery
+``run`` holds for all sessions.
 """
 
 from __future__ import annotations
