@@ -15,7 +15,7 @@ from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.rooms import RoomCreate, RoomJoin, WebRtcIce
 from trioscheduler.registry.requests import Outcome, Reply
 from trioscheduler.rooms.delivery import ListenerQueue, RoomUtterance
-from trioscheduler.rooms.owner import Create, Join, Plan, open_rooms
+from trioscheduler.rooms.owner import MemberRequest, Plan, open_rooms
 from trioscheduler.rooms.policy import (
     CODE_HIGH,
     CODE_LOW,
@@ -199,9 +199,9 @@ async def test_speaking_costs_the_room_owner_no_timer_entry(autojump_clock: trio
     """Each utterance keeps the room alive without a heap entry of its own: one entry per open room."""
     owner, _ = open_rooms(Config().rooms)
     speaker, listener = FakePort(), FakePort()
-    owner.handle(Create(speaker, "s-A", RoomCreate()), trio.current_time())
+    owner.handle(MemberRequest(speaker, "s-A", RoomCreate()), trio.current_time())
     code = speaker.got[0].room_code
-    owner.handle(Join(listener, "s-B", RoomJoin(room_code=code, preferred_lang="en")), trio.current_time())
+    owner.handle(MemberRequest(listener, "s-B", RoomJoin(room_code=code, preferred_lang="en")), trio.current_time())
     for index in range(100):
         plan = Plan("s-A", index, Reply())
         owner.handle(plan, trio.current_time())

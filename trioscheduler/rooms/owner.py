@@ -22,7 +22,7 @@ import itertools
 import logging
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import attrs
 import trio
@@ -55,39 +55,17 @@ INFO, WARNING = logging.INFO, logging.WARNING
 # ------------------------------------------------------------------------------------------------ requests
 
 
-@attrs.define(eq=False)
-class Create:
-    port: Port
-    session_id: str
-    message: rm.RoomCreate
+RoomMessageT = TypeVar("RoomMessageT", bound=rm.RoomClientMessage)
 
 
 @attrs.define(eq=False)
-class Join:
+class MemberRequest(Generic[RoomMessageT]):
+    """A room message from a session, with the port the owner answers that session through; the owner handles it
+    by the message's class."""
+
     port: Port
     session_id: str
-    message: rm.RoomJoin
-
-
-@attrs.define(eq=False)
-class Leave:
-    port: Port
-    session_id: str
-    message: rm.RoomLeave
-
-
-@attrs.define(eq=False)
-class SetRawVoice:
-    port: Port
-    session_id: str
-    message: rm.RoomRawVoicePreference
-
-
-@attrs.define(eq=False)
-class Signal:
-    port: Port
-    session_id: str
-    message: rm.WebRtcSignal
+    message: RoomMessageT
 
 
 @attrs.define(eq=False)
@@ -112,7 +90,7 @@ class RoomsClient:
         self._inbox = inbox
         self._notices = notices
 
-    async def post(self, request: Create | Join | Leave | SetRawVoice | Signal, deadline: float) -> bool:
+    async def post(self, request: MemberRequest[Any], deadline: float) -> bool:
         """Queue ``request``; False when the inbox had no room by ``deadline`` (the request is dropped)."""
         with trio.move_on_at(deadline):
             await self._inbox.send(request)
@@ -163,9 +141,12 @@ class RoomOwner:
         #: comes due and is skipped), so speaking costs no entry.
         self._timers: list[tuple[float, int, str, int]] = []
         self._seq = itertools.count()
+        #: By the class of a request, or of a MemberRequest's message.
         self._handlers: dict[type, Callable[[Any, float], None]] = {
-            Create: self._on_create, Join: self._on_join, Leave: self._on_leave, SetRawVoice: self._on_raw_voice,
-            Signal: self._on_signal, Plan: self._on_plan, SessionGone: self._on_session_gone,
+            rm.RoomCreate: self._on_create, rm.RoomJoin: self._on_join, rm.RoomLeave: self._on_leave,
+            rm.RoomRawVoicePreference: self._on_raw_voice, rm.WebRtcOffer: self._on_signal,
+            rm.WebRtcAnswer: self._on_signal, rm.WebRtcIce: self._on_signal, Plan: self._on_plan,
+            SessionGone: self._on_session_gone,
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -190,7 +171,8 @@ class RoomOwner:
     def handle(self, request: Any, now: float) -> None:
         """Apply one request; an exception here is a bug, logged, and never ends the owner."""
         try:
-            self._handlers[type(request)](request, now)
+            kind = type(request.message) if type(request) is MemberRequest else type(request)
+            self._handlers[kind](request, now)
         except Exception:
             self.counters["rooms_internal_errors"] += 1
             log.exception("room owner failed to handle %s", type(request).__name__)
@@ -204,7 +186,7 @@ class RoomOwner:
 
     # ------------------------------------------------------------------------------------------ membership
 
-    def _on_create(self, request: Create, now: float) -> None:
+    def _on_create(self, request: MemberRequest[rm.RoomCreate], now: float) -> None:
         port, session_id, message = request.port, request.session_id, request.message
         if session_id in self.room_of:
             self._refuse(port, RoomErrorCode.ALREADY_IN_ROOM,
@@ -223,7 +205,7 @@ class RoomOwner:
         port.deliver(rm.RoomCreateAck(room_code=code, room_id=room.room_id))
         self._admit(room, port, session_id, message.display_name, message.preferred_lang, now)
 
-    def _on_join(self, request: Join, now: float) -> None:
+    def _on_join(self, request: MemberRequest[rm.RoomJoin], now: float) -> None:
         port, session_id, message = request.port, request.session_id, request.message
         room = self.rooms.get(message.room_code)
         current = self.room_of.get(session_id)
@@ -252,7 +234,7 @@ class RoomOwner:
         self._spoke(room, now)  # as the original: a join keeps the room alive
         self._broadcast_members(room)
 
-    def _on_leave(self, request: Leave, now: float) -> None:
+    def _on_leave(self, request: MemberRequest[rm.RoomLeave], now: float) -> None:
         room = self.rooms.get(request.message.room_code)
         if room is None:
             self._refuse(request.port, RoomErrorCode.ROOM_NOT_FOUND, f"no room {request.message.room_code!r}")
@@ -286,7 +268,7 @@ class RoomOwner:
             return
         self._broadcast_members(room)
 
-    def _on_raw_voice(self, request: SetRawVoice, now: float) -> None:
+    def _on_raw_voice(self, request: MemberRequest[rm.RoomRawVoicePreference], now: float) -> None:
         message = request.message
         member = self._member_of(request.port, request.session_id, message.room_code)
         if member is None:
@@ -299,7 +281,7 @@ class RoomOwner:
         member.raw_voice[message.target_session_id] = message.receive_raw_voice
         self._broadcast_members(room)
 
-    def _on_signal(self, request: Signal, now: float) -> None:
+    def _on_signal(self, request: MemberRequest[rm.WebRtcSignal], now: float) -> None:
         message = request.message
         if self._member_of(request.port, request.session_id, message.room_code) is None:
             return

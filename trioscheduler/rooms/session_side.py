@@ -29,7 +29,7 @@ from trioscheduler.protocol.errors import ErrorCode
 from trioscheduler.registry.requests import JobSpec, Outcome, Passthrough, RegistryClient
 from trioscheduler.rooms.codes import RoomErrorCode
 from trioscheduler.rooms.delivery import RoomUtterance
-from trioscheduler.rooms.owner import Create, Join, Leave, RoomsClient, SetRawVoice, Signal
+from trioscheduler.rooms.owner import MemberRequest, RoomsClient
 from trioscheduler.server.outcome_writer import OutcomeWriter, Send, Settled
 from trioscheduler.server.session_state import SessionState, selection_key_for
 
@@ -93,18 +93,8 @@ class SessionRooms:
 
     async def handle(self, state: SessionState, message: rm.RoomClientMessage) -> None:
         """Hand a room message to the owner (which answers the session through its writer)."""
-        port, session_id = self.port, state.session_id
-        match message:
-            case rm.RoomCreate():
-                request: Any = Create(port, session_id, message)
-            case rm.RoomJoin():
-                request = Join(port, session_id, message)
-            case rm.RoomLeave():
-                request = Leave(port, session_id, message)
-            case rm.RoomRawVoicePreference():
-                request = SetRawVoice(port, session_id, message)
-            case _:
-                request = Signal(port, session_id, message)
+        port = self.port
+        request = MemberRequest(port, state.session_id, message)
         deadline = trio.current_time() + self._config.rooms.request_deadline_ms / 1000.0
         if not await self._client.post(request, deadline):
             self._counters["room_requests_busy"] += 1
