@@ -1,9 +1,9 @@
 """What other tasks may ask of the registry, and the one client object they ask through.
 
-Each request that needs an answer carries a Reply: a trio.Event plus a value slot (cheaper than a reply channel).
-A waiter that gives up (its deadline passed, or it was cancelled) marks the Reply abandoned; the registry checks
-that flag before doing anything, and the waiter checks ``done`` after its deadline, so a reservation is never made
-for nobody.
+Each request that needs an answer carries a Reply: a value slot plus a trio.Event made for a waiter (cheaper than a
+reply channel). A waiter that gives up (its deadline passed, or it was cancelled) marks the Reply abandoned; the
+registry checks that flag before doing anything, and the waiter checks ``done`` after its deadline, so a
+reservation is never made for nobody.
 
 Gone notices (a session ended, a node's socket is gone) are never lost: the client's ``*_nowait`` methods put them
 in the inbox when it has room, and otherwise in a ``Notices`` queue the registry drains on every loop iteration.
@@ -42,15 +42,26 @@ class Sink(Protocol):
 
 @attrs.define(eq=False)
 class Reply:
-    event: trio.Event = attrs.field(factory=trio.Event)
     value: Any = None
     done: bool = False
     abandoned: bool = False
+    #: Made by the first ``wait``: a request nobody waits on (``submit_nowait``) costs no Event.
+    _event: trio.Event | None = None
 
     def set(self, value: Any) -> None:
         self.value = value
         self.done = True
-        self.event.set()
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        """Until ``set`` has run (a checkpoint, as ``trio.Event.wait``, when it already has)."""
+        if self.done:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._event is None:
+            self._event = trio.Event()
+        await self._event.wait()
 
 
 class Outbox(Protocol):
@@ -291,7 +302,7 @@ async def ask_at(inbox: trio.MemorySendChannel[Any], request: Any, reply: Reply,
     try:
         with trio.move_on_at(deadline):
             await _put(inbox, request)
-            await reply.event.wait()
+            await reply.wait()
     finally:
         if not reply.done:
             reply.abandoned = True
@@ -364,7 +375,7 @@ class RegistryClient:
             return exc
         request = Register(link, message, claim.capability, trio.current_time(), Reply())
         await self._inbox.send(request)
-        await request.reply.event.wait()
+        await request.reply.wait()
         if isinstance(request.reply.value, str):
             link.claim = claim
         return request.reply.value

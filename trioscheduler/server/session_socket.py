@@ -214,8 +214,6 @@ class SessionConnection:
                     if state is None:
                         await self._handshake_timed_out()
                         return
-                    if unanswered:
-                        self._expire_submits(unanswered)
                     cut = state.segmenter.on_timer(trio.current_time())
                     if cut is not None:
                         await self._submit_cut(state, cut)
