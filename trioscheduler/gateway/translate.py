@@ -72,8 +72,9 @@ def _sample_rate(value: Any) -> int:
         return DEFAULT_SAMPLE_RATE
     if isinstance(value, str) and value.strip().isdigit() and len(value) <= 6:
         value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not 8000 <= value <= 192000:
-        raise ProtocolError("sample_rate must be an integer within 8000..192000", field="sample_rate")
+    low, high = m.SAMPLE_RATE_RANGE
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ProtocolError(f"sample_rate must be an integer within {low}..{high}", field="sample_rate")
     return value
 
 
