@@ -46,3 +46,14 @@ class TokenBucket:
     def tokens(self) -> float:
         """Tokens left as of the last message (negative: the debt)."""
         return self._tokens
+
+
+def refusal_text(rate: float, burst: int) -> str:
+    """The message of the ``error RATE_LIMITED`` a refused frame is answered with (client and node sockets alike)."""
+    return f"more than {rate:g} messages per second (burst {burst}): message dropped; slow down"
+
+
+def closing_reason(rate_key: str, rate: float, burst_key: str, burst: int, close_code: int) -> str:
+    """Why a socket whose debt exceeded its burst is closed, naming the config keys of its budget."""
+    return (f"kept sending over {rate_key} ({rate:g}) until its refused messages exceeded {burst_key} ({burst}); "
+            f"closing with {close_code}")

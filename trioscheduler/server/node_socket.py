@@ -29,7 +29,7 @@ from trioscheduler.principal import ANONYMOUS, Principal
 from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import EncodeError, encode, node_codec
 from trioscheduler.protocol.errors import CloseCode, ErrorCode, ProtocolError
-from trioscheduler.ratelimit import ACCEPT, REFUSE, TokenBucket
+from trioscheduler.ratelimit import ACCEPT, REFUSE, TokenBucket, closing_reason, refusal_text
 from trioscheduler.registry.actor import Dispatch
 from trioscheduler.registry.requests import CloseLink, NodeLink, RegistryClient
 from trioscheduler.transport import Transport, TransportClosed
@@ -176,8 +176,7 @@ class NodeConnection:
                      "its messages are dropped until it slows down")
         self._bucket_refusals += 1
         self._send(ProtocolError(
-            f"more than {limits.node_messages_per_second:g} messages per second (burst "
-            f"{limits.node_messages_burst}): message dropped; slow down", code=ErrorCode.RATE_LIMITED,
+            refusal_text(limits.node_messages_per_second, limits.node_messages_burst), code=ErrorCode.RATE_LIMITED,
         ).to_message())
 
     def _rate_limit_close(self) -> None:
@@ -185,9 +184,8 @@ class NodeConnection:
         self._counters["nodes_closed_rate_limited"] += 1
         emit(log, WARNING, "node_rate_limited_closing", node_id=self._node_id, peer=self._transport.peer,
              refused=self._bucket_refusals,
-             why=f"kept sending over limits.node_messages_per_second ({limits.node_messages_per_second:g}) until "
-                 f"its refused messages exceeded limits.node_messages_burst ({limits.node_messages_burst}); "
-                 f"closing with {int(CloseCode.RATE_LIMITED)}")
+             why=closing_reason("limits.node_messages_per_second", limits.node_messages_per_second,
+                                "limits.node_messages_burst", limits.node_messages_burst, int(CloseCode.RATE_LIMITED)))
         self._request_close(CloseCode.RATE_LIMITED, "rate_limited", "rate limited")
 
     def _decode(self, frame: str | bytes) -> Any:

@@ -40,7 +40,7 @@ from trioscheduler.protocol import messages as m
 from trioscheduler.protocol.codec import client_codec, decode_base64
 from trioscheduler.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from trioscheduler.protocol.rooms import ROOM_CLIENT_MESSAGES
-from trioscheduler.ratelimit import ACCEPT, REFUSE, TokenBucket
+from trioscheduler.ratelimit import ACCEPT, REFUSE, TokenBucket, closing_reason, refusal_text
 from trioscheduler.registry.requests import JobSpec, Outcome, RegistryClient
 from trioscheduler.rooms.owner import RoomsClient
 from trioscheduler.rooms.session_side import SessionRooms
@@ -242,8 +242,7 @@ class SessionConnection:
         limits = self._config.limits
         self._metrics.counters["messages_rate_limited"] += 1
         self._send_now(ProtocolError(
-            f"more than {limits.messages_per_second:g} messages per second (burst {limits.messages_burst}): "
-            "message dropped; slow down", code=ErrorCode.RATE_LIMITED,
+            refusal_text(limits.messages_per_second, limits.messages_burst), code=ErrorCode.RATE_LIMITED,
         ).to_message(session_id=self._state.session_id if self._state else None))
 
     async def _rate_limit_close(self) -> None:
@@ -251,9 +250,8 @@ class SessionConnection:
         self._metrics.counters["sessions_closed_rate_limited"] += 1
         emit(log, WARNING, "session_rate_limited", peer=self._transport.peer,
              session_id=self._state.session_id if self._state else None,
-             why=f"kept sending over limits.messages_per_second ({limits.messages_per_second:g}) until its "
-                 f"refused messages exceeded limits.messages_burst ({limits.messages_burst}); closing with "
-                 f"{int(CloseCode.RATE_LIMITED)}")
+             why=closing_reason("limits.messages_per_second", limits.messages_per_second, "limits.messages_burst",
+                                limits.messages_burst, int(CloseCode.RATE_LIMITED)))
         await self._writer.close(CloseCode.RATE_LIMITED, "rate limited")
 
     async def _handshake_timed_out(self) -> None:
