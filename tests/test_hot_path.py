@@ -21,9 +21,11 @@ ROUND_TRIPS = 12
 #: 14 before the registry's inbox took submits and results without one, 12 before the door's own WebSocket
 #: (trioscheduler/server/websocket.py) replaced trio-websocket's reader task and trio's checkpoint per socket call,
 #: 8 before the session reader stopped waiting for each submit's answer (server/unanswered.py) and an Expect stopped
-#: waking the outcome writer). 6 is the floor of this design: the session reader woken by the utterance, the
-#: registry, the node's writer, the node's reader woken by the job_result, the registry, the session's writer.
-MAX_STEPS_PER_ROUND_TRIP = 6
+#: waking the outcome writer, 6 before the registry wrote a job_assign to an idle node socket, and an in-order
+#: outcome to an idle client socket, itself without waiting (``Transport.send_nowait``). 4 is the floor of this
+#: design: the session reader woken by the utterance, the registry, the node's reader woken by the job_result, the
+#: registry.
+MAX_STEPS_PER_ROUND_TRIP = 4
 
 
 DAEMON_TASKS = ("trioscheduler.", "trio._highlevel_serve_listeners.")

@@ -239,8 +239,9 @@ async def writer_ends(connection: Any) -> None:
 
 
 async def test_idle_session_has_no_writer_task_and_a_restarted_writer_keeps_order(fast: Daemon) -> None:
-    """The writer runs only while it has work: idle sessions cost one task, and each busy spell starts a writer
-    that still releases in index order, exactly once."""
+    """The writer runs only while it has work: idle sessions, and sessions that only wait for outcomes, cost no
+    writer task; an outcome that must wait for a lower index starts one, which still releases in index order,
+    exactly once."""
     async with registered_node(fast.node_url) as (node, _), \
             session(fast.session_url, audio_format="pcm16") as (client, sid):
         (connection,) = fast.scheduler.sessions.live
@@ -251,8 +252,10 @@ async def test_idle_session_has_no_writer_task_and_a_restarted_writer_keeps_orde
                                   audio_format="pcm16", sample_rate=16000)
             assigns = {a["utterance_index"]: a for a in [await node.recv_type("job_assign") for _ in range(3)]}
             await node.nothing_for(0.05)
-            assert connection.writer_running  # outcomes are owed: the writer waits for them
-            for i in (first + 2, first, first + 1):
+            assert not connection.writer_running  # outcomes owed, nothing timed: no writer needed yet
+            await node.send(**result_for(assigns[first + 2]))
+            await until(lambda: connection.writer_running, 3)  # held for its lower indices: a writer times the gap
+            for i in (first, first + 1):
                 await node.send(**result_for(assigns[i]))
             indices = [(await client.recv_type("translation_result"))["utterance_index"] for _ in range(3)]
             assert indices == [first, first + 1, first + 2]

@@ -28,6 +28,18 @@ class Transport(Protocol):
         """Send one text message: a str, or bytes that are already UTF-8 text (the codec's output), sent as they
         are."""
 
+    def send_nowait(self, message: bytes) -> bool:
+        """Send one text message (UTF-8 bytes) without waiting, or return False having sent and queued nothing (the
+        caller then uses ``send_message``). True with ``pending`` set means part of it still waits: the
+        connection's writer must ``flush``. Never a checkpoint."""
+
+    @property
+    def pending(self) -> bool:
+        """Whether bytes of a message taken by ``send_nowait`` still wait to be written."""
+
+    async def flush(self) -> None:
+        """Write what waits; raises TransportClosed if the connection broke."""
+
     async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close with ``code`` (a CloseCode) and ``reason``; idempotent, and never raises for a peer gone."""
 
@@ -86,6 +98,23 @@ class MemoryTransport:
             await self._outbound.send(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise TransportClosed from None
+
+    def send_nowait(self, message: bytes) -> bool:
+        """False when this end is closed or the channel has no room (a test's peer that does not read)."""
+        if self.closed:
+            return False
+        try:
+            self._outbound.send_nowait(bytes(message).decode())
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    @property
+    def pending(self) -> bool:
+        return False
+
+    async def flush(self) -> None:
+        await trio.lowlevel.checkpoint()
 
     async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         if not self.closed:

@@ -528,13 +528,14 @@ class Registry:
 
     def _finish(self, job: Job, message: Any, now: float) -> None:
         self._retire(job, now)
+        # Staged before the hand-over: the session's writer may deliver it (and stage that) at once.
+        self._stage(job, "outcome", now, kind=message.TYPE, code=getattr(message, "code", None),
+                    attempts=job.attempt)
         try:
             job.sink.send_nowait(rq.Outcome(job.spec.utterance_index, message, job.job_id, job.stages))
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             self.counters["outcomes_undeliverable"] += 1
             log_outcome_done(job.stages, message, dropped="undeliverable")
-        self._stage(job, "outcome", now, kind=message.TYPE, code=getattr(message, "code", None),
-                    attempts=job.attempt)
 
     def _retire(self, job: Job, now: float) -> None:
         if job.state is JobState.DONE:
@@ -934,12 +935,14 @@ def _job_view(job: Job) -> dict[str, Any]:
 
 
 class Dispatch:
-    """Outbox item: a job_assign, when its utterance was finalized and the job's stage times (the node's writer
-    stamps dispatched)."""
+    """Outbox item: a job_assign, when its utterance was finalized and the job's stage times (stamped dispatched
+    by whoever writes it: the node's outbox at once, or the node's writer)."""
 
-    __slots__ = ("assign", "finalized_at", "stages")
+    __slots__ = ("assign", "finalized_at", "stages", "payload")
 
     def __init__(self, assign: m.JobAssign, finalized_at: float, stages: JobStages) -> None:
         self.assign = assign
         self.finalized_at = finalized_at
         self.stages = stages
+        #: The job_assign encoded, once the outbox has encoded it.
+        self.payload: bytes | None = None

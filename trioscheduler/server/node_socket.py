@@ -42,25 +42,70 @@ CLOSE_GRACE_SECONDS = 1.0
 
 
 class NodeOutbox:
-    """The node's bounded outbox as the registry sees it: ``send_nowait`` into the channel; when it is full,
-    ``overflowed`` is set (the connection then closes with SLOW_CONSUMER) and trio.WouldBlock is raised as before,
-    so the registry treats the node as lost. It holds no reference to the connection (no reference cycle)."""
+    """The node's bounded outbox as the registry sees it; ``send_nowait`` never waits.
 
-    __slots__ = ("_channel", "overflowed")
+    A job_assign with nothing queued ahead of it is written to the socket at once when the socket can take it
+    without waiting (``Transport.send_nowait``): the node's writer task is not woken for it. Everything else goes
+    into the channel the writer drains, in order. When the channel is full, ``overflowed`` is set (the connection
+    then closes with SLOW_CONSUMER) and trio.WouldBlock is raised, so the registry treats the node as lost. It holds
+    no reference to the connection (no reference cycle)."""
 
-    def __init__(self, channel: trio.MemorySendChannel[Any], overflowed: trio.Event) -> None:
+    __slots__ = ("_channel", "overflowed", "_transport", "backlog", "node_id", "_closed")
+
+    def __init__(self, channel: trio.MemorySendChannel[Any], overflowed: trio.Event, transport: Transport) -> None:
         self._channel = channel
         self.overflowed = overflowed
+        self._transport = transport
+        #: Items in the channel or in the writer's hands: a job_assign is written at once only when it is 0.
+        self.backlog = 0
+        #: The node's id once registered (for the job_dispatched line).
+        self.node_id: str | None = None
+        self._closed = False
 
     def send_nowait(self, value: Any) -> None:
+        if type(value) is Dispatch and not self.backlog and not self._closed and self._write_now(value):
+            return
         try:
             self._channel.send_nowait(value)
         except trio.WouldBlock:
             self.overflowed.set()
             raise
+        self.backlog += 1
+
+    def _write_now(self, item: Dispatch) -> bool:
+        """Write the job_assign now, or return False (the writer then sends it, or fails its job if it cannot be
+        encoded). The encoded frame rides on ``item`` either way."""
+        try:
+            item.payload = encode(item.assign)
+        except EncodeError:
+            return False
+        transport = self._transport
+        if not transport.send_nowait(item.payload):
+            return False
+        if transport.pending:
+            self._channel.send_nowait(FLUSH)  # the channel is empty (backlog 0): there is room
+            self.backlog += 1
+        job_dispatched(item, self.node_id)
+        return True
 
     def close(self) -> None:
+        self._closed = True
         self._channel.close()
+
+
+#: Outbox item: write what the socket still holds of a frame begun by ``NodeOutbox.send_nowait``.
+FLUSH = "flush"
+
+
+def job_dispatched(item: Dispatch, node_id: str | None) -> None:
+    """The job_assign of ``item`` is written: its stage is stamped (and logged at debug)."""
+    assign = item.assign
+    now = trio.current_time()
+    item.stages.dispatched(now, assign.attempt_id)
+    if log.isEnabledFor(DEBUG):
+        emit(log, DEBUG, "job_dispatched", session_id=assign.session_id, utterance_index=assign.utterance_index,
+             job_id=assign.job_id, node_id=node_id, trace_id=assign.trace_id, attempt_id=assign.attempt_id,
+             elapsed_ms=round((now - item.finalized_at) * 1000.0, 3))
 
 
 class NodeConnection:
@@ -79,8 +124,8 @@ class NodeConnection:
         outbox_send, self._outbox = trio.open_memory_channel[Any](config.scheduler.node_outbox_size)
         #: Set by _request_close, or by the outbox when it overflows (then _closing is still None).
         self._close_requested = trio.Event()
-        self._link = NodeLink(conn_id, NodeOutbox(outbox_send, self._close_requested), transport.peer,
-                              principal.credential)
+        self._outbox_port = NodeOutbox(outbox_send, self._close_requested, transport)
+        self._link = NodeLink(conn_id, self._outbox_port, transport.peer, principal.credential)
         self._node_id: str | None = None
         self._registered = trio.Event()
         self._heartbeat_waiting = trio.Event()
@@ -215,7 +260,7 @@ class NodeConnection:
                 raise answer
             if answer is None:
                 raise ProtocolError("registration failed inside the scheduler", code=ErrorCode.INTERNAL_ERROR)
-            self._node_id = answer
+            self._node_id = self._outbox_port.node_id = answer
             self._last_capability = None  # the next heartbeat is compared with this registration
             self._registered.set()
             return
@@ -266,32 +311,46 @@ class NodeConnection:
             error=m.ResultError(code=m.Code(ErrorCode.INTERNAL_ERROR), message="job_assign could not be encoded")))
 
     async def _writer(self, nursery: trio.Nursery) -> None:
+        """Drains the outbox: everything queued is written in one go (the transport takes its own checkpoints, at
+        least one per FAIR_OPERATIONS writes), so a node whose socket fell behind catches up as fast as the socket
+        allows, not one frame per pass of the run loop."""
+        outbox = self._outbox_port
+        receive_nowait = self._outbox.receive_nowait
         try:
             async for item in self._outbox:
-                if type(item) is Dispatch:
+                while True:
                     try:
-                        payload = encode(item.assign)
-                    except EncodeError as exc:
-                        await self._unencodable_assign(item.assign, exc)
-                        continue
-                    await self._transport.send_message(payload)
-                    item.stages.dispatched(trio.current_time(), item.assign.attempt_id)
-                    if log.isEnabledFor(DEBUG):
-                        assign = item.assign
-                        emit(log, DEBUG, "job_dispatched", session_id=assign.session_id,
-                             utterance_index=assign.utterance_index, job_id=assign.job_id,
-                             node_id=self._node_id, trace_id=assign.trace_id, attempt_id=assign.attempt_id,
-                             elapsed_ms=round((trio.current_time() - item.finalized_at) * 1000.0, 3))
-                elif type(item) is CloseLink:
-                    self._request_close(item.code, item.reason, item.reason)
-                    return
-                else:
+                        if type(item) is CloseLink:
+                            self._request_close(item.code, item.reason, item.reason)
+                            return
+                        await self._write(item)
+                    finally:
+                        outbox.backlog -= 1
                     try:
-                        payload = encode(item)
-                    except EncodeError as exc:
-                        emit(log, ERROR, "message_unencodable", kind=item.TYPE, node_id=self._node_id, error=str(exc))
-                        continue
-                    await self._transport.send_message(payload)
+                        item = receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
         except TransportClosed:
             pass
         nursery.cancel_scope.cancel()
+
+    async def _write(self, item: Any) -> None:
+        if type(item) is Dispatch:
+            payload = item.payload
+            if payload is None:
+                try:
+                    payload = encode(item.assign)
+                except EncodeError as exc:
+                    await self._unencodable_assign(item.assign, exc)
+                    return
+            await self._transport.send_message(payload)
+            job_dispatched(item, self._node_id)
+        elif item is FLUSH:
+            await self._transport.flush()
+        else:
+            try:
+                payload = encode(item)
+            except EncodeError as exc:
+                emit(log, ERROR, "message_unencodable", kind=item.TYPE, node_id=self._node_id, error=str(exc))
+                return
+            await self._transport.send_message(payload)

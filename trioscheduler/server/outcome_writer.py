@@ -17,8 +17,14 @@ the session's reader hand it items with ``send_nowait``, which never blocks. Gua
 - a crash is kept for the session's handler to raise (it logs it); the client first gets ``error`` with
   INTERNAL_ERROR and the socket is closed with CloseCode.INTERNAL_ERROR.
 
-The writer task runs only while it has work: the first item queued starts it, and it ends once nothing is
-queued, owed or timed. It runs in a nursery shared by all sessions, which it never fails.
+An outcome that arrives while the writer task is not busy (not running, or waiting for work), with nothing but
+``Expect``s queued ahead of it, is handled by ``send_nowait`` itself: released in order and written at once when the
+socket takes it without waiting (``Transport.send_nowait``); whatever the socket cannot take at once goes to the
+writer task. So an in-order outcome costs its session no task switch.
+
+The writer task runs only while it has work: the first item that needs it starts it (an ``Expect`` never does), and
+it ends once nothing is queued or timed for WRITER_LINGER_SECONDS. It runs in a nursery shared by all sessions,
+which it never fails.
 """
 
 from __future__ import annotations
@@ -97,6 +103,31 @@ class CloseSession:
     drain: bool = False
 
 
+class _Out:
+    """What one released index puts on the wire (its outcome and any ui_event frames, encoded), and what to record
+    once it is written."""
+
+    __slots__ = ("payloads", "message", "index", "job_id", "stages", "finalized_at")
+
+    def __init__(self, payloads: list[bytes], message: Any, index: int, job_id: str | None, stages: Any,
+                 finalized_at: float | None) -> None:
+        self.payloads = payloads
+        self.message = message
+        self.index = index
+        self.job_id = job_id
+        self.stages = stages
+        self.finalized_at = finalized_at
+
+
+@attrs.frozen
+class Unwritten:
+    """Frames ``send_nowait`` released but the socket could not take at once: the writer writes them, after
+    flushing the part of a frame the socket holds (``flush_first``)."""
+
+    outs: list[_Out]
+    flush_first: bool
+
+
 class OutcomeWriter:
     """One socket's writer. The session sets ``session`` to its current SessionState (None between sessions)."""
 
@@ -161,23 +192,85 @@ class OutcomeWriter:
                 raise trio.WouldBlock
             self._slow_consumer()
             raise trio.ClosedResourceError("session connection is closed: its client does not read")
-        if type(item) is Outcome:
+        kind = type(item)
+        if kind is Outcome:
             session = self.session
             if session is not None and item.message.session_id == session.session_id:
                 session.jobs.release(item.utterance_index)
+            if (self._wakeup is not None or not self._running) and self._deliver_now(item):
+                return
         queue.append(item)
+        if kind is not Expect:
+            # An Expect alone asks nothing of the writer (no send, no deadline of its own): it is taken with the
+            # next item, and saves a wake per utterance.
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake the writer task waiting for work, or start one; a busy writer sees the queue when it is done."""
         if self._wakeup is not None:
-            if type(item) is not Expect:
-                # An Expect alone asks nothing of a waiting writer (no send, no deadline of its own): it is taken
-                # with the next item or at the writer's next deadline, and saves the writer a wake per utterance.
-                self._wakeup.set()
+            self._wakeup.set()
         elif not self._running:
             self._running = True
             self._tasks.start_soon(self._run)
 
+    def _deliver_now(self, item: Outcome) -> bool:
+        """Handle ``item`` here, for a writer task that is not busy: take the queued Expects, then the outcome, and
+        write what it releases without waiting. False (nothing done) when the writer must handle it: anything but
+        Expects is queued, a close is under way, the socket holds unwritten bytes, or its session was closed."""
+        queue = self._queue
+        if (self._closing is not None or self._transport.pending
+                or item.message.session_id in self._closed_sessions):
+            return False
+        for queued in queue:
+            if type(queued) is not Expect:
+                return False
+        try:
+            for queued in queue:
+                self._take_expect(queued)
+            queue.clear()
+            outs = self._take_outcome(item)
+            if outs:
+                self._write_now(outs)
+            orderer = self._orderer
+            if orderer is not None and orderer.deadline() is not None:
+                self._wake()  # an outcome is held: the writer times its wait
+        except Exception as exc:  # a bug here is this session's, never the caller's (the registry)
+            self.crash = exc
+            self.end()
+            self._tasks.start_soon(self.fail, exc, "writer")
+        return True
+
+    def _write_now(self, outs: list[_Out]) -> None:
+        """Write ``outs`` in order, as far as the socket takes them without waiting; the rest goes to the writer."""
+        transport = self._transport
+        for i, out in enumerate(outs):
+            payloads = out.payloads
+            for j, payload in enumerate(payloads):
+                if not transport.send_nowait(payload):
+                    out.payloads = payloads[j:]
+                    self._hand_to_writer(Unwritten(outs[i:], flush_first=False))
+                    return
+                if transport.pending:
+                    out.payloads = payloads[j + 1:]
+                    self._hand_to_writer(Unwritten(outs[i:], flush_first=True))
+                    return
+            self._written(out)
+
+    def _hand_to_writer(self, item: Unwritten) -> None:
+        self._queue.insert(0, item)  # ahead of anything queued meanwhile: it was released first
+        self._wake()
+
     def end(self) -> None:
-        """The connection is ending: accept nothing more, wake a waiting writer (it ends), answer a pending close."""
+        """The connection is ending: accept nothing more, wake a waiting writer (it ends), answer a pending close.
+        Outcomes still queued are dropped, each with its ``job_done`` line (``dropped=undeliverable``)."""
         self.closed = True
+        for item in self._queue:
+            if type(item) is Outcome and item.stages is not None:
+                log_outcome_done(item.stages, item.message, dropped="undeliverable")
+            elif type(item) is Unwritten:
+                for out in item.outs:
+                    if out.stages is not None:
+                        log_outcome_done(out.stages, out.message, dropped="undeliverable")
         self._queue.clear()
         if self._wakeup is not None:
             self._wakeup.set()
@@ -253,26 +346,28 @@ class OutcomeWriter:
         if self.closed:
             return _SETTLED
         if not queue:
-            orderer = self._orderer
-            wait = orderer.deadline() if orderer is not None else None
-            deadline = self._close_deadline if wait is None else min(wait, self._close_deadline)
-            settled = deadline == math.inf and not self._owed
+            deadline = self._next_deadline()
+            settled = deadline == math.inf
             if settled:
                 deadline = trio.current_time() + WRITER_LINGER_SECONDS
             wakeup = self._wakeup = trio.Event()
             try:
-                if deadline == math.inf:
+                with trio.move_on_at(deadline):
                     await wakeup.wait()
-                else:
-                    with trio.move_on_at(deadline):
-                        await wakeup.wait()
             finally:
                 self._wakeup = None
             if self.closed:  # end() may have run while this task waited (mypy narrowed it before the await)
                 return _SETTLED  # type: ignore[unreachable]
             if not queue:
-                return _SETTLED if settled else None
+                # An outcome delivered by send_nowait meanwhile may have left something timed.
+                return _SETTLED if settled and self._next_deadline() == math.inf else None
         return queue.pop(0)
+
+    def _next_deadline(self) -> float:
+        """When the writer has something to release without being woken (inf: nothing timed)."""
+        orderer = self._orderer
+        wait = orderer.deadline() if orderer is not None else None
+        return self._close_deadline if wait is None else min(wait, self._close_deadline)
 
     async def _write_loop(self) -> None:
         """Releases outcomes in utterance_index order (or as the bounded hold allows), each exactly once."""
@@ -292,18 +387,11 @@ class OutcomeWriter:
                         if item.stages is not None:
                             log_outcome_done(item.stages, item.message, dropped="after_close")
                         continue
-                    if orderer is None:
-                        orderer = self._orderer = self._new_orderer()
-                    added = orderer.add(item.utterance_index, item, trio.current_time())
-                    if added is Added.ACCEPTED:
-                        await self._release(orderer.ready())
-                    else:
-                        self._counters[f"outcomes_dropped_{added.value}"] += 1
-                        emit(log, WARNING, "outcome_dropped", reason=added.value,
-                             session_id=item.message.session_id, utterance_index=item.utterance_index,
-                             job_id=item.job_id)
-                        if item.stages is not None:
-                            log_outcome_done(item.stages, item.message, dropped=added.value)
+                    await self._write_outs(self._take_outcome(item))
+                case Unwritten():
+                    if item.flush_first:
+                        await self._transport.flush()
+                    await self._write_outs(item.outs)
                 case Settled():
                     if orderer is None:
                         orderer = self._orderer = self._new_orderer()
@@ -318,20 +406,13 @@ class OutcomeWriter:
                         await self._send(partial_event(item.message, owed.get(item.message.utterance_index),
                                                        trio.current_time()))
                 case Expect():
-                    if orderer is None:
-                        orderer = self._orderer = self._new_orderer()
-                    if not orderer.is_released(item.utterance_index):
-                        owed[item.utterance_index] = item.finalized_at
-                    else:
-                        # Already released (as missing, after its gap wait): the job could only produce a second
-                        # outcome, so stop it at once.
-                        self._counters["utterances_already_released"] += 1
-                        self._cancel_job(item.utterance_index, "already_released")
+                    self._take_expect(item)
                 case CloseSession():
                     self._closing = item
                     self._close_deadline = item.deadline
                 case None:
                     await self._on_deadline(orderer)
+            orderer = self._orderer
             closing = self._closing
             if closing is not None and not owed:
                 if orderer is not None:
@@ -343,6 +424,33 @@ class OutcomeWriter:
                 self._closing = None
                 self._close_deadline = math.inf
                 self._orderer = None  # the next session on this socket starts from index 0
+
+    def _take_expect(self, item: Expect) -> None:
+        orderer = self._orderer
+        if orderer is None:
+            orderer = self._orderer = self._new_orderer()
+        if not orderer.is_released(item.utterance_index):
+            self._owed[item.utterance_index] = item.finalized_at
+        else:
+            # Already released (as missing, after its gap wait): the job could only produce a second outcome, so
+            # stop it at once.
+            self._counters["utterances_already_released"] += 1
+            self._cancel_job(item.utterance_index, "already_released")
+
+    def _take_outcome(self, item: Outcome) -> list[_Out]:
+        """Hand the outcome to the orderer; what it releases now, encoded (empty if it is held or dropped)."""
+        orderer = self._orderer
+        if orderer is None:
+            orderer = self._orderer = self._new_orderer()
+        added = orderer.add(item.utterance_index, item, trio.current_time())
+        if added is Added.ACCEPTED:
+            return self._prepare(orderer.ready())
+        self._counters[f"outcomes_dropped_{added.value}"] += 1
+        emit(log, WARNING, "outcome_dropped", reason=added.value, session_id=item.message.session_id,
+             utterance_index=item.utterance_index, job_id=item.job_id)
+        if item.stages is not None:
+            log_outcome_done(item.stages, item.message, dropped=added.value)
+        return []
 
     async def _on_deadline(self, orderer: ResultOrderer[Any] | None) -> None:
         """A hold, a gap wait or the close deadline is over: release what it held back (holes as missing). At the
@@ -396,10 +504,10 @@ class OutcomeWriter:
                                                       config.max_context_chars, new_group_id)
         return groups.add(text, now)
 
-    async def _send(self, message: Any, group: Placement | None = None) -> None:
-        """Write one message. A message that cannot be encoded is that message's failure, never the socket's: an
+    def _encode(self, message: Any, group: Placement | None = None) -> bytes | None:
+        """The message's frame. A message that cannot be encoded is that message's failure, never the socket's: an
         outcome becomes ``error INTERNAL_ERROR`` for its utterance (still exactly one outcome), anything else is
-        logged and dropped. ``group`` is a translation_result's place in its utterance group."""
+        logged and dropped (None). ``group`` is a translation_result's place in its utterance group."""
         try:
             if type(message) is m.TranslationResult:
                 wire = to_wire(message)
@@ -407,28 +515,46 @@ class OutcomeWriter:
                 if group is not None:
                     wire["group_id"] = group.group_id
                     wire["part_index"] = group.part_index
-                payload = encode_wire(wire)
-            else:
-                payload = encode(message)
+                return encode_wire(wire)
+            return encode(message)
         except EncodeError as exc:
             self._counters["messages_unencodable"] += 1
             index = getattr(message, "utterance_index", None)
             emit(log, ERROR, "message_unencodable", kind=message.TYPE, session_id=getattr(message, "session_id", None),
                  utterance_index=index, error=str(exc))
             if index is None or type(message) is m.AsrPartialOut:
-                return
-            payload = encode(m.ErrorMessage(
+                return None
+            return encode(m.ErrorMessage(
                 code=ErrorCode.INTERNAL_ERROR, message=f"the {message.TYPE} for this utterance could not be encoded",
                 session_id=message.session_id, utterance_index=index, job_id=getattr(message, "job_id", None),
                 trace_id=getattr(message, "trace_id", None)))
-        await self._transport.send_message(payload)
+
+    async def _send(self, message: Any) -> None:
+        """Write one message (see ``_encode``)."""
+        payload = self._encode(message)
+        if payload is not None:
+            await self._transport.send_message(payload)
 
     async def _release(self, released: list[Any], missing_reason: m.MissingResultReason = "gap_timeout",
                        drain: bool = False) -> None:
+        await self._write_outs(self._prepare(released, missing_reason, drain))
+
+    async def _write_outs(self, outs: list[_Out]) -> None:
+        send = self._transport.send_message
+        for out in outs:
+            for payload in out.payloads:
+                await send(payload)
+            self._written(out)
+
+    def _prepare(self, released: list[Any], missing_reason: m.MissingResultReason = "gap_timeout",
+                 drain: bool = False) -> list[_Out]:
+        """The frames of each released index, in order: its outcome (a missing_result or, at a drain, an error
+        for a hole) and its ui_events."""
         session = self.session
         owed = self._owed
         now = trio.current_time()
         ui_events = session is not None and bool(session.init.ui_events)
+        outs: list[_Out] = []
         for release in released:
             index = release.utterance_index
             finalized_at = owed.pop(index, None)
@@ -453,20 +579,33 @@ class OutcomeWriter:
             if (type(message) is m.TranslationResult and session is not None
                     and message.session_id == session.session_id and message.text_asr.strip()):
                 group = self._place_in_group(session, message.text_asr.strip(), now)
-            await self._send(message, group)
+            payload = self._encode(message, group)
+            payloads = [] if payload is None else [payload]
             if ui_events:
                 for event in outcome_events(message, finalized_at, now):
-                    await self._send(event)
-            self._counters[f"delivered_{message.TYPE}"] += 1
-            if stages is not None:
-                stages.delivered(trio.current_time())
-                if job_log.isEnabledFor(INFO):
-                    log_outcome_done(stages, message, delivered_at=trio.current_time())
-            if log.isEnabledFor(DEBUG):
-                emit(log, DEBUG, "job_delivered", session_id=getattr(message, "session_id", None),
-                     utterance_index=index, job_id=job_id, node_id=getattr(message, "node_id", None),
-                     trace_id=getattr(message, "trace_id", None), kind=message.TYPE,
-                     elapsed_ms=None if finalized_at is None else round((now - finalized_at) * 1000.0, 3))
+                    event_payload = self._encode(event)
+                    if event_payload is not None:
+                        payloads.append(event_payload)
+            outs.append(_Out(payloads, message, index, job_id, stages, finalized_at))
+        return outs
+
+    def _written(self, out: _Out) -> None:
+        """Count and log an index's outcome once its frames are written."""
+        message = out.message
+        self._counters[f"delivered_{message.TYPE}"] += 1
+        stages = out.stages
+        if stages is not None:
+            now = trio.current_time()
+            stages.delivered(now)
+            if job_log.isEnabledFor(INFO):
+                log_outcome_done(stages, message, delivered_at=now)
+        if log.isEnabledFor(DEBUG):
+            finalized_at = out.finalized_at
+            emit(log, DEBUG, "job_delivered", session_id=getattr(message, "session_id", None),
+                 utterance_index=out.index, job_id=out.job_id, node_id=getattr(message, "node_id", None),
+                 trace_id=getattr(message, "trace_id", None), kind=message.TYPE,
+                 elapsed_ms=None if finalized_at is None
+                 else round((trio.current_time() - finalized_at) * 1000.0, 3))
 
     def _draining_error(self, session: SessionState, index: int) -> m.ErrorMessage:
         """The outcome of an index still owed at the drain deadline (its job is cancelled by the session's end)."""

@@ -21,6 +21,9 @@ connection. Guarantees:
   ``get_message`` and ``send_message`` still checks for cancellation first, and at least one in every
   ``FAIR_OPERATIONS`` consecutive operations that did not wait is a full checkpoint, so a peer that floods its socket
   cannot starve the other tasks. Over TLS the stream's own ``receive_some`` / ``send_all`` carry the bytes.
+- ``send_nowait`` is for a task that must never wait (the registry hands a node its job this way): it writes the
+  frame at once, or writes nothing and queues nothing (False, the caller then goes through the connection's
+  writer), or writes its first part and leaves the rest ``pending`` for the connection's writer to ``flush``.
 """
 
 from __future__ import annotations
@@ -101,14 +104,18 @@ def open_upgrade(head: bytes, max_message_bytes: int) -> Upgrade | None:
     return Upgrade(protocol, b"".join(protocol.data_to_send()), head[end:])
 
 
-def _text_frame(payload: bytes) -> bytes:
-    """One unmasked final text frame (a server's frames are not masked)."""
-    size = len(payload)
+def _text_header(size: int) -> bytes:
+    """The header of one unmasked final text frame of ``size`` payload bytes (a server's frames are not masked)."""
     if size < 126:
-        return bytes((0x81, size)) + payload
+        return bytes((0x81, size))
     if size < 65536:
-        return struct.pack("!BBH", 0x81, 126, size) + payload
-    return struct.pack("!BBQ", 0x81, 127, size) + payload
+        return struct.pack("!BBH", 0x81, 126, size)
+    return struct.pack("!BBQ", 0x81, 127, size)
+
+
+def _text_frame(payload: bytes) -> bytes:
+    """One unmasked final text frame."""
+    return _text_header(len(payload)) + payload
 
 
 def _close_reason(reason: str) -> str:
@@ -139,8 +146,9 @@ class ServerWebSocket:
         #: The parts of a fragmented message so far (None between messages), and whether it is text.
         self._parts: list[bytes] | None = None
         self._text = False
-        #: Frames to write, in order; b"" stands for the half-close.
-        self._outgoing: list[bytes] = []
+        #: Frames to write, in order; b"" stands for the half-close, a memoryview for the rest of a frame that
+        #: ``send_nowait`` began.
+        self._outgoing: list[bytes | memoryview] = []
         self._write_lock = trio.Lock()
         #: Consecutive operations that did not wait (see FAIR_OPERATIONS).
         self._quiet = 0
@@ -280,9 +288,46 @@ class ServerWebSocket:
             await trio.lowlevel.checkpoint_if_cancelled()
         if self._closed or self._broken or self._local_close or self._protocol.state is not OPEN:
             raise TransportClosed
-        self._outgoing.append(_text_frame(message.encode() if isinstance(message, str) else message))
-        await self._flush()
+        payload = message.encode() if isinstance(message, str) else message
+        if not self.send_nowait(payload):
+            if self._broken:
+                raise TransportClosed
+            self._outgoing.append(_text_frame(payload))
+        if self._outgoing:
+            await self._flush()
         self._quiet += 1
+
+    def send_nowait(self, message: bytes) -> bool:
+        """Write ``message`` (UTF-8 text) as one text frame now if that needs no wait, or return False having
+        written and queued nothing: over TLS, while another write holds the socket or frames wait to be written,
+        once the connection is closing or broken, or when the kernel has no room for its first byte. If the
+        kernel takes only part of the frame, the rest is queued, True is returned and ``pending`` is true: the
+        caller must then have ``flush`` awaited (by the connection's writer). Never waits; not a checkpoint."""
+        sock = self._socket
+        if (sock is None or self._outgoing or self._write_lock.locked() or self._closed or self._broken
+                or self._local_close or self._protocol.state is not OPEN):
+            return False
+        header = _text_header(len(message))
+        try:
+            sent = os.writev(sock.fileno(), (header, message))
+        except BlockingIOError:
+            return False
+        except OSError:
+            self._break()
+            return False
+        if sent < len(header) + len(message):
+            # The rest of a frame begun: a memoryview, so a write of it that is cancelled breaks the connection.
+            self._outgoing.append(memoryview(header + message)[sent:])
+        return True
+
+    @property
+    def pending(self) -> bool:
+        """Whether bytes wait to be written (what ``send_nowait`` could not write at once, a pong)."""
+        return bool(self._outgoing)
+
+    async def flush(self) -> None:
+        """Write whatever waits (``pending``); raises TransportClosed if the connection broke."""
+        await self._flush()
 
     async def _flush(self) -> None:
         """Write everything queued, holding the write lock; raises TransportClosed if the connection broke."""
@@ -317,7 +362,7 @@ class ServerWebSocket:
                 await self._send_eof()
             del outgoing[0]
 
-    async def _write(self, chunk: bytes) -> bool:
+    async def _write(self, chunk: bytes | memoryview) -> bool:
         """Write one frame whole and return True; on failure (then False), or when cancelled after part of it went
         out, the connection breaks."""
         sock = self._socket
@@ -355,7 +400,7 @@ class ServerWebSocket:
                     return False
                 self._quiet = 0
         except BaseException:
-            if sent:
+            if sent or type(chunk) is memoryview:
                 self._break()  # cancelled mid-frame: the rest of the frame can never follow
             raise
 
