@@ -174,6 +174,8 @@ def machine() -> dict:
 
 
 def exp_throughput(procs, rundir, systems, P, config, log) -> list[dict]:
+    if P.get("paired"):
+        return _throughput_paired(procs, rundir, systems, P, config, log)
     rows = []
     for r in range(P["repeats"]):
         for name in rotate(systems, r):
@@ -202,6 +204,49 @@ def exp_throughput(procs, rundir, systems, P, config, log) -> list[dict]:
             except StartError as exc:
                 log(f"  throughput r{r} {name}: FAILED: {exc}")
                 rows.append({"repeat": r, "system": name, "failed": str(exc)[:2000]})
+    return rows
+
+
+def _throughput_paired(procs, rundir, systems, P, config, log) -> list[dict]:
+    """--paired: every system is up at once, each with its own nodes, and each concurrency is measured on the
+    systems back to back (their order rotating), so a ratio compares runs seconds apart rather than minutes. This box's
+    speed drifts by up to 2x within minutes (bench/README.md), which the default order (one system at a time,
+    every concurrency) turns into ratios that move by +-15 %. The idle systems cost the measured one little: nodes
+    that only heartbeat and servers waiting on their sockets."""
+    rows: list[dict] = []
+    up: dict = {}
+    try:
+        for name in systems:
+            try:
+                s = start_system(procs, name, config)
+            except StartError as exc:
+                log(f"  throughput {name}: FAILED: {exc}")
+                rows.append({"repeat": 0, "system": name, "failed": str(exc)[:2000]})
+                continue
+            up[name] = (s, None, dict(s.watch))
+            if name != "celery":
+                nodes = start_nodes(procs, s, P["tp_nodes"], os.path.join(rundir, f"tpn-{name}.json"))
+                up[name] = (s, nodes, {"server": s.watch["server"], "nodes": [nodes.pid]})
+        names = list(up)
+        turn = 0
+        for r in range(P["repeats"]):
+            for c in P["tp_conc"]:
+                for name in rotate(names, turn):
+                    P["quiet_wait"] and wait_quiet(log, P["quiet_wait"])
+                    s, _, watch = up[name]
+                    mode = "celery" if name == "celery" else "utterance"
+                    res = run_loadgen(procs, rundir, s, mode, c, P["tp_warmup"], P["tp_window"], watch)
+                    res.update({"repeat": r, "system": name})
+                    rows.append(res)
+                    log(f"  throughput r{r} {name:9s} c={c:<4d} {res['rt_per_s']:8.0f} rt/s  "
+                        f"p50 {res['p50_ms'] or 0:7.2f} ms  p99 {res['p99_ms'] or 0:7.2f} ms  "
+                        f"errors {res['errors']}")
+                turn += 1
+    finally:
+        for s, nodes, _ in up.values():
+            if nodes is not None:
+                procs.stop(nodes)
+            stop_system(procs, s)
     return rows
 
 
@@ -680,6 +725,8 @@ def main() -> int:
     ap.add_argument("--quiet-wait", type=float, default=-1,
                     help="before each system, wait up to this many s for the rest of the box to go idle "
                          "(default 60 in full mode, 0 in --quick)")
+    ap.add_argument("--paired", action="store_true",
+                    help="throughput: every system up at once, each concurrency measured on the systems back to back")
     ap.add_argument("--json", default="", help="results file (default bench/results/run-<time>.json)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the run directory with every process's output")
     ap.add_argument("--report", metavar="JSON", help="only print the report of a saved results file")
@@ -693,6 +740,7 @@ def main() -> int:
         P["repeats"] = a.repeats
     if a.quiet_wait >= 0:
         P["quiet_wait"] = a.quiet_wait
+    P["paired"] = a.paired
     exps = ["throughput", "stream", "storm", "selection", "overload"] + ([] if a.quick else ["scale"])
     if a.only:
         exps = [e for e in a.only.split(",") if e]

@@ -1,9 +1,11 @@
 """The one ``info`` line per job, ``job_done``: when each stage was reached, the job's ids and its outcome.
 
-A job's :class:`JobStages` travels with it. The registry stamps created, selected and result; the node's writer
-stamps dispatched when it has written the job_assign of the job's current attempt; the record then rides on the
-``Outcome`` to the session's writer, which logs the line once it has written the outcome (delivered). A job that
-has no outcome to deliver (cancelled, or its session's writer gone) gets its line from the registry instead.
+A job's :class:`JobStages` travels with it. The registry stamps created, selected and result; whoever writes the
+job_assign of the job's current attempt (the node's outbox at once, or the node's writer) stamps dispatched; the
+record then rides on the ``Outcome`` to the session's writer (its ``send_nowait`` when it writes the outcome at once,
+or its task), which logs the line once it has written the outcome (delivered). A job that has no outcome to deliver
+(cancelled, or its session's writer gone) gets its line from the registry or, for an outcome still queued when the
+connection ends, from the writer (``dropped=undeliverable``).
 
 Guarantees: every job the registry created gets exactly one ``job_done`` line (at ``info``, logger
 ``trioscheduler.jobs``); every time in it is in ms since the utterance was finalized; nothing is formatted when
@@ -11,7 +13,8 @@ Guarantees: every job the registry created gets exactly one ``job_done`` line (a
 
 ``JobStages.timeline`` is the job's whole history for the HTTP API (``/api/v1/jobs/{job_id}``, see
 trioscheduler/timeline.py): one tuple ``(stage, trio time, node_id, attempt, fields)`` appended per stage, by the
-registry, the node's writer (dispatched) and the session's writer (delivered); nothing is formatted on the way.
+registry, the node's outbox or writer (dispatched) and the session's writer (delivered); nothing is formatted on
+the way.
 """
 
 from __future__ import annotations

@@ -130,6 +130,30 @@ def _is_literal(tp: Any) -> bool:
     return typing.get_origin(tp) is Literal
 
 
+def _is_optional(tp: Any) -> bool:
+    """``X | None`` for one type X."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return False
+    args = typing.get_args(tp)
+    return len(args) == 2 and type(None) in args
+
+
+def _optional_hook(converter: cattrs.Converter) -> Any:
+    """Hooks for ``X | None`` that find X's hook once, when cattrs builds a class's code, rather than on every value
+    (cattrs' own optional hook dispatches on each call: 17 times per round trip of the closed loop)."""
+
+    def factory(tp: Any) -> Any:
+        inner = _strip_optional(tp)
+        hook = converter.get_structure_hook(inner)
+
+        def structure(value: Any, _: type) -> Any:
+            return None if value is None else hook(value, inner)
+
+        return structure
+
+    return factory
+
+
 def make_wire_converter() -> cattrs.Converter:
     converter = make_converter()
     converter.register_structure_hook(str, _strict_str)
@@ -141,6 +165,7 @@ def make_wire_converter() -> cattrs.Converter:
     converter.register_structure_hook(m.Count, _count)
     converter.register_structure_hook(m.SampleRate, _sample_rate)
     converter.register_structure_hook_factory(_is_literal, _literal_hook)
+    converter.register_structure_hook_factory(_is_optional, _optional_hook(converter))
     return converter
 
 

@@ -88,6 +88,11 @@ class NodeOutbox:
         job_dispatched(item, self.node_id)
         return True
 
+    def stop_writing_now(self) -> None:
+        """The connection is closing: nothing more is written by ``send_nowait`` (what it queues is never
+        written)."""
+        self._closed = True
+
     def close(self) -> None:
         self._closed = True
         self._channel.close()
@@ -170,6 +175,7 @@ class NodeConnection:
         if self._closing is None:
             self._closing = (code, wire_reason)
             self._close_reason = reason
+        self._outbox_port.stop_writing_now()
         self._close_requested.set()
 
     async def _close_when_requested(self, tasks: trio.CancelScope) -> None:
