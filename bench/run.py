@@ -189,14 +189,7 @@ def exp_throughput(procs, rundir, systems, P, config, log) -> list[dict]:
                         watch = {"server": s.watch["server"], "nodes": [nodes.pid]}
                     else:
                         watch = dict(s.watch)
-                    for c in P["tp_conc"]:
-                        mode = "celery" if name == "celery" else "utterance"
-                        res = run_loadgen(procs, rundir, s, mode, c, P["tp_warmup"], P["tp_window"], watch)
-                        res.update({"repeat": r, "system": name})
-                        rows.append(res)
-                        log(f"  throughput r{r} {name:9s} c={c:<4d} {res['rt_per_s']:8.0f} rt/s  "
-                            f"p50 {res['p50_ms'] or 0:7.2f} ms  p99 {res['p99_ms'] or 0:7.2f} ms  "
-                            f"errors {res['errors']}")
+                    rows.extend(_throughput_once(procs, rundir, s, name, c, r, watch, P, log) for c in P["tp_conc"])
                 finally:
                     if nodes is not None:
                         procs.stop(nodes)
@@ -205,6 +198,16 @@ def exp_throughput(procs, rundir, systems, P, config, log) -> list[dict]:
                 log(f"  throughput r{r} {name}: FAILED: {exc}")
                 rows.append({"repeat": r, "system": name, "failed": str(exc)[:2000]})
     return rows
+
+
+def _throughput_once(procs, rundir, s, name, c, r, watch, P, log) -> dict:
+    """One closed-loop measurement of system ``name`` at ``c`` clients (repeat ``r``), logged."""
+    mode = "celery" if name == "celery" else "utterance"
+    res = run_loadgen(procs, rundir, s, mode, c, P["tp_warmup"], P["tp_window"], watch)
+    res.update({"repeat": r, "system": name})
+    log(f"  throughput r{r} {name:9s} c={c:<4d} {res['rt_per_s']:8.0f} rt/s  "
+        f"p50 {res['p50_ms'] or 0:7.2f} ms  p99 {res['p99_ms'] or 0:7.2f} ms  errors {res['errors']}")
+    return res
 
 
 def _throughput_paired(procs, rundir, systems, P, config, log) -> list[dict]:
@@ -234,13 +237,7 @@ def _throughput_paired(procs, rundir, systems, P, config, log) -> list[dict]:
                 for name in rotate(names, turn):
                     P["quiet_wait"] and wait_quiet(log, P["quiet_wait"])
                     s, _, watch = up[name]
-                    mode = "celery" if name == "celery" else "utterance"
-                    res = run_loadgen(procs, rundir, s, mode, c, P["tp_warmup"], P["tp_window"], watch)
-                    res.update({"repeat": r, "system": name})
-                    rows.append(res)
-                    log(f"  throughput r{r} {name:9s} c={c:<4d} {res['rt_per_s']:8.0f} rt/s  "
-                        f"p50 {res['p50_ms'] or 0:7.2f} ms  p99 {res['p99_ms'] or 0:7.2f} ms  "
-                        f"errors {res['errors']}")
+                    rows.append(_throughput_once(procs, rundir, s, name, c, r, watch, P, log))
                 turn += 1
     finally:
         for s, nodes, _ in up.values():
