@@ -103,20 +103,17 @@ class CloseSession:
     drain: bool = False
 
 
+@attrs.define(eq=False)
 class _Out:
     """What one released index puts on the wire (its outcome and any ui_event frames, encoded), and what to record
-    once it is written."""
+    once it is written. ``payloads`` shrinks to what is still unwritten when the socket takes only part."""
 
-    __slots__ = ("payloads", "message", "index", "job_id", "stages", "finalized_at")
-
-    def __init__(self, payloads: list[bytes], message: Any, index: int, job_id: str | None, stages: Any,
-                 finalized_at: float | None) -> None:
-        self.payloads = payloads
-        self.message = message
-        self.index = index
-        self.job_id = job_id
-        self.stages = stages
-        self.finalized_at = finalized_at
+    payloads: list[bytes]
+    message: Any
+    index: int
+    job_id: str | None
+    stages: Any
+    finalized_at: float | None
 
 
 @attrs.frozen
