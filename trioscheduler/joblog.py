@@ -71,6 +71,10 @@ class JobStages:
         self.timeline.append(("delivered", now, self.node_id, self.attempt, None))
 
 
+def _ms(since: float, at: float | None) -> float | None:
+    return None if at is None else (at - since) * 1000.0
+
+
 def log_job_done(stages: JobStages, *, session_id: str | None, utterance_index: int, job_id: str | None,
                  trace_id: str | None, outcome: str, code: str | None = None, reason: str | None = None,
                  delivered_at: float | None = None, dropped: str | None = None) -> None:
@@ -78,16 +82,12 @@ def log_job_done(stages: JobStages, *, session_id: str | None, utterance_index: 
     if not log.isEnabledFor(INFO):
         return
     since = stages.finalized_at
-    selected_at, dispatched_at, result_at = stages.selected_at, stages.dispatched_at, stages.result_at
     emit_fields(log, INFO, "job_done", {
         "session_id": session_id, "utterance_index": utterance_index, "job_id": job_id, "node_id": stages.node_id,
         "tenant_id": stages.tenant_id, "trace_id": trace_id, "attempts": stages.attempt, "outcome": outcome,
         "code": code, "reason": reason, "created_ms": (stages.created_at - since) * 1000.0,
-        "selected_ms": None if selected_at is None else (selected_at - since) * 1000.0,
-        "dispatched_ms": None if dispatched_at is None else (dispatched_at - since) * 1000.0,
-        "result_ms": None if result_at is None else (result_at - since) * 1000.0,
-        "delivered_ms": None if delivered_at is None else (delivered_at - since) * 1000.0,
-        "dropped": dropped})
+        "selected_ms": _ms(since, stages.selected_at), "dispatched_ms": _ms(since, stages.dispatched_at),
+        "result_ms": _ms(since, stages.result_at), "delivered_ms": _ms(since, delivered_at), "dropped": dropped})
 
 
 def log_outcome_done(stages: JobStages, message: Any, *, delivered_at: float | None = None,
