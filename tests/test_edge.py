@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
 
 from tests.websocket_server import serve_websockets
-from tests.wire import WAIT, Daemon, session, start_daemon, until
+from tests.wire import WAIT, Daemon, masked_frame_head, session, start_daemon, until
 from trioscheduler.config import Config
 from trioscheduler.protocol.errors import CloseCode
 from trioscheduler.server.listener import MAX_REQUEST_HEAD_BYTES, RequestHeadTooLarge, read_request_head, request_path
@@ -115,14 +115,7 @@ class RawClient:
     async def send_frame(self, opcode: int, payload: bytes, *, length: int | None = None, fin: bool = True) -> None:
         """One masked frame (mask key 0, so the payload goes as is); ``length`` may claim more than is sent."""
         length = len(payload) if length is None else length
-        head = bytes([(0x80 if fin else 0) | opcode])
-        if length < 126:
-            head += bytes([0x80 | length])
-        elif length < 1 << 16:
-            head += bytes([0x80 | 126]) + struct.pack("!H", length)
-        else:
-            head += bytes([0x80 | 127]) + struct.pack("!Q", length)
-        await self.stream.send_all(head + b"\0\0\0\0" + payload)
+        await self.stream.send_all(masked_frame_head(opcode, length, fin) + b"\0\0\0\0" + payload)
 
     async def close_code(self) -> int | None:
         """The code of the server's close frame, or None if TCP ended without one."""

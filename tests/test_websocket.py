@@ -21,7 +21,7 @@ from wsproto import ConnectionType, WSConnection
 
 import trioscheduler.server.websocket as websocket_module
 from tests.websocket_server import serve_websockets
-from tests.wire import WAIT
+from tests.wire import WAIT, masked_frame_head
 from trioscheduler.server.websocket import FAIR_OPERATIONS, ServerWebSocket
 from trioscheduler.transport import TransportClosed
 
@@ -31,16 +31,8 @@ TEXT, BINARY, CONTINUATION, PING = 0x1, 0x2, 0x0, 0x9
 def client_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
     """One masked client frame with a random mask, built by hand (any fragment boundary, even inside a UTF-8
     character)."""
-    head = bytes([(0x80 if fin else 0) | opcode])
-    size = len(payload)
-    if size < 126:
-        head += bytes([0x80 | size])
-    elif size < 1 << 16:
-        head += bytes([0x80 | 126]) + struct.pack("!H", size)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", size)
     mask = os.urandom(4)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return masked_frame_head(opcode, len(payload), fin) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 class RawClient:

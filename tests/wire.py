@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -139,6 +140,16 @@ def heartbeat(node_id: str, languages: tuple[str, ...] = ("zh", "en"), running_j
         "language_capabilities": {"asr_languages": list(languages), "tts_languages": list(languages),
                                   "semantic_languages": list(languages)},
     }
+
+
+def masked_frame_head(opcode: int, length: int, fin: bool = True) -> bytes:
+    """The head of one client frame (FIN, opcode, the mask bit and ``length``), before its 4-byte mask key."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if length < 126:
+        return head + bytes([0x80 | length])
+    if length < 1 << 16:
+        return head + bytes([0x80 | 126]) + struct.pack("!H", length)
+    return head + bytes([0x80 | 127]) + struct.pack("!Q", length)
 
 
 def b64(data: bytes) -> str:
