@@ -12,6 +12,12 @@ Modes
   nodes' job_assign receive times. Utterances finalized inside the window are the ones counted.
 - celery: the same closed loop as `utterance`, but callers are threads doing translate.delay(utt).get(timeout=30)
   against bench/celery_app.py (broker and backend from $BENCH_REDIS_URL).
+- alternate: c closed-loop clients per system (--urls A,B,...), and the systems take turns: A's clients run for
+  --slice-seconds (then finish the round trip they are in), then B's, and so on, for --warmup then --window
+  seconds. Every system sees the same seconds of the box, so their figures compare without the box's drift
+  between separate runs (bench/README.md, Method). Reports each system's percentiles and round trips per second of
+  its slices, and the medians over rounds of each system's p50 and rate in that round divided by the first
+  system's.
 - idle: open c sessions (session_init only), print READY, hold them until SIGTERM/--max-seconds (memory runs).
 
 --watch name=PID[+PID],... samples those processes' CPU (and the machine's) over exactly the window.
@@ -208,6 +214,110 @@ async def run_utterance(args, host, port, watch) -> dict:
     }
     res.update(_counters(cnt))
     res["cpu"] = holder.get("cpu")
+    return res
+
+
+async def run_alternate(args, urls: list[tuple[str, int]]) -> dict:
+    """Mode ``alternate``: see the module docstring."""
+    cnt = Counters()
+    audio = audio_b64()
+    k, c = len(urls), args.c
+    lat: list[list[int]] = [[] for _ in range(k)]
+    busy = [0.0] * k  # seconds of measured slices, first send to last result
+    done_rts = [0] * k
+    rounds: list[list[tuple[float, float]]] = []  # per round: each system's (p50 ns, round trips/s) in that round
+    go = [trio.Event() for _ in range(k)]
+    current: dict = {}
+    all_waiting = trio.Event()
+    waiting = [0]
+
+    async def client(i, ws, sid):
+        prefix, suffix = template(utterance_dict(sid, 0, audio), "utterance_index")
+        idx = 0
+        waiting[0] += 1
+        if waiting[0] == k * c:
+            all_waiting.set()  # the first turn may start: every client waits on its system's first event
+        while True:
+            await go[i].wait()
+            if current["stop"]:
+                return
+            end, mine = current["end"], current["lat"]
+            try:
+                while time.monotonic() < end:
+                    t0 = time.perf_counter_ns()
+                    await ws.send_message(prefix + str(idx) + suffix)
+                    with trio.fail_after(args.rt_timeout):
+                        while True:
+                            m = json.loads(await ws.get_message())
+                            if m.get("type") == "translation_result" and m.get("utterance_index") == idx:
+                                break
+                            if m.get("type") == "error":
+                                raise RuntimeError(f"error: {m}")
+                            cnt.unmatched += 1
+                    mine.append(time.perf_counter_ns() - t0)
+                    idx += 1
+            finally:  # a client that failed (counted by with_session) ends the run after this slice
+                current["left"] -= 1
+                if not current["left"]:
+                    current["finished"].set()
+
+    async def turn(i: int, stop: bool = False) -> tuple[list[int], float]:
+        current.update(stop=stop, end=time.monotonic() + args.slice_seconds, lat=[], left=c,
+                       finished=trio.Event())
+        event, go[i] = go[i], trio.Event()
+        started = time.monotonic()
+        event.set()
+        if stop:
+            return [], 0.0
+        await current["finished"].wait()
+        return current["lat"], time.monotonic() - started
+
+    async def conductor():
+        start = time.monotonic()
+        warm_end, end = start + args.warmup, start + args.warmup + args.window
+        while time.monotonic() < end and not cnt.errors:
+            measured = time.monotonic() >= warm_end
+            this_round = []
+            for i in range(k):
+                got, seconds = await turn(i)
+                if measured:
+                    lat[i].extend(got)
+                    busy[i] += seconds
+                    done_rts[i] += len(got)
+                this_round.append((sorted(got)[len(got) // 2] if got else 0.0, len(got) / seconds))
+            if measured:
+                rounds.append(this_round)
+        for i in range(k):
+            await turn(i, stop=True)
+
+    phase = Phase(k * c)
+    sem = trio.Semaphore(args.connect_concurrency)
+    with trio.fail_after(120 + args.warmup + args.window + args.rt_timeout):
+        async with trio.open_nursery() as n:
+            for i, (host, port) in enumerate(urls):
+                for _ in range(c):
+                    n.start_soon(with_session, i, host, port, cnt, sem, phase, client)
+            await phase.all_connected.wait()
+            if phase.failed:  # counted by with_session
+                n.cancel_scope.cancel()
+            else:
+                phase.go.set()
+                await all_waiting.wait()
+                n.start_soon(conductor)
+
+    def median(xs: list[float]) -> float | None:
+        xs = sorted(xs)
+        return xs[len(xs) // 2] if xs else None
+
+    systems = [{
+        **summarize_ns(lat[i]),
+        "rt_per_s": done_rts[i] / busy[i] if busy[i] else None,
+        "p50_ratio_to_first": median([r[i][0] / r[0][0] for r in rounds if r[0][0]]),
+        "rt_ratio_to_first": median([r[i][1] / r[0][1] for r in rounds if r[0][1]]),
+    } for i in range(k)]
+    res = {"mode": "alternate", "c": c, "slice_seconds": args.slice_seconds, "rounds": len(rounds),
+           "window_s": args.window, "systems": systems}
+    res.update(_counters(cnt))
     return res
 
 
@@ -441,9 +551,10 @@ def run_celery(args, watch) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=["utterance", "stream", "celery", "idle"], default="utterance")
+    ap.add_argument("--mode", choices=["utterance", "stream", "celery", "idle", "alternate"], default="utterance")
     ap.add_argument("--url", default="", help="ws://127.0.0.1:PORT (/ws/session is added)")
-    ap.add_argument("-c", type=int, default=1, help="clients (utterance, celery, idle) or sessions (stream)")
+    ap.add_argument("-c", type=int, default=1,
+                    help="clients (utterance, celery, idle; alternate: per system) or sessions (stream)")
     ap.add_argument("--warmup", type=float, default=1.5)
     ap.add_argument("--window", type=float, default=5.0)
     ap.add_argument("--rt-timeout", type=float, default=30.0)
@@ -453,6 +564,9 @@ def main() -> None:
     ap.add_argument("--connect-concurrency", type=int, default=64)
     ap.add_argument("--max-seconds", type=float, default=1800.0, help="idle: hold at most this long")
     ap.add_argument("--watch", default="", help="name=PID[+PID],... CPU sampled over the window")
+    ap.add_argument("--urls", default="", help="alternate: comma list of ws://127.0.0.1:PORT, c clients each")
+    ap.add_argument("--slice-seconds", type=float, default=0.05,
+                    help="alternate: seconds on one system (its clients then finish their round trip) before the next")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     watch = None
@@ -463,6 +577,11 @@ def main() -> None:
 
     if args.mode == "celery":
         res = run_celery(args, watch)
+    elif args.mode == "alternate":
+        urls = [urlparse(u) for u in args.urls.split(",") if u]
+        assert all(u.hostname in ("127.0.0.1", "localhost", "::1") for u in urls), "the bench only talks to loopback"
+        _trio_imports()
+        res = trio.run(run_alternate, args, [(u.hostname, u.port) for u in urls])
     else:
         u = urlparse(args.url)
         host, port = u.hostname, u.port

@@ -6,12 +6,14 @@ repeats and ratios are computed inside each repeat. Process CPU comes from /proc
 
 Systems: scheduler (`python -m trioscheduler` at its default log level, info, with bench/scheduler-bench.toml:
 only the admission cap and the per-client message budget raised), scheduler-warning (the same at `--log-level
-warning`, so the cost of logging is always visible; throughput only unless named in --systems), relay
-(bench/relay.py, the transport ceiling), celery (Celery + Redis, throughput only; skipped with a note if
-unavailable).
+warning`, so the cost of logging is always visible; throughput and alternate only unless named in --systems),
+relay (bench/relay.py, the transport ceiling; relay-fast is the same on orjson and pybase64), celery (Celery +
+Redis, throughput only; skipped with a note if unavailable).
 
 Experiments (issue 4):
   throughput  closed-loop 33 KB `utterance`, c clients, 4 nodes               (point 3)
+  alternate   c closed-loop clients per system, every system up, the systems taking turns in slices (50 ms at
+              c = 1, 1 s above): the closed loop with every system in the same seconds of the box (issue 13.4)
   stream      S sessions streaming 200 ms chunks in real time, 50 nodes:
               finalize -> job_assign at the node, finalize -> translation_result  (point 1)
   storm       the stream run at 200 sessions, without and with 1,000 nodes heartbeating at 1 Hz / 10 Hz (point 2)
@@ -73,6 +75,7 @@ def params(quick: bool) -> dict:
         return {
             "repeats": 1,
             "tp_conc": [1, 50], "tp_warmup": 0.5, "tp_window": 2.0, "tp_nodes": 4,
+            "alt_conc": [1, 50], "alt_warmup": 0.5, "alt_window": 4.0,
             "st_sessions": [1, 50], "st_warmup": 1.0, "st_window": 3.0, "st_drain": 2.0, "st_nodes": 50,
             "storm_sessions": 50, "storm_levels": [(0, 0.0), (200, 2.0)],
             "storm_warmup": 1.0, "storm_window": 3.0,
@@ -81,6 +84,7 @@ def params(quick: bool) -> dict:
     return {
         "repeats": 3,
         "tp_conc": [1, 50, 200], "tp_warmup": 1.5, "tp_window": 5.0, "tp_nodes": 4,
+        "alt_conc": [1, 50, 200], "alt_warmup": 2.0, "alt_window": 20.0,
         "st_sessions": [1, 100, 500], "st_warmup": 2.0, "st_window": 10.0, "st_drain": 5.0, "st_nodes": 50,
         "storm_sessions": 200, "storm_levels": [(0, 0.0), (1000, 1.0), (1000, 10.0)],
         "storm_warmup": 2.0, "storm_window": 10.0,
@@ -219,17 +223,8 @@ def _throughput_paired(procs, rundir, systems, P, config, log) -> list[dict]:
     rows: list[dict] = []
     up: dict = {}
     try:
-        for name in systems:
-            try:
-                s = start_system(procs, name, config)
-            except StartError as exc:
-                log(f"  throughput {name}: FAILED: {exc}")
-                rows.append({"repeat": 0, "system": name, "failed": str(exc)[:2000]})
-                continue
-            up[name] = (s, None, dict(s.watch))
-            if name != "celery":
-                nodes = start_nodes(procs, s, P["tp_nodes"], os.path.join(rundir, f"tpn-{name}.json"))
-                up[name] = (s, nodes, {"server": s.watch["server"], "nodes": [nodes.pid]})
+        for name, failure in start_all(procs, rundir, systems, P, config, up, "throughput", log):
+            rows.append({"repeat": 0, "system": name, "failed": failure})
         names = list(up)
         turn = 0
         for r in range(P["repeats"]):
@@ -240,10 +235,75 @@ def _throughput_paired(procs, rundir, systems, P, config, log) -> list[dict]:
                     rows.append(_throughput_once(procs, rundir, s, name, c, r, watch, P, log))
                 turn += 1
     finally:
-        for s, nodes, _ in up.values():
-            if nodes is not None:
-                procs.stop(nodes)
-            stop_system(procs, s)
+        stop_all(procs, up)
+    return rows
+
+
+def start_all(procs, rundir, names, P, config, up: dict, label: str, log) -> list[tuple[str, str]]:
+    """Start every system at once, each with its own ``tp_nodes`` nodes (celery has none), into ``up``: name ->
+    (system, nodes process or None, the processes to watch). Returns (name, why) for each that failed to start."""
+    failed = []
+    for name in names:
+        try:
+            s = start_system(procs, name, config)
+        except StartError as exc:
+            log(f"  {label} {name}: FAILED: {exc}")
+            failed.append((name, str(exc)[:2000]))
+            continue
+        up[name] = (s, None, dict(s.watch))
+        if name != "celery":
+            nodes = start_nodes(procs, s, P["tp_nodes"], os.path.join(rundir, f"{label}-nodes-{name}.json"))
+            up[name] = (s, nodes, {"server": s.watch["server"], "nodes": [nodes.pid]})
+    return failed
+
+
+def stop_all(procs, up: dict) -> None:
+    for s, nodes, _ in up.values():
+        if nodes is not None:
+            procs.stop(nodes)
+        stop_system(procs, s)
+
+
+def alternate_slice_seconds(c: int) -> float:
+    """A slice is short against the box's drift, and long against a closed loop's tail (its clients finish the
+    round trip they are in): ~30 round trips at one client, ~10 round-trip times at 50 and 200."""
+    return 0.05 if c == 1 else 1.0
+
+
+def exp_alternate(procs, rundir, systems, P, config, log) -> list[dict]:
+    """The closed loop, interleaved: every system up with its own nodes, and one load generator holding c clients
+    per system whose slices take turns between the systems (loadgen.py's ``alternate`` mode). Separate windows,
+    even paired ones, put the systems in different seconds of a box whose speed drifts; here each system's figures
+    come from the same seconds. One row per system, concurrency and repeat."""
+    rows: list[dict] = []
+    up: dict = {}
+    try:
+        start_all(procs, rundir, [n for n in systems if n != "celery"], P, config, up, "alternate", log)
+        order = list(up)
+        turn = 0
+        for r in range(P["repeats"]):
+            for c in P["alt_conc"]:
+                P["quiet_wait"] and wait_quiet(log, P["quiet_wait"])
+                names_now = rotate(order, turn)
+                turn += 1
+                out = os.path.join(rundir, f"lg-alternate-{r}-{c}.json")
+                argv = [PY, LOADGEN, "--mode", "alternate", "-c", str(c),
+                        "--urls", ",".join(up[n][0].url for n in names_now),
+                        "--slice-seconds", str(alternate_slice_seconds(c)), "--warmup", str(P["alt_warmup"]),
+                        "--window", str(P["alt_window"]), "--out", out]
+                p = procs.start(f"loadgen-alternate-{r}-{c}", argv)
+                rc = procs.wait(p, timeout=P["alt_warmup"] + P["alt_window"] + 180)
+                if rc != 0 or not os.path.exists(out):
+                    log(f"  alternate r{r} c={c}: FAILED (rc={rc})\n{p.tail()}")
+                    continue
+                res = read_json(out)
+                for name, got in zip(names_now, res["systems"], strict=True):
+                    rows.append({"repeat": r, "c": c, "system": name, "rounds": res["rounds"],
+                                 "errors": res["errors"], **got})
+                    log(f"  alternate r{r} {name:17s} c={c:<4d} {got['rt_per_s'] or 0:8.0f} rt/s  "
+                        f"p50 {got['p50_ms'] or 0:7.2f} ms  p99 {got['p99_ms'] or 0:7.2f} ms  rounds {res['rounds']}")
+    finally:
+        stop_all(procs, up)
     return rows
 
 
@@ -496,6 +556,34 @@ def server_cpu_per_rt(r: dict) -> float | None:
     return cpu / 100.0 * 1e6 / rate
 
 
+def per_repeat(rows: list[dict], a: str, b: str, c: int) -> list[tuple[dict, dict]]:
+    """(the row of system a, the row of system b) at c clients, for each repeat that has both."""
+    out = []
+    for rep in sorted({r["repeat"] for r in rows}):
+        ra = next((r for r in rows if r["system"] == a and r["c"] == c and r["repeat"] == rep), None)
+        rb = next((r for r in rows if r["system"] == b and r["c"] == c and r["repeat"] == rep), None)
+        if ra and rb:
+            out.append((ra, rb))
+    return out
+
+
+def ratio_table(rows: list[dict], pairs: list[tuple[str, str]], systems: list[str], concs: list[int]) -> list[str]:
+    """Rows ``| a/b | c | rt/s | p50 | p99 |`` of the ratios inside each repeat (median [min–max])."""
+    lines = []
+    for a, b in pairs:
+        if a not in systems or b not in systems:
+            continue
+        for c in concs:
+            both = [(ra, rb) for ra, rb in per_repeat(rows, a, b, c)
+                    if rb["rt_per_s"] and rb["p50_ms"] and rb["p99_ms"]]
+            if both:
+                rt = [(ra["rt_per_s"] or 0) / rb["rt_per_s"] for ra, rb in both]
+                p50 = [(ra["p50_ms"] or 0) / rb["p50_ms"] for ra, rb in both]
+                p99 = [(ra["p99_ms"] or 0) / rb["p99_ms"] for ra, rb in both]
+                lines.append(f"| {a}/{b} | {c} | {med(rt, True)} | {med(p50)} | {med(p99)} |")
+    return lines
+
+
 def report_throughput(rows: list[dict]) -> str:
     ok = [r for r in rows if "failed" not in r]
     if not ok:
@@ -519,24 +607,33 @@ def report_throughput(rows: list[dict]) -> str:
     pairs = [("scheduler", "scheduler-warning"), ("scheduler", "relay"), ("scheduler", "relay-fast"),
              ("scheduler-warning", "relay"), ("relay-fast", "relay"),
              ("scheduler", "celery"), ("relay", "celery")]
-    ratio_lines = []
-    for a, b in pairs:
-        if a not in systems or b not in systems:
-            continue
-        for c in concs:
-            rt, p50, p99 = [], [], []
-            for rep in sorted({r["repeat"] for r in ok}):
-                ra = next((r for r in ok if r["system"] == a and r["c"] == c and r["repeat"] == rep), None)
-                rb = next((r for r in ok if r["system"] == b and r["c"] == c and r["repeat"] == rep), None)
-                if ra and rb and rb["rt_per_s"] and rb["p50_ms"] and rb["p99_ms"]:
-                    rt.append(ra["rt_per_s"] / rb["rt_per_s"])
-                    p50.append((ra["p50_ms"] or 0) / rb["p50_ms"])
-                    p99.append((ra["p99_ms"] or 0) / rb["p99_ms"])
-            if rt:
-                ratio_lines.append(f"| {a}/{b} | {c} | {med(rt, True)} | {med(p50)} | {med(p99)} |")
+    ratio_lines = ratio_table(ok, pairs, systems, concs)
     if ratio_lines:
         out += ["", "Ratios computed inside each repeat (median [min–max]):", "",
                 "| ratio | c | rt/s | p50 | p99 |", "|---|---|---|---|---|", *ratio_lines]
+    return "\n".join(out) + "\n"
+
+
+def report_alternate(rows: list[dict]) -> str:
+    if not rows:
+        return "_alternate: no successful run_\n"
+    systems = [s for s in SYSTEMS if any(r["system"] == s for r in rows)]
+    concs = sorted({r["c"] for r in rows})
+    out = ["### Closed loop, the systems taking turns (`alternate`; median [min–max] over repeats)", "",
+           "| system | c | round trips/s of its slices | p50 ms | p99 ms | p99.9 ms | round trips | errors |",
+           "|---|---|---|---|---|---|---|---|"]
+    for s in systems:
+        for c in concs:
+            g = [r for r in rows if r["system"] == s and r["c"] == c]
+            if g:
+                out.append(f"| {s} | {c} | {med(_vals(g, 'rt_per_s'), True)} | {med(_vals(g, 'p50_ms'))} | "
+                           f"{med(_vals(g, 'p99_ms'))} | {med(_vals(g, 'p999_ms'))} | {med(_vals(g, 'n'), True)} | "
+                           f"{sum(r['errors'] for r in g)} |")
+    lines = ratio_table(rows, [("scheduler", "relay-fast"), ("scheduler", "relay"), ("scheduler", "scheduler-warning"),
+                               ("scheduler-warning", "relay-fast"), ("relay-fast", "relay")], systems, concs)
+    if lines:
+        out += ["", "Ratios inside each repeat (median [min–max]):", "", "| ratio | c | rt/s | p50 | p99 |",
+                "|---|---|---|---|---|", *lines]
     return "\n".join(out) + "\n"
 
 
@@ -655,9 +752,31 @@ def report_targets(res: dict) -> str:
             m = statistics.median(v)
             lines.append(f"- storm {n_st} @ {hz:g} Hz moves finalize→job_assign p99 by ≤ 1.5×: {m:.2f}× → "
                          f"{'met' if m <= 1.5 else 'MISSED'}")
-    if not lines:
-        return ""
-    return "### Issue 4 targets (scheduler)\n\n" + "\n".join(lines) + "\n"
+    out = "### Issue 4 targets (scheduler)\n\n" + "\n".join(lines) + "\n" if lines else ""
+    point4 = _point4_targets(res.get("alternate", []))
+    if point4:
+        out += ("\n" if out else "") + "### Issue 13 point 4 targets (`alternate`, against relay-fast)\n\n" + point4
+    return out
+
+
+def _point4_targets(rows: list[dict]) -> str:
+    """Issue 13 point 4: rt/s ≥ 1.0× relay-fast at 50 and 200 clients, one-client p50 ≤ 1.15× (at the default log
+    level), each the median of the ratios inside each repeat."""
+
+    def ratios(c: int, key: str) -> list[float]:
+        return [a[key] / b[key] for a, b in per_repeat(rows, "scheduler", "relay-fast", c) if a[key] and b[key]]
+
+    lines = []
+    for c in (50, 200):
+        if v := ratios(c, "rt_per_s"):
+            m = statistics.median(v)
+            lines.append(f"- throughput ≥ 1.0× relay-fast at c={c}: {m:.3f}× (min {min(v):.3f}) → "
+                         f"{'met' if m >= 1.0 else 'MISSED'}")
+    if v := ratios(1, "p50_ms"):
+        m = statistics.median(v)
+        lines.append(f"- one-client p50 ≤ 1.15× relay-fast: {m:.3f}× (max {max(v):.3f}) → "
+                     f"{'met' if m <= 1.15 else 'MISSED'}")
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def render(res: dict) -> str:
@@ -675,6 +794,7 @@ def render(res: dict) -> str:
     out.append("")
     sections = [
         ("throughput", lambda: report_throughput(res["throughput"])),
+        ("alternate", lambda: report_alternate(res["alternate"])),
         ("stream", lambda: report_stream(res["stream"], "Streaming: 200 ms chunks in real time, is_final every "
                                          f"5 chunks, {P['st_nodes']} nodes", "stream")),
         ("storm", lambda: report_stream(res["storm"], f"Heartbeat storm: {P['storm_sessions']} streaming "
@@ -712,10 +832,11 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=0)
     ap.add_argument("--systems", default="", help="comma list of scheduler,scheduler-warning,relay,relay-fast,"
                                                   "celery (default: scheduler,scheduler-warning,relay,celery where "
-                                                  "available; scheduler-warning in throughput only; "
+                                                  "available; scheduler-warning in throughput and alternate only; "
                                                   "celery only in full mode or with --with-celery)")
     ap.add_argument("--with-celery", action="store_true", help="include celery in --quick")
-    ap.add_argument("--only", default="", help="comma list of throughput,stream,storm,selection,scale,overload")
+    ap.add_argument("--only", default="",
+                    help="comma list of throughput,alternate,stream,storm,selection,scale,overload")
     ap.add_argument("--skip", default="", help="comma list of experiments to skip")
     ap.add_argument("--config", default=os.path.join(BENCH, "scheduler-bench.toml"),
                     help="TOML passed to the scheduler ('' for none)")
@@ -724,6 +845,9 @@ def main() -> int:
                          "(default 60 in full mode, 0 in --quick)")
     ap.add_argument("--paired", action="store_true",
                     help="throughput: every system up at once, each concurrency measured on the systems back to back")
+    ap.add_argument("--clients", default="",
+                    help="throughput and alternate: comma list of client counts (default 1,50,200; 1,50 in "
+                         "--quick)")
     ap.add_argument("--json", default="", help="results file (default bench/results/run-<time>.json)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the run directory with every process's output")
     ap.add_argument("--report", metavar="JSON", help="only print the report of a saved results file")
@@ -738,7 +862,9 @@ def main() -> int:
     if a.quiet_wait >= 0:
         P["quiet_wait"] = a.quiet_wait
     P["paired"] = a.paired
-    exps = ["throughput", "stream", "storm", "selection", "overload"] + ([] if a.quick else ["scale"])
+    if a.clients:
+        P["tp_conc"] = P["alt_conc"] = [int(c) for c in a.clients.split(",") if c]
+    exps = ["throughput", "alternate", "stream", "storm", "selection", "overload"] + ([] if a.quick else ["scale"])
     if a.only:
         exps = [e for e in a.only.split(",") if e]
     exps = [e for e in exps if e not in a.skip.split(",")]
@@ -779,6 +905,8 @@ def main() -> int:
     try:
         if "throughput" in exps:
             res["throughput"] = exp_throughput(procs, rundir, systems, P, config, log)
+        if "alternate" in exps:
+            res["alternate"] = exp_alternate(procs, rundir, systems, P, config, log)
         if "stream" in exps:
             res["stream"] = exp_stream(procs, rundir, detail_systems, P, config, log)
         if "storm" in exps:
