@@ -34,9 +34,9 @@ from tests.fuzz.actions import (
     nested,
     session_init,
 )
-from tests.fuzz.frames import OPCODE_TEXT, RawPeer, masked_frame
+from tests.fuzz.frames import OPCODE_TEXT, RawPeer
 from tests.fuzz.harness import LiveDaemon, fuzz_config, run_example, start_live_daemon
-from tests.wire import WAIT, pcm
+from tests.wire import WAIT, masked_frame, pcm
 from trioscheduler.server.listener import SESSION_PATH
 
 

@@ -5,7 +5,6 @@ cannot starve other tasks, and a send cancelled mid-frame breaks the connection 
 from __future__ import annotations
 
 import functools
-import os
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -21,18 +20,11 @@ from wsproto import ConnectionType, WSConnection
 
 import trioscheduler.server.websocket as websocket_module
 from tests.websocket_server import serve_websockets
-from tests.wire import WAIT, masked_frame_head
+from tests.wire import WAIT, masked_frame
 from trioscheduler.server.websocket import FAIR_OPERATIONS, ServerWebSocket
 from trioscheduler.transport import TransportClosed
 
 TEXT, BINARY, CONTINUATION, PING = 0x1, 0x2, 0x0, 0x9
-
-
-def client_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    """One masked client frame with a random mask, built by hand (any fragment boundary, even inside a UTF-8
-    character)."""
-    mask = os.urandom(4)
-    return masked_frame_head(opcode, len(payload), fin) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 class RawClient:
@@ -103,11 +95,11 @@ def test_messages_arrive_whole_and_in_order_however_fragmented_and_cut(sent: lis
         pieces = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, len(payload)])]
         for i, piece in enumerate(pieces):
             opcode = (TEXT if isinstance(message, str) else BINARY) if i == 0 else CONTINUATION
-            wire += client_frame(opcode, piece, fin=i == len(pieces) - 1)
+            wire += masked_frame(opcode, piece, fin=i == len(pieces) - 1)
             if data.draw(st.booleans()):
-                wire += client_frame(PING, b"p%d" % pings)
+                wire += masked_frame(PING, b"p%d" % pings)
                 pings += 1
-    wire += client_frame(0x8, struct.pack("!H", 1000))
+    wire += masked_frame(0x8, struct.pack("!H", 1000))
     sizes = data.draw(st.lists(st.integers(1, 70_000), max_size=20))
 
     async def main() -> list[str | bytes]:
@@ -186,7 +178,7 @@ async def _flood_reader(nursery: trio.Nursery, count: int) -> int:
 
     port = await nursery.start(serve_websockets, reader)
     client = await RawClient.open(port)
-    await client.stream.send_all(b"".join(client_frame(TEXT, b"m%d" % i) for i in range(count)))
+    await client.stream.send_all(b"".join(masked_frame(TEXT, b"m%d" % i) for i in range(count)))
     await trio.sleep(0.05)  # the bytes reach the server's socket (loopback)
     readable.set()
     with trio.fail_after(WAIT):
@@ -337,7 +329,7 @@ async def test_an_idle_connection_does_not_keep_the_last_message(nursery: trio.N
         client = await RawClient.open(port)
         await client.read_until(lambda: bool(client.messages))
         await go.wait()
-        await client.stream.send_all(client_frame(BINARY, b"\x01" * size))
+        await client.stream.send_all(masked_frame(BINARY, b"\x01" * size))
         sent.set()
         with trio.fail_after(WAIT):
             while not measured:
@@ -418,9 +410,9 @@ async def test_invalid_utf8_across_fragments_is_closed_with_1007(nursery: trio.N
     done = trio.Event()
     port = await nursery.start(serve_websockets, lambda ws: _collect(ws, received, done))
     client = await RawClient.open(port)
-    wire = b"".join(client_frame(TEXT if i == 0 else CONTINUATION, piece, fin=i == len(fragments) - 1)
+    wire = b"".join(masked_frame(TEXT if i == 0 else CONTINUATION, piece, fin=i == len(fragments) - 1)
                     for i, piece in enumerate(fragments))
-    await client.stream.send_all(client_frame(TEXT, b"before") + wire)
+    await client.stream.send_all(masked_frame(TEXT, b"before") + wire)
     await client.read_until(lambda: client.close_code is not None)
     assert client.close_code == 1007
     with trio.fail_after(WAIT):
@@ -447,7 +439,7 @@ async def test_pings_from_a_peer_that_does_not_read_are_not_queued_without_bound
     port = await nursery.start(functools.partial(serve_websockets, stuck_writer, receive_bytes=600))
     client = await RawClient.open(port)
     with trio.move_on_after(2):  # the flood blocks once the server stops reading; that is the point
-        await client.stream.send_all(client_frame(PING, b"") * 50_000)
+        await client.stream.send_all(masked_frame(PING, b"") * 50_000)
     await trio.sleep(0.1)
     assert len(sockets[0]._outgoing) <= websocket_module.MAX_QUEUED_FRAMES + 100 + 1
     await client.stream.aclose()

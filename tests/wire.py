@@ -152,6 +152,18 @@ def masked_frame_head(opcode: int, length: int, fin: bool = True) -> bytes:
     return head + bytes([0x80 | 127]) + struct.pack("!Q", length)
 
 
+def masked_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """One client frame with a random mask, built by hand so nothing checks the payload (any opcode, invalid UTF-8,
+    a fragment boundary inside a character)."""
+    mask = os.urandom(4)
+    if len(payload) < 4096:
+        body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    else:  # one big-integer XOR instead of a Python loop over every byte
+        key = int.from_bytes((mask * (len(payload) // 4 + 1))[:len(payload)], "big")
+        body = (int.from_bytes(payload, "big") ^ key).to_bytes(len(payload), "big")
+    return masked_frame_head(opcode, len(payload), fin) + mask + body
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 

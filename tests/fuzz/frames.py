@@ -4,7 +4,6 @@ invalid UTF-8 text frames), reset its TCP connection mid-handshake or mid-stream
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import struct
 
@@ -21,26 +20,6 @@ PEER_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, wsprot
 
 OPCODE_TEXT = 0x1
 OPCODE_BINARY = 0x2
-
-
-def masked_frame(opcode: int, payload: bytes) -> bytes:
-    """One final client frame (clients must mask), built by hand so nothing checks the payload."""
-    head = bytes([0x80 | opcode])
-    size = len(payload)
-    if size < 126:
-        head += bytes([0x80 | size])
-    elif size < 2**16:
-        head += bytes([0x80 | 126]) + struct.pack("!H", size)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", size)
-    mask = os.urandom(4)
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) if size < 4096 else _mask_large(payload, mask)
-    return head + mask + body
-
-
-def _mask_large(payload: bytes, mask: bytes) -> bytes:
-    key = int.from_bytes((mask * (len(payload) // 4 + 1))[:len(payload)], "big")
-    return (int.from_bytes(payload, "big") ^ key).to_bytes(len(payload), "big")
 
 
 def upgrade_request(host: str, port: int, path: str) -> bytes:

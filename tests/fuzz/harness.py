@@ -25,8 +25,8 @@ import trio.lowlevel
 import trio_websocket
 
 from tests.fuzz.actions import GOOD_SRC, GOOD_TGT, Ending, Frame, Hostile, Kind, encode_json
-from tests.fuzz.frames import OPCODE_BINARY, OPCODE_TEXT, PEER_GONE, RawPeer, masked_frame, reset, upgrade_request
-from tests.wire import WAIT, Daemon, Peer, b64, connect, node_register, pcm, result_for
+from tests.fuzz.frames import OPCODE_BINARY, OPCODE_TEXT, PEER_GONE, RawPeer, reset, upgrade_request
+from tests.wire import WAIT, Daemon, Peer, b64, connect, masked_frame, node_register, pcm, result_for
 from trioscheduler.app import Scheduler
 from trioscheduler.config import Config, config_with
 from trioscheduler.server.listener import NODE_PATH, SESSION_PATH, serve
