@@ -155,6 +155,20 @@ async def _run_sessions(args, host, port, cnt, body, set_times, watch, holder, b
     return connect_s, phase.connected
 
 
+async def until_result(ws, idx: int, cnt: Counters) -> dict | None:
+    """Read until the translation_result of utterance ``idx`` (None) or an error message (returned); a result for
+    another index is counted as unmatched, anything else is skipped."""
+    while True:
+        m = json.loads(await ws.get_message())
+        mt = m.get("type")
+        if mt == "translation_result":
+            if m.get("utterance_index") == idx:
+                return None
+            cnt.unmatched += 1
+        elif mt == "error":
+            return m
+
+
 async def run_utterance(args, host, port, watch) -> dict:
     cnt = Counters()
     audio = audio_b64()
@@ -180,17 +194,11 @@ async def run_utterance(args, host, port, watch) -> dict:
             await ws.send_message(msg)
             ok = False
             with trio.move_on_after(args.rt_timeout) as cs:
-                while True:
-                    m = json.loads(await ws.get_message())
-                    mt = m.get("type")
-                    if mt == "translation_result":
-                        if m.get("utterance_index") == idx:
-                            ok = True
-                            break
-                        cnt.unmatched += 1
-                    elif mt == "error":
-                        cnt.err(f"error: {m}")
-                        break
+                error = await until_result(ws, idx, cnt)
+                if error is not None:
+                    cnt.err(f"error: {error}")
+                else:
+                    ok = True
             t1 = time.perf_counter_ns()
             if cs.cancelled_caught:
                 cnt.timeouts += 1
@@ -247,13 +255,9 @@ async def run_alternate(args, urls: list[tuple[str, int]]) -> dict:
                     t0 = time.perf_counter_ns()
                     await ws.send_message(prefix + str(idx) + suffix)
                     with trio.fail_after(args.rt_timeout):
-                        while True:
-                            m = json.loads(await ws.get_message())
-                            if m.get("type") == "translation_result" and m.get("utterance_index") == idx:
-                                break
-                            if m.get("type") == "error":
-                                raise RuntimeError(f"error: {m}")
-                            cnt.unmatched += 1
+                        error = await until_result(ws, idx, cnt)
+                    if error is not None:
+                        raise RuntimeError(f"error: {error}")
                     mine.append(time.perf_counter_ns() - t0)
                     idx += 1
             finally:  # a client that failed (counted by with_session) ends the run after this slice
